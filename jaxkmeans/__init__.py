@@ -1,0 +1,52 @@
+"""jaxkmeans: k-means clustering in JAX.
+
+A functional core of jit-composable pure functions (``pairwise_distances``, ``assign``,
+``inertia``, ``init_centers``, ``lloyd_step``, ``fit``, ``minibatch_step``) under a
+TensorFlow-estimator-compatible ``KMeans``.
+"""
+
+from jaxkmeans._validation import COSINE_DISTANCE, SQUARED_EUCLIDEAN_DISTANCE
+from jaxkmeans.assignment import assign, auto_chunk_size, inertia
+from jaxkmeans.fitting import fit, lloyd_step, minibatch_step
+from jaxkmeans.initializers import (
+    KMC2_INIT,
+    KMEANS_PARALLEL_INIT,
+    KMEANS_PLUS_PLUS_INIT,
+    RANDOM_INIT,
+    init_centers,
+)
+from jaxkmeans.metrics import pairwise_distances
+from jaxkmeans.state import FitResult, KMeansState, StepStats
+from jaxkmeans.updates import minibatch_optimizer
+
+__version__ = "0.1.0"
+
+CLUSTER_CENTERS_VAR_NAME = "clusters"
+SCORE = "score"
+CLUSTER_INDEX = "cluster_index"
+ALL_DISTANCES = "all_distances"
+
+__all__ = [
+    "SQUARED_EUCLIDEAN_DISTANCE",
+    "COSINE_DISTANCE",
+    "RANDOM_INIT",
+    "KMEANS_PLUS_PLUS_INIT",
+    "KMC2_INIT",
+    "KMEANS_PARALLEL_INIT",
+    "CLUSTER_CENTERS_VAR_NAME",
+    "SCORE",
+    "CLUSTER_INDEX",
+    "ALL_DISTANCES",
+    "pairwise_distances",
+    "assign",
+    "inertia",
+    "auto_chunk_size",
+    "init_centers",
+    "lloyd_step",
+    "fit",
+    "minibatch_optimizer",
+    "minibatch_step",
+    "KMeansState",
+    "FitResult",
+    "StepStats",
+]

@@ -1,0 +1,446 @@
+"""Initial centers: random, greedy k-means++, k-MC2 and k-means|| (plus user arrays and
+callables).
+
+Every method is a jittable function of ``(key, x, weights)`` that returns k rows of the
+data (cosine: unit rows). Duplicate data points are merged first (an exact integer hash
+of each row's bits, so the merge does not depend on float rounding): one copy carries
+the total weight, the others weigh 0. Since a chosen point is never chosen again and
+weight-0 points never are, the k rows are distinct whenever the data has at least k
+distinct points.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxkmeans import metrics
+from jaxkmeans._validation import (
+    COSINE_DISTANCE,
+    SQUARED_EUCLIDEAN_DISTANCE,
+    as_centers,
+    as_data,
+    as_weights,
+    check_chunk_size,
+    check_enough_distinct,
+    check_metric,
+    check_positive_int,
+    is_traced,
+)
+from jaxkmeans.assignment import block_argmin, fold_chunks, resolve_chunk_size
+
+__all__ = [
+    "RANDOM_INIT",
+    "KMEANS_PLUS_PLUS_INIT",
+    "KMC2_INIT",
+    "KMEANS_PARALLEL_INIT",
+    "INIT_METHODS",
+    "init_centers",
+]
+
+RANDOM_INIT = "random"
+KMEANS_PLUS_PLUS_INIT = "kmeans_plus_plus"
+KMC2_INIT = "kmc2"
+KMEANS_PARALLEL_INIT = "kmeans_parallel"
+INIT_METHODS = (RANDOM_INIT, KMEANS_PLUS_PLUS_INIT, KMC2_INIT, KMEANS_PARALLEL_INIT)
+
+# Options each method accepts through ``**method_options``, with defaults.
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    RANDOM_INIT: {},
+    KMEANS_PLUS_PLUS_INIT: {},
+    KMC2_INIT: {"chain_length": 200},
+    KMEANS_PARALLEL_INIT: {"rounds": 5, "oversampling_factor": 2.0, "chunk_size": None},
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _row_hashes(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two 32-bit hashes of each row's bit pattern (-0.0 counts as 0.0).
+
+    Integer addition wraps modulo 2**32 and is associative, so equal rows always get
+    equal hashes, whatever order the reduction runs in.
+    """
+    n = x.shape[0]
+    x = x + jnp.zeros((), x.dtype)  # -0.0 -> 0.0
+    size = jnp.dtype(x.dtype).itemsize
+    if size == 8:
+        bits = lax.bitcast_convert_type(x, jnp.uint32).reshape(n, -1)
+    elif size == 4:
+        bits = lax.bitcast_convert_type(x, jnp.uint32)
+    else:
+        bits = lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    m = bits.shape[1]
+    consts = jax.random.bits(jax.random.PRNGKey(0x5EED), (2, m), jnp.uint32) | jnp.uint32(1)
+    # One round of a murmur-style finalizer per word before the weighted sum.
+    b = bits ^ (bits >> 16)
+    b = b * jnp.uint32(0x85EBCA6B)
+    b = b ^ (b >> 13)
+    h1 = jnp.sum(b * consts[0][None, :], axis=1, dtype=jnp.uint32)
+    h2 = jnp.sum((b ^ (b >> 7)) * consts[1][None, :], axis=1, dtype=jnp.uint32)
+    return h1, h2
+
+
+def merge_duplicates(x: jax.Array, w: jax.Array) -> jax.Array:
+    """Weights with every group of identical rows' total weight on its first row.
+
+    Args:
+      x: (n, d) rows; w: (n,) non-negative weights.
+
+    Returns:
+      (n,) weights: the first copy (lowest index) of each distinct row carries the
+      group's total, the other copies 0.
+    """
+    n = x.shape[0]
+    h1, h2 = _row_hashes(x)
+    idx = jnp.arange(n, dtype=jnp.int32)
+    s1, s2, perm = lax.sort((h1, h2, idx), num_keys=3)
+    first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
+    run = jnp.cumsum(first.astype(jnp.int32)) - 1
+    total = jax.ops.segment_sum(w[perm], run, num_segments=n)
+    rep = jnp.where(first, total[run], 0.0)
+    return jnp.zeros_like(w).at[perm].set(rep)
+
+
+def _gumbel_scores(key: jax.Array, w: jax.Array) -> jax.Array:
+    """log(w) + Gumbel noise: top-k of these samples k rows without replacement,
+    proportionally to w (weight 0 gives -inf)."""
+    g = jax.random.gumbel(key, w.shape, w.dtype)
+    safe = jnp.where(w > 0, w, 1.0)
+    return jnp.where(w > 0, jnp.log(safe) + g, -jnp.inf)
+
+
+def _sample_by_mass(key: jax.Array, mass: jax.Array, num: int, fallback: jax.Array) -> jax.Array:
+    """`num` indices drawn with replacement with probability proportional to `mass`.
+
+    Indices whose mass is 0 are never returned (a draw that lands on one through
+    rounding returns `fallback` instead).
+    """
+    c = jnp.cumsum(mass)
+    total = c[-1]
+    u = jax.random.uniform(key, (num,), mass.dtype) * total
+    idx = jnp.searchsorted(c, u, side="right").astype(jnp.int32)
+    idx = jnp.clip(idx, 0, mass.shape[0] - 1)
+    return jnp.where(mass[idx] > 0, idx, fallback)
+
+
+def _sq_dists(xp: jax.Array, xsq: jax.Array, cp: jax.Array) -> jax.Array:
+    """(n, m) squared distances between prepared rows and m prepared points."""
+    csq = jnp.sum(cp * cp, axis=1)
+    prod = metrics.dot(xp, cp, "float32")
+    return jnp.maximum(xsq[:, None] - 2.0 * prod + csq[None, :], 0.0)
+
+
+def _prepare(x: jax.Array, w: jax.Array, metric: str) -> jax.Array:
+    """Rows in the frame the samplers measure distances in: unit rows for cosine (so
+    squared Euclidean = 2 (1 - cos)), rows minus the weighted mean otherwise (accuracy
+    far from the origin)."""
+    if metric == COSINE_DISTANCE:
+        return metrics.normalize_rows(x)
+    mean = jnp.sum(x * w[:, None], axis=0) / jnp.sum(w)
+    return x - mean[None, :]
+
+
+def _num_candidates(num_retries: int, k: int) -> int:
+    retries = 2 + int(math.log(k)) if num_retries < 0 else num_retries
+    return 1 + retries
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def _random(key, x, w, k):
+    _, idx = lax.top_k(_gumbel_scores(key, w), k)
+    return idx
+
+
+def _kmeans_pp(key, xp, w, k, num_retries):
+    """Greedy k-means++: `1 + num_retries` D^2-sampled candidates per pick, keep the one
+    that lowers the potential most. Returns indices (k,)."""
+    n = xp.shape[0]
+    num_cand = _num_candidates(num_retries, k)
+    xsq = jnp.sum(xp * xp, axis=1)
+    key, sub = jax.random.split(key)
+    first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
+    d2 = _sq_dists(xp, xsq, xp[first][None, :])[:, 0].at[first].set(0.0)
+    chosen = jnp.zeros((n,), bool).at[first].set(True)
+    idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
+
+    def pick(i, carry):
+        key, d2, chosen, idx = carry
+        key, sub = jax.random.split(key)
+        fallback = jnp.argmax(jnp.where(chosen, 0.0, w)).astype(jnp.int32)
+        cand = _sample_by_mass(sub, w * d2, num_cand, fallback)
+        dc = jnp.minimum(d2[:, None], _sq_dists(xp, xsq, xp[cand]))
+        # A candidate is at distance exactly 0 from itself (the expansion may round).
+        dc = jnp.where(jnp.arange(n)[:, None] == cand[None, :], 0.0, dc)
+        pot = jnp.sum(w[:, None] * dc, axis=0)
+        best = jnp.argmin(pot)
+        new = cand[best]
+        return key, dc[:, best], chosen.at[new].set(True), idx.at[i].set(new)
+
+    _, _, _, idx = lax.fori_loop(1, k, pick, (key, d2, chosen, idx))
+    return idx
+
+
+def _kmc2(key, xp, w, k, chain_length):
+    """Assumption-free k-MC^2 (Bachem et al. 2016), weighted: each new center is the end
+    of a Metropolis-Hastings chain of `chain_length` proposals drawn from
+    ``q = (w d1 / sum w d1 + w / sum w) / 2`` targeting ``w D^2``."""
+    n = xp.shape[0]
+    xsq = jnp.sum(xp * xp, axis=1)
+    key, sub = jax.random.split(key)
+    first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
+    d1 = _sq_dists(xp, xsq, xp[first][None, :])[:, 0].at[first].set(0.0)
+    wd = w * d1
+    q = 0.5 * wd / jnp.maximum(jnp.sum(wd), 1e-30) + 0.5 * w / jnp.sum(w)
+    centers = jnp.zeros((k, xp.shape[1]), xp.dtype).at[0].set(xp[first])
+    chosen = jnp.zeros((n,), bool).at[first].set(True)
+    idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
+    slots = jnp.arange(k)
+
+    def pick(i, carry):
+        key, centers, chosen, idx = carry
+        key, k_prop, k_acc = jax.random.split(key, 3)
+        fallback = jnp.argmax(jnp.where(chosen, 0.0, w)).astype(jnp.int32)
+        prop = _sample_by_mass(k_prop, q, chain_length, fallback)
+        dp = _sq_dists(xp[prop], xsq[prop], centers)
+        dp = jnp.min(jnp.where((slots < i)[None, :], dp, jnp.inf), axis=1)
+        target = jnp.where(chosen[prop], 0.0, w[prop] * dp)
+        qp = q[prop]
+        u = jax.random.uniform(k_acc, (chain_length,), xp.dtype)
+
+        def step(state, j):
+            cur = state
+            accept = (target[cur] <= 0) | (u[j] * target[cur] * qp[j] < target[j] * qp[cur])
+            return jnp.where(accept, j, cur), None
+
+        last, _ = lax.scan(step, jnp.int32(0), jnp.arange(1, chain_length, dtype=jnp.int32))
+        new = jnp.where(target[last] > 0, prop[last], fallback)
+        return key, centers.at[i].set(xp[new]), chosen.at[new].set(True), idx.at[i].set(new)
+
+    _, _, _, idx = lax.fori_loop(1, k, pick, (key, centers, chosen, idx))
+    return idx
+
+
+def _kmeans_parallel(key, xp, w, k, num_retries, rounds, oversampling_factor, chunk):
+    """k-means|| (Bahmani et al. 2012): `rounds` rounds each adding ``l =
+    oversampling_factor * k`` points sampled without replacement proportionally to
+    ``w D^2``; the candidates, weighted by the points nearest to them, are then
+    reduced to k with weighted greedy k-means++."""
+    n, d = xp.shape
+    per_round = max(1, min(n, math.ceil(oversampling_factor * k)))
+    m = 1 + rounds * per_round
+    key, sub = jax.random.split(key)
+    first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
+    cand_idx = jnp.zeros((m,), jnp.int32).at[0].set(first)
+    cand_ok = jnp.zeros((m,), bool).at[0].set(True)
+    xsq = jnp.sum(xp * xp, axis=1)
+    d2 = _sq_dists(xp, xsq, xp[first][None, :])[:, 0].at[first].set(0.0)
+    near = jnp.zeros((n,), jnp.int32)  # nearest candidate so far
+
+    def add_candidates(d2, near, new_idx, new_ok, offset):
+        cp = -2.0 * xp[new_idx]
+        bias = jnp.where(new_ok, jnp.sum(xp[new_idx] ** 2, axis=1), jnp.inf)
+
+        def step(carry, start, valid):
+            d2, near = carry
+            rows = lax.dynamic_slice_in_dim(xp, start, chunk)
+            smin, j = block_argmin(metrics.score_block(rows, cp, bias, "float32"))
+            dnew = jnp.maximum(lax.dynamic_slice_in_dim(xsq, start, chunk) + smin, 0.0)
+            dold = lax.dynamic_slice_in_dim(d2, start, chunk)
+            nold = lax.dynamic_slice_in_dim(near, start, chunk)
+            better = dnew < dold
+            d2 = lax.dynamic_update_slice_in_dim(d2, jnp.where(better, dnew, dold), start, 0)
+            near = lax.dynamic_update_slice_in_dim(
+                near, jnp.where(better, offset + j, nold), start, 0
+            )
+            return d2, near
+
+        d2, near = fold_chunks(n, chunk, step, (d2, near))
+        # Candidates are at distance exactly 0 from themselves.
+        d2 = d2.at[new_idx].set(jnp.where(new_ok, 0.0, d2[new_idx]))
+        near = near.at[new_idx].set(
+            jnp.where(new_ok, offset + jnp.arange(per_round, dtype=jnp.int32), near[new_idx])
+        )
+        return d2, near
+
+    def round_(r, carry):
+        key, d2, near, cand_idx, cand_ok = carry
+        key, sub = jax.random.split(key)
+        scores, new_idx = lax.top_k(_gumbel_scores(sub, w * d2), per_round)
+        new_ok = jnp.isfinite(scores)
+        offset = 1 + r * per_round
+        d2, near = add_candidates(d2, near, new_idx, new_ok, offset)
+        cand_idx = lax.dynamic_update_slice_in_dim(cand_idx, new_idx.astype(jnp.int32), offset, 0)
+        cand_ok = lax.dynamic_update_slice_in_dim(cand_ok, new_ok, offset, 0)
+        return key, d2, near, cand_idx, cand_ok
+
+    key, d2, near, cand_idx, cand_ok = lax.fori_loop(
+        0, rounds, round_, (key, d2, near, cand_idx, cand_ok)
+    )
+    cw = jax.ops.segment_sum(w, near, num_segments=m)
+    cw = jnp.where(cand_ok, cw, 0.0)
+    sub_idx = _kmeans_pp(key, xp[cand_idx], cw, k, num_retries)
+    return cand_idx[sub_idx]
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "k",
+        "method",
+        "metric",
+        "num_retries",
+        "chain_length",
+        "rounds",
+        "oversampling_factor",
+        "chunk_size",
+    ),
+)
+def init_impl(
+    key,
+    x,
+    w,
+    k,
+    method,
+    metric,
+    num_retries=-1,
+    chain_length=200,
+    rounds=5,
+    oversampling_factor=2.0,
+    chunk_size=None,
+):
+    """Jittable core of :func:`init_centers` (no argument checks). Returns (k, d)."""
+    n, d = x.shape
+    if w is None:
+        w = jnp.ones((n,), x.dtype)
+    if metric == COSINE_DISTANCE:
+        # Rows are compared by direction; an all-zero row has none and is never chosen.
+        w = jnp.where(jnp.any(x != 0, axis=1), w, 0.0)
+    w = merge_duplicates(metrics.normalize_rows(x) if metric == COSINE_DISTANCE else x, w)
+    if method == RANDOM_INIT:
+        idx = _random(key, x, w, k)
+    else:
+        xp = _prepare(x, w, metric)
+        if method == KMEANS_PLUS_PLUS_INIT:
+            idx = _kmeans_pp(key, xp, w, k, num_retries)
+        elif method == KMC2_INIT:
+            idx = _kmc2(key, xp, w, k, chain_length)
+        elif method == KMEANS_PARALLEL_INIT:
+            chunk = resolve_chunk_size(
+                chunk_size, n, math.ceil(oversampling_factor * k), d, x.dtype
+            )
+            idx = _kmeans_parallel(key, xp, w, k, num_retries, rounds, oversampling_factor, chunk)
+        else:  # pragma: no cover - checked by the public wrapper
+            raise ValueError(method)
+    centers = x[idx]
+    if metric == COSINE_DISTANCE:
+        centers = metrics.normalize_rows(centers)
+    return centers
+
+
+def check_method_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Validates ``**method_options`` for `method`, returning them with defaults filled."""
+    allowed = METHOD_OPTIONS[method]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"init method {method!r} accepts options {sorted(allowed) or 'none'}; "
+            f"got unexpected {unknown}."
+        )
+    out = {**allowed, **options}
+    if method == KMC2_INIT:
+        out["chain_length"] = check_positive_int(out["chain_length"], "chain_length", minimum=2)
+    if method == KMEANS_PARALLEL_INIT:
+        out["rounds"] = check_positive_int(out["rounds"], "rounds")
+        f = out["oversampling_factor"]
+        if isinstance(f, bool) or not isinstance(f, int | float) or not f > 0:
+            raise ValueError(f"`oversampling_factor` must be a number > 0; got {f!r}.")
+        out["oversampling_factor"] = float(f)
+        out["chunk_size"] = check_chunk_size(out["chunk_size"])
+    return out
+
+
+def check_num_retries(num_retries: Any) -> int:
+    if isinstance(num_retries, bool) or not isinstance(num_retries, int | np.integer):
+        raise TypeError(f"`num_retries` must be an int (negative: 2 + ln k); got {num_retries!r}.")
+    return int(num_retries)
+
+
+def init_centers(
+    key: Any,
+    x: Any,
+    num_clusters: int,
+    method: str | Any | Callable[..., Any] = KMEANS_PLUS_PLUS_INIT,
+    *,
+    metric: str = SQUARED_EUCLIDEAN_DISTANCE,
+    sample_weight: Any = None,
+    num_retries: int = -1,
+    **method_options: Any,
+) -> jax.Array:
+    """Chooses `num_clusters` initial centers from the rows of `x`.
+
+    Args:
+      key: a JAX PRNG key.
+      x: (n, d) float array.
+      num_clusters: k, at most the number of distinct rows of `x`.
+      method: ``"random"`` (k distinct rows, sampled without replacement proportionally
+        to weight), ``"kmeans_plus_plus"`` (greedy k-means++), ``"kmc2"`` (k-MC^2,
+        option ``chain_length=200``), ``"kmeans_parallel"`` (k-means||, options
+        ``rounds=5``, ``oversampling_factor=2.0``, ``chunk_size=None``); or a (k, d)
+        array (returned as is); or a callable ``f(key, x, num_clusters) -> (k, d)``.
+      metric: ``"squared_euclidean"`` or ``"cosine"`` (rows are compared by direction and
+        the centers returned are unit vectors).
+      sample_weight: optional (n,) non-negative weights.
+      num_retries: extra D^2-sampled candidates per k-means++ pick (the best is kept);
+        negative means ``2 + ln k``.
+      **method_options: the method's options above.
+
+    Returns:
+      (k, d) array of distinct rows of `x` (normalized for cosine).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxkmeans
+      >>> x = jnp.array([[0.0, 0.0], [0.0, 1.0], [10.0, 10.0], [10.0, 11.0]])
+      >>> jaxkmeans.init_centers(jax.random.PRNGKey(0), x, 2).shape
+      (2, 2)
+    """
+    metric = check_metric(metric)
+    k = check_positive_int(num_clusters, "num_clusters")
+    x = as_data(x, "x")
+    n, d = x.shape
+    if callable(method) and not isinstance(method, str):
+        out = method(key, x, k)
+        return _check_user_centers(out, k, d, x.dtype, metric, "the init callable's result")
+    if not isinstance(method, str):
+        return _check_user_centers(method, k, d, x.dtype, metric, "method")
+    if method not in INIT_METHODS:
+        raise ValueError(
+            f"`method` must be one of {list(INIT_METHODS)}, an array or a callable; got {method!r}."
+        )
+    opts = check_method_options(method, method_options)
+    num_retries = check_num_retries(num_retries)
+    w = as_weights(sample_weight, n, x.dtype)
+    if not is_traced(x):
+        check_enough_distinct(x, k, metric, w)
+    elif n < k:
+        raise ValueError(f"`num_clusters` must be <= the number of samples; got {k} > {n}.")
+    return init_impl(key, x, w, k, method, metric, num_retries=num_retries, **opts)
+
+
+def _check_user_centers(c: Any, k: int, d: int, dtype: Any, metric: str, name: str) -> jax.Array:
+    c = as_centers(c, d, dtype, name)
+    if c.shape[0] != k:
+        raise ValueError(f"`{name}` must have num_clusters={k} rows; got shape {tuple(c.shape)}.")
+    if metric == COSINE_DISTANCE:
+        c = metrics.normalize_rows(c)
+    return c

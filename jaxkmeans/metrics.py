@@ -1,0 +1,143 @@
+"""Distance metrics: squared Euclidean and cosine (1 - cos).
+
+Both metrics are written as one kernel. For a block of rows ``x`` and centers ``c`` the
+quantity minimised over centers is
+
+    score[i, j] = <x'_i, c'_j> + bias_j,        distance = max(base_i + score, 0)
+
+with ``x' = x - offset``, ``c' = -2 (c - offset)``, ``bias = ||c - offset||^2`` and
+``base = ||x - offset||^2`` for squared Euclidean, and ``x' = x / ||x||``,
+``c' = -c / ||c||``, ``bias = 0``, ``base = 1`` for cosine. Subtracting ``offset`` (a
+point near the data, e.g. the mean of the centers) before the expansion keeps float32
+distances accurate for data far from the origin; the final clamp keeps them >= 0.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxkmeans._validation import (
+    COSINE_DISTANCE,
+    SQUARED_EUCLIDEAN_DISTANCE,
+    as_centers,
+    as_data,
+    check_metric,
+    check_precision,
+)
+
+__all__ = [
+    "SQUARED_EUCLIDEAN_DISTANCE",
+    "COSINE_DISTANCE",
+    "pairwise_distances",
+    "normalize_rows",
+]
+
+
+def normalize_rows(x: jax.Array) -> jax.Array:
+    """Divides each row by its L2 norm; all-zero rows stay zero (never NaN)."""
+    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    safe = jnp.where(sq > 0, sq, jnp.ones_like(sq))
+    return jnp.where(sq > 0, x * lax.rsqrt(safe), jnp.zeros_like(x))
+
+
+def dot(a: jax.Array, b: jax.Array, precision: str) -> jax.Array:
+    """``a @ b.T`` with an explicit precision; the result is in ``a``'s dtype (>= float32)."""
+    out_dtype = jnp.promote_types(a.dtype, jnp.float32)
+    dims = (((a.ndim - 1,), (b.ndim - 1,)), ((), ()))
+    if precision == "bfloat16":
+        return lax.dot_general(
+            a.astype(jnp.bfloat16),
+            b.astype(jnp.bfloat16),
+            dims,
+            preferred_element_type=out_dtype,
+        )
+    prec = lax.Precision.HIGHEST if precision == "float32" else lax.Precision.HIGH
+    return lax.dot_general(a, b, dims, precision=prec, preferred_element_type=out_dtype)
+
+
+def prepare_centers(
+    centers: jax.Array, metric: str, offset: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(c', bias)`` of the kernel above for `centers` of shape (k, d)."""
+    if metric == COSINE_DISTANCE:
+        return -normalize_rows(centers), jnp.zeros(centers.shape[:1], centers.dtype)
+    c = centers if offset is None else centers - offset[None, :]
+    return -2.0 * c, jnp.sum(c * c, axis=1)
+
+
+def prepare_rows(
+    x: jax.Array, metric: str, offset: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(x', base)`` of the kernel above for rows `x` of shape (m, d)."""
+    if metric == COSINE_DISTANCE:
+        return normalize_rows(x), jnp.ones(x.shape[:1], x.dtype)
+    xs = x if offset is None else x - offset[None, :]
+    return xs, jnp.sum(xs * xs, axis=1)
+
+
+def score_block(xp: jax.Array, cp: jax.Array, bias: jax.Array, precision: str) -> jax.Array:
+    """The (m, k) block ``<x', c'> + bias`` (distance minus the per-row ``base``)."""
+    return dot(xp, cp, precision) + bias[None, :]
+
+
+def to_distance(base: jax.Array, score: jax.Array) -> jax.Array:
+    """Distance from ``base + score``, clamped to be non-negative (cosine also <= 2)."""
+    return jnp.maximum(base + score, 0.0)
+
+
+def default_offset(centers: jax.Array, metric: str) -> jax.Array | None:
+    """The point subtracted before the Euclidean expansion: the mean of the centers."""
+    if metric == COSINE_DISTANCE:
+        return None
+    return jnp.mean(centers, axis=0)
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "precision"))
+def _pairwise_impl(x: jax.Array, centers: jax.Array, metric: str, precision: str) -> jax.Array:
+    offset = default_offset(centers, metric)
+    cp, bias = prepare_centers(centers, metric, offset)
+    xp, base = prepare_rows(x, metric, offset)
+    d = to_distance(base[:, None], score_block(xp, cp, bias, precision))
+    if metric == COSINE_DISTANCE:
+        d = jnp.minimum(d, 2.0)
+    return d
+
+
+def pairwise_distances(
+    x: Any,
+    centers: Any,
+    metric: str = SQUARED_EUCLIDEAN_DISTANCE,
+    *,
+    precision: str = "float32",
+) -> jax.Array:
+    """All distances between rows of `x` and `centers`.
+
+    This materializes the full (n, k) matrix; use :func:`jaxkmeans.assign` for the
+    nearest center of many points.
+
+    Args:
+      x: (n, d) float array.
+      centers: (k, d) float array.
+      metric: ``"squared_euclidean"`` (squared L2 distance) or ``"cosine"`` (1 - cos;
+        all-zero rows have cosine 0 with everything).
+      precision: ``"float32"`` (default, exact float32 products), ``"tf32"`` or
+        ``"bfloat16"`` (faster on accelerators, less accurate).
+
+    Returns:
+      (n, k) array of non-negative distances.
+
+    Examples:
+      >>> import jaxkmeans, jax.numpy as jnp
+      >>> jaxkmeans.pairwise_distances(jnp.array([[0.0, 0.0]]), jnp.array([[3.0, 4.0]]))
+      Array([[25.]], dtype=float32)
+    """
+    metric = check_metric(metric)
+    precision = check_precision(precision)
+    x = as_data(x, "x")
+    centers = as_centers(centers, x.shape[1], x.dtype)
+    return _pairwise_impl(x, centers, metric, precision)

@@ -1,0 +1,111 @@
+"""Pytrees carried between calls: KMeansState (mini-batch / estimator state),
+FitResult and StepStats."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxkmeans._validation import as_data
+
+__all__ = ["KMeansState", "FitResult", "StepStats"]
+
+
+class StepStats(NamedTuple):
+    """What one Lloyd iteration observed.
+
+    Attributes:
+      loss: () weighted sum of distances to the nearest center, before the update.
+      counts: (k,) weight assigned to each center (before any empty-cluster relocation).
+      shift: () total squared movement of the centers, ``sum_j ||new_j - old_j||^2``.
+    """
+
+    loss: jax.Array
+    counts: jax.Array
+    shift: jax.Array
+
+
+class FitResult(NamedTuple):
+    """Result of :func:`jaxkmeans.fit`.
+
+    Attributes:
+      centers: (k, d) final centers.
+      labels: (n,) int32 nearest final center of each row.
+      loss: () weighted sum of distances of the rows to the final centers (inertia).
+      n_iter: () int32 number of Lloyd updates applied.
+      converged: () bool, True when the tolerance rule (or a fixed point) stopped the loop
+        before ``max_iter``.
+    """
+
+    centers: jax.Array
+    labels: jax.Array
+    loss: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class KMeansState:
+    """Everything mini-batch training needs to resume, as a pytree of arrays.
+
+    Attributes:
+      centers: (k, d) centers used to assign points (the published model).
+      counts: (k,) cumulative weight per center since the last sync (the optimizer state
+        of :func:`jaxkmeans.minibatch_optimizer`).
+      step: () int32 number of updates applied.
+      loss: () loss of the last step (before its update).
+      key: PRNG key (raw uint32 ``(2,)`` key data) for anything random later on.
+      working: (k, d) working copy the updates go to; equal to ``centers`` unless
+        ``steps_per_iteration > 1``.
+      prev_loss: () loss of the step before (NaN when none), for tolerance checks.
+      smoothed_loss: () exponentially weighted per-point loss (NaN before any step).
+    """
+
+    centers: jax.Array
+    counts: jax.Array
+    step: jax.Array
+    loss: jax.Array
+    key: jax.Array
+    working: jax.Array
+    prev_loss: jax.Array
+    smoothed_loss: jax.Array
+
+    @classmethod
+    def create(cls, centers: Any, *, key: Any = None) -> KMeansState:
+        """A fresh state at `centers` with zero counts, step 0 and NaN losses.
+
+        Args:
+          centers: (k, d) float array of starting centers.
+          key: a PRNG key (typed or raw); default ``jax.random.PRNGKey(0)``.
+        """
+        centers = as_data(centers, "centers")
+        if key is None:
+            key = jax.random.PRNGKey(0)
+        key = jnp.asarray(key)
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.key_data(key)
+        nan = jnp.full((), np.nan, centers.dtype)
+        return cls(
+            centers=centers,
+            counts=jnp.zeros(centers.shape[:1], centers.dtype),
+            step=jnp.zeros((), jnp.int32),
+            loss=nan,
+            key=key,
+            working=centers,
+            prev_loss=nan,
+            smoothed_loss=nan,
+        )
+
+    def replace(self, **changes: Any) -> KMeansState:
+        return dataclasses.replace(self, **changes)
+
+
+jax.tree_util.register_dataclass(
+    KMeansState,
+    data_fields=[f.name for f in dataclasses.fields(KMeansState)],
+    meta_fields=[],
+)

@@ -1,0 +1,226 @@
+"""Sufficient statistics, center updates, the empty-cluster policy and the mini-batch
+optax transformation.
+
+All functions work on *prepared* rows: ``x - offset`` for squared Euclidean (centers
+live in the same shifted frame) and unit rows for cosine.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from jaxkmeans import metrics
+from jaxkmeans._validation import COSINE_DISTANCE
+from jaxkmeans.assignment import fold_chunks, nearest_block
+
+__all__ = [
+    "UPDATE_METHODS",
+    "Stats",
+    "default_update_method",
+    "chunk_statistics",
+    "accumulate",
+    "centers_from_stats",
+    "relocate_empty",
+    "MiniBatchOptState",
+    "minibatch_optimizer",
+]
+
+UPDATE_METHODS = ("auto", "segment_sum", "onehot")
+
+
+class Stats(NamedTuple):
+    """Per-center sums over one pass, plus what the empty-cluster policy needs."""
+
+    sums: jax.Array  # (k, d) weighted sums of prepared rows
+    counts: jax.Array  # (k,) summed weights
+    loss: jax.Array  # () weighted sum of distances to the nearest center
+    labels: jax.Array  # (n,) nearest center
+    min_dist: jax.Array  # (n,) distance to it
+
+
+def default_update_method() -> str:
+    """``segment_sum`` on CPU; a one-hot matmul on GPU/TPU, where float32 scatter-add with
+    many rows per target is very slow."""
+    return "segment_sum" if jax.default_backend() == "cpu" else "onehot"
+
+
+def accumulate(
+    xp: jax.Array, labels: jax.Array, w: jax.Array, k: int, method: str
+) -> tuple[jax.Array, jax.Array]:
+    """Weighted per-label sums (k, d) and weights (k,) of the rows `xp` (m, d)."""
+    if method == "auto":
+        method = default_update_method()
+    if method == "onehot":
+        onehot = (labels[:, None] == jnp.arange(k, dtype=labels.dtype)[None, :]).astype(xp.dtype)
+        onehot = onehot * w[:, None]
+        sums = lax.dot_general(
+            onehot, xp, (((0,), (0,)), ((), ())), precision=lax.Precision.HIGHEST
+        )
+        return sums, jnp.sum(onehot, axis=0)
+    sums = jax.ops.segment_sum(xp * w[:, None], labels, num_segments=k)
+    counts = jax.ops.segment_sum(w, labels, num_segments=k)
+    return sums, counts
+
+
+def chunk_statistics(
+    x: jax.Array,
+    w: jax.Array | None,
+    cp: jax.Array,
+    bias: jax.Array,
+    metric: str,
+    offset: jax.Array | None,
+    chunk: int,
+    precision: str,
+    update_method: str,
+) -> Stats:
+    """One fused pass: nearest centers and per-center sums, chunk by chunk.
+
+    Args:
+      x: (n, d) raw rows; w: (n,) weights or None; cp, bias: prepared centers (k, d), (k,).
+    """
+    n, d = x.shape
+    k = cp.shape[0]
+    dtype = x.dtype
+
+    def step(carry, start, valid):
+        sums, counts, loss, labels, dist = carry
+        rows = lax.dynamic_slice_in_dim(x, start, chunk)
+        idx, dmin, xp = nearest_block(rows, cp, bias, metric, offset, precision)
+        wv = valid.astype(dtype)
+        if w is not None:
+            wv = wv * lax.dynamic_slice_in_dim(w, start, chunk)
+        s, c = accumulate(xp, idx, wv, k, update_method)
+        labels = lax.dynamic_update_slice_in_dim(labels, idx, start, 0)
+        dist = lax.dynamic_update_slice_in_dim(dist, dmin.astype(dtype), start, 0)
+        return sums + s, counts + c, loss + jnp.sum(wv * dmin), labels, dist
+
+    init = (
+        jnp.zeros((k, d), dtype),
+        jnp.zeros((k,), dtype),
+        jnp.zeros((), dtype),
+        jnp.zeros((n,), jnp.int32),
+        jnp.zeros((n,), dtype),
+    )
+    return Stats(*fold_chunks(n, chunk, step, init))
+
+
+def centers_from_stats(
+    sums: jax.Array, counts: jax.Array, old: jax.Array, metric: str
+) -> jax.Array:
+    """Means (squared Euclidean) or normalized sums (cosine); clusters with no weight
+    keep their old center."""
+    has = counts > 0
+    if metric == COSINE_DISTANCE:
+        new = metrics.normalize_rows(sums)
+        has = has & (jnp.sum(sums * sums, axis=1) > 0)
+    else:
+        safe = jnp.where(has, counts, jnp.ones_like(counts))
+        new = sums / safe[:, None]
+    return jnp.where(has[:, None], new, old)
+
+
+def relocate_empty(
+    sums: jax.Array,
+    counts: jax.Array,
+    x: jax.Array,
+    w: jax.Array | None,
+    labels: jax.Array,
+    min_dist: jax.Array,
+    metric: str,
+    offset: jax.Array | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Moves every empty cluster to a distinct point far from its center.
+
+    The i-th empty cluster (by index) takes the i-th farthest point (by distance to its
+    nearest center, among points with positive weight) as its only member; that point
+    leaves the cluster it was in (as in scikit-learn). Points at distance 0 are never
+    taken, so a center never lands on a copy of another.
+
+    Returns:
+      ``(sums, counts, empty)`` with the relocated statistics and the (k,) mask of
+      clusters that were empty.
+    """
+    k = counts.shape[0]
+    n = x.shape[0]
+    empty = counts <= 0
+
+    def move(args):
+        sums, counts = args
+        dist = min_dist if w is None else jnp.where(w > 0, min_dist, -1.0)
+        m = min(k, n)
+        far_d, far_i = lax.top_k(dist, m)
+        rank = jnp.cumsum(empty.astype(jnp.int32)) - 1  # rank of each empty cluster
+        rank_c = jnp.clip(rank, 0, m - 1)
+        ok = empty & (rank < m) & (far_d[rank_c] > 0)
+        pts = far_i[rank_c]  # (k,) point taken by each cluster (where ok)
+        rows, _ = metrics.prepare_rows(x[pts], metric, offset)
+        pw = jnp.ones((k,), x.dtype) if w is None else w[pts]
+        pw = jnp.where(ok, pw, 0.0)
+        donor = labels[pts]
+        before = counts
+        sums = sums - jax.ops.segment_sum(rows * pw[:, None], donor, num_segments=k)
+        counts = counts - jax.ops.segment_sum(pw, donor, num_segments=k)
+        # A donor left with (float) residue only is empty, not a center at residue / eps.
+        gone = counts <= 1e-6 * before
+        sums = jnp.where(gone[:, None], 0.0, sums)
+        counts = jnp.where(gone, 0.0, counts)
+        sums = jnp.where(ok[:, None], rows * pw[:, None], sums)
+        counts = jnp.where(ok, pw, counts)
+        return sums, counts
+
+    sums, counts = lax.cond(jnp.any(empty), move, lambda a: a, (sums, counts))
+    return sums, counts, empty
+
+
+class MiniBatchOptState(NamedTuple):
+    """State of :func:`minibatch_optimizer`: the cumulative weight seen by each center."""
+
+    counts: jax.Array  # (k,)
+
+
+def minibatch_optimizer() -> optax.GradientTransformationExtraArgs:
+    """The mini-batch k-means center update as an optax transformation.
+
+    ``update(grads, state, params, *, batch_counts)`` takes ``grads = centers -
+    batch_means`` (zero rows for centers no point of the batch chose) and the batch's
+    per-center weights, and returns ``-lr * grads`` with the per-center learning rate
+    ``lr = batch_counts / (counts + batch_counts)``; the cumulative counts start at 0.
+    ``optax.apply_updates(centers, updates)`` then equals scikit-learn's
+    ``MiniBatchKMeans`` update ``(c * counts + batch_sums) / (counts + batch_counts)``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxkmeans
+      >>> opt = jaxkmeans.minibatch_optimizer()
+      >>> c = jnp.zeros((2, 1)); state = opt.init(c)
+      >>> u, state = opt.update(c - jnp.array([[4.0], [0.0]]), state, c,
+      ...                       batch_counts=jnp.array([2.0, 0.0]))
+      >>> optax.apply_updates(c, u).ravel().tolist(), state.counts.tolist()
+      ([4.0, 0.0], [2.0, 0.0])
+    """
+
+    def init_fn(params: jax.Array) -> MiniBatchOptState:
+        return MiniBatchOptState(counts=jnp.zeros(params.shape[:1], params.dtype))
+
+    def update_fn(
+        updates: jax.Array,
+        state: MiniBatchOptState,
+        params: jax.Array | None = None,
+        *,
+        batch_counts: jax.Array,
+        **extra_args: Any,
+    ) -> tuple[jax.Array, MiniBatchOptState]:
+        del params, extra_args
+        batch_counts = batch_counts.astype(state.counts.dtype)
+        total = state.counts + batch_counts
+        lr = jnp.where(total > 0, batch_counts / jnp.where(total > 0, total, 1.0), 0.0)
+        return -lr[:, None] * updates, MiniBatchOptState(counts=total)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
