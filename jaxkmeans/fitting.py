@@ -354,7 +354,6 @@ def minibatch_impl(
 ):
     """Jittable core of :func:`minibatch_step` (no argument checks)."""
     centers = state.centers
-    k = centers.shape[0]
     offset = metrics.default_offset(centers, metric)
     cp, bias = metrics.prepare_centers(centers, metric, offset)
     st = chunk_statistics(x, w, cp, bias, metric, offset, chunk, precision, update_method)
