@@ -7,6 +7,15 @@ TensorFlow-estimator-compatible ``KMeans``.
 
 from jaxkmeans._validation import COSINE_DISTANCE, SQUARED_EUCLIDEAN_DISTANCE
 from jaxkmeans.assignment import assign, auto_chunk_size, inertia
+from jaxkmeans.estimator import (
+    KMeans,
+    NotFittedError,
+    RunConfig,
+    latest_checkpoint,
+    list_variables,
+    load_exported,
+    load_variable,
+)
 from jaxkmeans.fitting import fit, lloyd_step, minibatch_step
 from jaxkmeans.initializers import (
     KMC2_INIT,
@@ -21,10 +30,10 @@ from jaxkmeans.updates import minibatch_optimizer
 
 __version__ = "0.1.0"
 
-CLUSTER_CENTERS_VAR_NAME = "clusters"
-SCORE = "score"
-CLUSTER_INDEX = "cluster_index"
-ALL_DISTANCES = "all_distances"
+CLUSTER_CENTERS_VAR_NAME = KMeans.CLUSTER_CENTERS_VAR_NAME
+SCORE = KMeans.SCORE
+CLUSTER_INDEX = KMeans.CLUSTER_INDEX
+ALL_DISTANCES = KMeans.ALL_DISTANCES
 
 __all__ = [
     "SQUARED_EUCLIDEAN_DISTANCE",
@@ -49,4 +58,11 @@ __all__ = [
     "KMeansState",
     "FitResult",
     "StepStats",
+    "KMeans",
+    "RunConfig",
+    "NotFittedError",
+    "load_variable",
+    "list_variables",
+    "latest_checkpoint",
+    "load_exported",
 ]

@@ -4,7 +4,7 @@ program, and the mini-batch step."""
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,13 +36,26 @@ from jaxkmeans.initializers import (
 from jaxkmeans.state import FitResult, KMeansState, StepStats
 from jaxkmeans.updates import (
     UPDATE_METHODS,
+    Far,
     centers_from_stats,
     chunk_statistics,
+    empty_far,
+    farthest,
+    merge_far,
     minibatch_optimizer,
     relocate_empty,
 )
 
-__all__ = ["lloyd_step", "fit", "minibatch_step", "relative_change"]
+__all__ = [
+    "lloyd_step",
+    "fit",
+    "minibatch_step",
+    "relative_change",
+    "PassStats",
+    "pass_add",
+    "pass_end",
+    "weighted_inertia",
+]
 
 
 def relative_change(prev: jax.Array, loss: jax.Array) -> jax.Array:
@@ -60,11 +73,7 @@ def _check_update_method(update_method: Any) -> str:
 
 def _frame_offset(x: jax.Array, w: jax.Array | None, metric: str) -> jax.Array | None:
     """The point subtracted from the data before the Euclidean expansion (weighted mean)."""
-    if metric == COSINE_DISTANCE:
-        return None
-    if w is None:
-        return jnp.mean(x, axis=0)
-    return jnp.sum(x * w[:, None], axis=0) / jnp.sum(w)
+    return metrics.data_offset(x, metric, w)
 
 
 def _to_frame(centers: jax.Array, offset: jax.Array | None, metric: str) -> jax.Array:
@@ -81,9 +90,13 @@ def lloyd_core(x, w, c, offset, metric, chunk, precision, update_method):
     """One Lloyd iteration with centers `c` already in the data frame (x - offset)."""
     cp, bias = metrics.prepare_centers(c, metric, None)
     st = chunk_statistics(x, w, cp, bias, metric, offset, chunk, precision, update_method)
-    sums, counts, _ = relocate_empty(
-        st.sums, st.counts, x, w, st.labels, st.min_dist, metric, offset
-    )
+    k = c.shape[0]
+
+    def move(args):
+        far = farthest(x, w, st.labels, st.min_dist, k, metric, offset)
+        return relocate_empty(*args, far)
+
+    sums, counts = lax.cond(jnp.any(st.counts <= 0), move, lambda a: a, (st.sums, st.counts))
     new = centers_from_stats(sums, counts, c, metric)
     shift = jnp.sum((new - c) ** 2)
     return new, StepStats(loss=st.loss, counts=st.counts, shift=shift)
@@ -91,7 +104,7 @@ def lloyd_core(x, w, c, offset, metric, chunk, precision, update_method):
 
 @functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision", "update_method"))
 def _lloyd_step_impl(x, centers, w, metric, chunk, precision, update_method):
-    offset = metrics.default_offset(centers, metric)
+    offset = _frame_offset(x, w, metric)
     c = _to_frame(centers, offset, metric)
     new, stats = lloyd_core(x, w, c, offset, metric, chunk, precision, update_method)
     return _from_frame(new, offset), stats
@@ -354,7 +367,7 @@ def minibatch_impl(
 ):
     """Jittable core of :func:`minibatch_step` (no argument checks)."""
     centers = state.centers
-    offset = metrics.default_offset(centers, metric)
+    offset = _frame_offset(x, w, metric)
     cp, bias = metrics.prepare_centers(centers, metric, offset)
     st = chunk_statistics(x, w, cp, bias, metric, offset, chunk, precision, update_method)
     has = st.counts > 0
@@ -448,3 +461,97 @@ def minibatch_step(
     return minibatch_impl(
         state, x, w, smoothing, metric, chunk, precision, update_method, steps_per_iteration
     )
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class PassStats(NamedTuple):
+    """Statistics of a full-batch pass accumulated over host batches."""
+
+    sums: jax.Array  # (k, d) in the frame of the pass's centers (x - offset)
+    counts: jax.Array  # (k,)
+    loss: jax.Array  # ()
+    far: Far  # farthest points so far, for empty clusters
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision", "update_method"))
+def _pass_add_impl(acc, centers, x, w, metric, chunk, precision, update_method):
+    k, d = centers.shape
+    offset = metrics.default_offset(centers, metric)
+    cp, bias = metrics.prepare_centers(centers, metric, offset)
+    st = chunk_statistics(x, w, cp, bias, metric, offset, chunk, precision, update_method)
+    far = farthest(x, w, st.labels, st.min_dist, k, metric, offset)
+    if acc is None:
+        acc = PassStats(
+            jnp.zeros((k, d), x.dtype),
+            jnp.zeros((k,), x.dtype),
+            jnp.zeros((), x.dtype),
+            empty_far(k, d, x.dtype),
+        )
+    return PassStats(
+        acc.sums + st.sums, acc.counts + st.counts, acc.loss + st.loss, merge_far(acc.far, far, k)
+    )
+
+
+def pass_add(
+    acc: PassStats | None,
+    centers: jax.Array,
+    x: jax.Array,
+    w: jax.Array | None = None,
+    *,
+    metric: str = SQUARED_EUCLIDEAN_DISTANCE,
+    chunk: int,
+    precision: str = "float32",
+    update_method: str = "auto",
+) -> PassStats:
+    """Adds one batch (already checked) to a full-batch pass at `centers`.
+
+    Summing the statistics of every batch of a pass and then calling :func:`pass_end`
+    gives exactly one Lloyd iteration over all the batches, so data larger than device
+    memory streams through.
+    """
+    return _pass_add_impl(acc, centers, x, w, metric, chunk, precision, update_method)
+
+
+@functools.partial(jax.jit, static_argnames=("metric",))
+def _pass_end_impl(acc, centers, metric):
+    offset = metrics.default_offset(centers, metric)
+    c = _to_frame(centers, offset, metric)
+    sums, counts = lax.cond(
+        jnp.any(acc.counts <= 0),
+        lambda a: relocate_empty(*a, acc.far),
+        lambda a: a,
+        (acc.sums, acc.counts),
+    )
+    new = centers_from_stats(sums, counts, c, metric)
+    shift = jnp.sum((new - c) ** 2)
+    return _from_frame(new, offset), StepStats(loss=acc.loss, counts=acc.counts, shift=shift)
+
+
+def pass_end(
+    acc: PassStats, centers: jax.Array, *, metric: str = SQUARED_EUCLIDEAN_DISTANCE
+) -> tuple[jax.Array, StepStats]:
+    """Finishes a pass: new centers (empty clusters relocated) and the pass's stats."""
+    return _pass_end_impl(acc, centers, metric)
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision"))
+def _weighted_inertia_impl(x, centers, w, metric, chunk, precision):
+    offset = metrics.default_offset(centers, metric)
+    cp, bias = metrics.prepare_centers(centers, metric, offset)
+    _, dist = assign_prepared(x, cp, bias, metric, offset, chunk, precision)
+    return jnp.sum(dist) if w is None else jnp.sum(w * dist)
+
+
+def weighted_inertia(
+    x: jax.Array,
+    centers: jax.Array,
+    w: jax.Array | None = None,
+    *,
+    metric: str = SQUARED_EUCLIDEAN_DISTANCE,
+    chunk: int,
+    precision: str = "float32",
+) -> jax.Array:
+    """Summed (weighted) distance of already-checked rows to their nearest center."""
+    return _weighted_inertia_impl(x, centers, w, metric, chunk, precision)

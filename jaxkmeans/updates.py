@@ -25,6 +25,10 @@ __all__ = [
     "chunk_statistics",
     "accumulate",
     "centers_from_stats",
+    "Far",
+    "farthest",
+    "merge_far",
+    "empty_far",
     "relocate_empty",
     "MiniBatchOptState",
     "minibatch_optimizer",
@@ -124,57 +128,81 @@ def centers_from_stats(
     return jnp.where(has[:, None], new, old)
 
 
-def relocate_empty(
-    sums: jax.Array,
-    counts: jax.Array,
+class Far(NamedTuple):
+    """Candidate points for empty clusters, farthest first."""
+
+    rows: jax.Array  # (m, d) prepared rows
+    dist: jax.Array  # (m,) distance to their nearest center (-1: no candidate)
+    labels: jax.Array  # (m,) their nearest center
+    weights: jax.Array  # (m,) their weights
+
+
+def farthest(
     x: jax.Array,
     w: jax.Array | None,
     labels: jax.Array,
     min_dist: jax.Array,
+    m: int,
     metric: str,
     offset: jax.Array | None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+) -> Far:
+    """The (up to) `m` rows of `x` with positive weight farthest from their centers."""
+    n = x.shape[0]
+    dist = min_dist if w is None else jnp.where(w > 0, min_dist, -1.0)
+    m = min(m, n)
+    far_d, far_i = lax.top_k(dist, m)
+    rows, _ = metrics.prepare_rows(x[far_i], metric, offset)
+    pw = jnp.ones((m,), x.dtype) if w is None else w[far_i]
+    return Far(rows, far_d, labels[far_i], pw)
+
+
+def merge_far(a: Far, b: Far, m: int) -> Far:
+    """The `m` farthest of two candidate sets."""
+    cat = jax.tree_util.tree_map(lambda u, v: jnp.concatenate([u, v]), a, b)
+    far_d, idx = lax.top_k(cat.dist, min(m, cat.dist.shape[0]))
+    return Far(cat.rows[idx], far_d, cat.labels[idx], cat.weights[idx])
+
+
+def empty_far(m: int, d: int, dtype: Any) -> Far:
+    """A candidate set with no candidates (for streaming accumulation)."""
+    return Far(
+        jnp.zeros((m, d), dtype),
+        jnp.full((m,), -1.0, dtype),
+        jnp.zeros((m,), jnp.int32),
+        jnp.zeros((m,), dtype),
+    )
+
+
+def relocate_empty(sums: jax.Array, counts: jax.Array, far: Far) -> tuple[jax.Array, jax.Array]:
     """Moves every empty cluster to a distinct point far from its center.
 
-    The i-th empty cluster (by index) takes the i-th farthest point (by distance to its
-    nearest center, among points with positive weight) as its only member; that point
-    leaves the cluster it was in (as in scikit-learn). Points at distance 0 are never
-    taken, so a center never lands on a copy of another.
+    The i-th empty cluster (by index) takes the i-th farthest candidate (by distance to
+    its nearest center, among points with positive weight) as its only member; that
+    point leaves the cluster it was in (as in scikit-learn). Points at distance 0 are
+    never taken, so a center never lands on a copy of another.
 
     Returns:
-      ``(sums, counts, empty)`` with the relocated statistics and the (k,) mask of
-      clusters that were empty.
+      ``(sums, counts)`` with the relocated statistics.
     """
     k = counts.shape[0]
-    n = x.shape[0]
+    m = far.dist.shape[0]
     empty = counts <= 0
-
-    def move(args):
-        sums, counts = args
-        dist = min_dist if w is None else jnp.where(w > 0, min_dist, -1.0)
-        m = min(k, n)
-        far_d, far_i = lax.top_k(dist, m)
-        rank = jnp.cumsum(empty.astype(jnp.int32)) - 1  # rank of each empty cluster
-        rank_c = jnp.clip(rank, 0, m - 1)
-        ok = empty & (rank < m) & (far_d[rank_c] > 0)
-        pts = far_i[rank_c]  # (k,) point taken by each cluster (where ok)
-        rows, _ = metrics.prepare_rows(x[pts], metric, offset)
-        pw = jnp.ones((k,), x.dtype) if w is None else w[pts]
-        pw = jnp.where(ok, pw, 0.0)
-        donor = labels[pts]
-        before = counts
-        sums = sums - jax.ops.segment_sum(rows * pw[:, None], donor, num_segments=k)
-        counts = counts - jax.ops.segment_sum(pw, donor, num_segments=k)
-        # A donor left with (float) residue only is empty, not a center at residue / eps.
-        gone = counts <= 1e-6 * before
-        sums = jnp.where(gone[:, None], 0.0, sums)
-        counts = jnp.where(gone, 0.0, counts)
-        sums = jnp.where(ok[:, None], rows * pw[:, None], sums)
-        counts = jnp.where(ok, pw, counts)
-        return sums, counts
-
-    sums, counts = lax.cond(jnp.any(empty), move, lambda a: a, (sums, counts))
-    return sums, counts, empty
+    rank = jnp.cumsum(empty.astype(jnp.int32)) - 1  # rank of each empty cluster
+    rank_c = jnp.clip(rank, 0, m - 1)
+    ok = empty & (rank < m) & (far.dist[rank_c] > 0)
+    rows = far.rows[rank_c]
+    pw = jnp.where(ok, far.weights[rank_c], 0.0)
+    donor = far.labels[rank_c]
+    before = counts
+    sums = sums - jax.ops.segment_sum(rows * pw[:, None], donor, num_segments=k)
+    counts = counts - jax.ops.segment_sum(pw, donor, num_segments=k)
+    # A donor left with (float) residue only is empty, not a center at residue / eps.
+    gone = counts <= 1e-6 * before
+    sums = jnp.where(gone[:, None], 0.0, sums)
+    counts = jnp.where(gone, 0.0, counts)
+    sums = jnp.where(ok[:, None], rows * pw[:, None], sums)
+    counts = jnp.where(ok, pw, counts)
+    return sums, counts
 
 
 class MiniBatchOptState(NamedTuple):

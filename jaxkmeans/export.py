@@ -1,0 +1,146 @@
+"""Portable serving artifact: a serialized ``jax.export`` of the predict function with
+the centers inside, plus a metadata JSON. Loading needs neither the checkpoint nor the
+original ``KMeans`` object."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export as jax_export
+
+from jaxkmeans import metrics
+from jaxkmeans._validation import check_metric
+from jaxkmeans.assignment import block_argmin
+
+__all__ = ["predict_fn", "export_model", "load_exported", "ExportedModel"]
+
+PROGRAM_FILE = "predict.jaxexport"
+METADATA_FILE = "metadata.json"
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def predict_fn(metric: str) -> Callable[[jax.Array, jax.Array], dict[str, jax.Array]]:
+    """The pure, jittable ``(centers, x) -> {"cluster_index", "all_distances"}``.
+
+    ``all_distances`` is (n, k): squared Euclidean distances, or 1 - cos for cosine;
+    ``cluster_index`` (n,) int32 is the nearest center (lowest index on ties).
+    """
+    check_metric(metric)
+
+    def model_fn(centers: jax.Array, x: jax.Array) -> dict[str, jax.Array]:
+        x = jnp.asarray(x, centers.dtype)
+        offset = metrics.default_offset(centers, metric)
+        cp, bias = metrics.prepare_centers(centers, metric, offset)
+        xp, base = metrics.prepare_rows(x, metric, offset)
+        score = metrics.score_block(xp, cp, bias, "float32")
+        _, idx = block_argmin(score)
+        dist = metrics.to_distance(base[:, None], score)
+        return {"cluster_index": idx, "all_distances": dist}
+
+    return model_fn
+
+
+def _unique_dir(base: pathlib.Path) -> pathlib.Path:
+    stamp = int(time.time())
+    path = base / str(stamp)
+    while path.exists():
+        stamp += 1
+        path = base / str(stamp)
+    return path
+
+
+def export_model(
+    export_dir_base: str | os.PathLike, centers: Any, metric: str, metadata: dict[str, Any]
+) -> str:
+    """Writes ``export_dir_base/<timestamp>/`` with the program and metadata; returns its
+    path. The directory appears whole or not at all (written aside, then renamed)."""
+    centers = jnp.asarray(np.asarray(centers, np.float32))
+    k, d = centers.shape
+    fn = predict_fn(metric)
+    (batch,) = jax_export.symbolic_shape("batch")
+    exported = jax_export.export(jax.jit(lambda x: fn(centers, x)), platforms=PLATFORMS)(
+        jax.ShapeDtypeStruct((batch, d), jnp.float32)
+    )
+    base = pathlib.Path(export_dir_base).expanduser().resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    final = _unique_dir(base)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-export-", dir=base))
+    try:
+        (tmp / PROGRAM_FILE).write_bytes(bytes(exported.serialize()))
+        meta = {
+            "format": "jaxkmeans-export",
+            "version": 1,
+            "num_clusters": int(k),
+            "dims": int(d),
+            "distance_metric": metric,
+            "platforms": list(PLATFORMS),
+            "jax_version": jax.__version__,
+            "outputs": ["cluster_index", "all_distances"],
+            **metadata,
+        }
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return str(final)
+
+
+class ExportedModel:
+    """A loaded export: call it on an (n, d) array to get
+    ``{"cluster_index": (n,) int32, "all_distances": (n, k) float32}`` (numpy)."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = str(path)
+        self.metadata: dict[str, Any] = json.loads((path / METADATA_FILE).read_text())
+        self._exported = jax_export.deserialize(bytearray((path / PROGRAM_FILE).read_bytes()))
+        self.num_clusters = int(self.metadata["num_clusters"])
+        self.dims = int(self.metadata["dims"])
+
+    def __call__(self, x: Any) -> dict[str, np.ndarray]:
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"`x` must be a numeric array; got dtype {arr.dtype}.")
+        if arr.ndim != 2 or arr.shape[1] != self.dims:
+            raise ValueError(f"`x` must have shape (n, {self.dims}); got {arr.shape}.")
+        out = self._exported.call(jnp.asarray(arr, jnp.float32))
+        return {key: np.asarray(value) for key, value in out.items()}
+
+    def __repr__(self) -> str:
+        return f"ExportedModel(path={self.path!r}, k={self.num_clusters}, d={self.dims})"
+
+
+def load_exported(path: str | os.PathLike) -> ExportedModel:
+    """Loads an artifact written by ``KMeans.export_saved_model``.
+
+    Args:
+      path: the directory returned by ``export_saved_model`` (or its parent, in which
+        case the newest export inside is used).
+
+    Returns:
+      A callable ``x -> {"cluster_index", "all_distances"}``.
+    """
+    p = pathlib.Path(path).expanduser().resolve()
+    if not (p / METADATA_FILE).is_file() and p.is_dir():
+        subs = sorted(
+            (s for s in p.iterdir() if (s / METADATA_FILE).is_file() and s.name.isdigit()),
+            key=lambda s: int(s.name),
+        )
+        if subs:
+            p = subs[-1]
+    if not (p / METADATA_FILE).is_file() or not (p / PROGRAM_FILE).is_file():
+        raise ValueError(
+            f"`path` must be a directory written by export_saved_model (with {METADATA_FILE} "
+            f"and {PROGRAM_FILE}); got {str(path)!r}."
+        )
+    return ExportedModel(p)

@@ -1,0 +1,222 @@
+"""Turns what users pass as input into host numpy batches.
+
+Accepted (directly or returned by a zero-argument callable ``input_fn``):
+
+* an array ``(n, d)`` (numpy, JAX, or anything ``np.asarray`` reads as 2-D numbers);
+* a dict of feature name -> array ``(n,)`` or ``(n, d_i)``; columns are concatenated in
+  sorted key order, or in the order of ``feature_columns`` (which also selects);
+* a pair ``(features, None)`` (TensorFlow's ``(features, labels)`` with no labels);
+* an iterable of any of those (one batch each, one pass).
+
+A callable is called again for every further pass; an iterator passed directly gives one
+pass only.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["InputReader", "feature_names", "to_matrix"]
+
+ACCEPTED = (
+    "an array (n, d), a dict of feature name -> array (n,) or (n, d_i), a pair "
+    "(features, None), an iterable of those, or a callable returning one of them"
+)
+
+
+def feature_names(feature_columns: Any) -> list[str] | None:
+    """Names from ``feature_columns``: strings, or objects with a ``key``/``name``
+    attribute (TensorFlow feature columns)."""
+    if feature_columns is None:
+        return None
+    if isinstance(feature_columns, str) or not isinstance(feature_columns, Iterable):
+        raise TypeError(
+            "`feature_columns` must be a list of feature names; "
+            f"got {type(feature_columns).__name__}."
+        )
+    names = []
+    for col in feature_columns:
+        name = col if isinstance(col, str) else getattr(col, "key", getattr(col, "name", None))
+        if not isinstance(name, str):
+            raise TypeError(f"`feature_columns` entries must be feature names (str); got {col!r}.")
+        names.append(name)
+    if not names:
+        raise ValueError("`feature_columns` must name at least one feature; got an empty list.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`feature_columns` must not repeat names; got {names}.")
+    return names
+
+
+def _is_array_like(obj: Any) -> bool:
+    return hasattr(obj, "__array__") or hasattr(obj, "__jax_array__")
+
+
+def _as_2d(value: Any, what: str) -> np.ndarray:
+    if isinstance(value, str | bytes):
+        raise TypeError(f"{what} must be numeric; got a string {value!r:.40}.")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{what} must be a numeric array; could not convert it ({e}).") from None
+    if arr.dtype == object:
+        raise ValueError(
+            f"{what} must be a numeric array with equal-length rows; got ragged or mixed data."
+        )
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must be numeric; got dtype {arr.dtype}.")
+    if arr.ndim == 1:
+        raise ValueError(
+            f"{what} must be 2-D (n_samples, n_features); got shape {arr.shape} "
+            "(use x.reshape(-1, 1) for one feature)."
+        )
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (n_samples, n_features); got shape {arr.shape}.")
+    return arr
+
+
+def _dict_to_matrix(features: collections.abc.Mapping, names: Sequence[str] | None) -> np.ndarray:
+    if not features:
+        raise ValueError("the features dict is empty; it needs at least one feature.")
+    keys = list(names) if names is not None else sorted(features, key=str)
+    missing = [k for k in keys if k not in features]
+    if missing:
+        raise ValueError(
+            f"features {missing} named in `feature_columns` are missing from the input; "
+            f"it has {sorted(map(str, features))}."
+        )
+    cols = []
+    n = None
+    for key in keys:
+        value = features[key]
+        if isinstance(value, str | bytes):
+            raise TypeError(f"feature {key!r} must be numeric; got a string.")
+        arr = np.asarray(value)
+        if arr.dtype == object or arr.dtype.kind not in "biuf":
+            raise TypeError(f"feature {key!r} must be a numeric array; got dtype {arr.dtype}.")
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2:
+            raise ValueError(f"feature {key!r} must have shape (n,) or (n, d); got {arr.shape}.")
+        if n is None:
+            n = arr.shape[0]
+        elif arr.shape[0] != n:
+            raise ValueError(
+                f"all features must have the same number of rows; feature {key!r} has "
+                f"{arr.shape[0]}, the first has {n}."
+            )
+        cols.append(arr)
+    return np.concatenate(cols, axis=1)
+
+
+def to_matrix(obj: Any, names: Sequence[str] | None = None) -> np.ndarray:
+    """One batch (array, dict or ``(features, None)``) as a numeric 2-D numpy array."""
+    if obj is None:
+        raise TypeError(f"input must be {ACCEPTED}; got None.")
+    if isinstance(obj, tuple) and len(obj) == 2 and not _is_array_like(obj):
+        features, labels = obj
+        if labels is not None:
+            raise ValueError(
+                "input pairs must be (features, None): k-means does not use labels; "
+                f"got labels of type {type(labels).__name__}."
+            )
+        obj = features
+    if isinstance(obj, collections.abc.Mapping):
+        return _dict_to_matrix(obj, names)
+    if names is not None:
+        raise ValueError("`feature_columns` selects features by name, so the input must be a dict.")
+    if isinstance(obj, str | bytes):
+        raise TypeError(f"input must be {ACCEPTED}; got a string.")
+    return _as_2d(obj, "input features")
+
+
+def _is_batch(obj: Any) -> bool:
+    """True for one batch (array, dict or pair), False for an iterable of batches."""
+    if isinstance(obj, collections.abc.Mapping) or _is_array_like(obj):
+        return True
+    if isinstance(obj, tuple) and len(obj) == 2 and (obj[1] is None):
+        return True
+    if isinstance(obj, list | tuple):
+        # A list of numbers / lists of numbers is one 2-D array; a list of arrays,
+        # dicts or pairs is a sequence of batches.
+        return not any(
+            isinstance(e, collections.abc.Mapping | tuple)
+            or (_is_array_like(e) and np.ndim(e) == 2)
+            for e in obj
+        )
+    return False
+
+
+class InputReader:
+    """Reads batches from an input, pass after pass.
+
+    Args:
+      input_fn: the input or a zero-argument callable returning it.
+      feature_columns: optional feature names (dict inputs).
+      dims: expected number of columns (None: taken from the first batch).
+    """
+
+    def __init__(self, input_fn: Any, feature_columns: Any = None, dims: int | None = None):
+        if input_fn is None or isinstance(input_fn, str | bytes):
+            raise TypeError(f"`input_fn` must be {ACCEPTED}; got {input_fn!r:.60}.")
+        self._source = input_fn
+        self._names = feature_names(feature_columns)
+        self.dims = dims
+        self._one_shot_used = False
+        self.passes = 0
+
+    def _obtain(self) -> Any:
+        src = self._source
+        if callable(src) and not _is_array_like(src) and not isinstance(src, Iterable):
+            try:
+                return src()
+            except TypeError as e:
+                if "argument" in str(e):
+                    raise TypeError(
+                        f"`input_fn` must be callable with no arguments; calling it failed: {e}"
+                    ) from None
+                raise
+        return src
+
+    def _check(self, batch: np.ndarray) -> np.ndarray:
+        if self.dims is None:
+            self.dims = batch.shape[1]
+        elif batch.shape[1] != self.dims:
+            raise ValueError(
+                f"input batches must have {self.dims} features (columns); got a batch of shape "
+                f"{batch.shape}."
+            )
+        batch = np.asarray(batch, dtype=np.float32)
+        if not np.isfinite(batch).all():
+            raise ValueError("input features must be finite; a batch has NaN or inf.")
+        return batch
+
+    def batches(self) -> Iterator[np.ndarray]:
+        """One pass over the input: float32 (b, d) batches (empty batches skipped)."""
+        obj = self._obtain()
+        if _is_batch(obj):
+            items: Iterable[Any] = [obj]
+        elif isinstance(obj, Iterable):
+            if iter(obj) is obj:  # a one-shot iterator
+                if self._one_shot_used and obj is self._source:
+                    raise ValueError(
+                        "the input is a one-shot iterator and allows one pass only; pass a "
+                        "callable that returns a fresh iterator to read it again."
+                    )
+                self._one_shot_used = True
+            items = obj
+        else:
+            raise TypeError(f"`input_fn` must be {ACCEPTED}; got {type(obj).__name__}.")
+        self.passes += 1
+        for item in items:
+            batch = self._check(to_matrix(item, self._names))
+            if batch.shape[0]:
+                yield batch
+
+
+def as_input_fn(obj: Any) -> Callable[[], Any]:
+    """A callable returning `obj` (for APIs that want an input_fn)."""
+    return lambda: obj
