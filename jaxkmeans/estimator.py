@@ -72,6 +72,7 @@ VARIABLES = {
     "working": "working_clusters",
     "prev_loss": "prev_loss",
     "smoothed_loss": "smoothed_loss",
+    "origin": "origin",
 }
 _MAX_UNTIL_CONVERGED_STEPS = 10_000
 _FORMAT = "jaxkmeans-estimator"
@@ -141,6 +142,7 @@ def _state_template(k: int, d: int) -> dict[str, np.ndarray]:
         "working_clusters": np.zeros((k, d), f32),
         "prev_loss": np.zeros((), f32),
         "smoothed_loss": np.zeros((), f32),
+        "origin": np.zeros((d,), f32),
     }
 
 
@@ -611,6 +613,7 @@ class KMeans:
                 acc = fitting.pass_add(
                     acc,
                     state.centers,
+                    state.origin,
                     padded,
                     w,
                     metric=self._metric,
@@ -619,7 +622,9 @@ class KMeans:
             if acc is None:
                 raise ValueError("the input is empty: a pass over it gave no rows.")
             self._rows_per_pass = rows
-            new_centers, stats = fitting.pass_end(acc, state.centers, metric=self._metric)
+            new_centers, stats = fitting.pass_end(
+                acc, state.centers, state.origin, metric=self._metric
+            )
             loss = float(stats.loss)
             prev = float(state.loss)
             self._state = state.replace(

@@ -476,9 +476,9 @@ class PassStats(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision", "update_method"))
-def _pass_add_impl(acc, centers, x, w, metric, chunk, precision, update_method):
+def _pass_add_impl(acc, centers, origin, x, w, metric, chunk, precision, update_method):
     k, d = centers.shape
-    offset = metrics.default_offset(centers, metric)
+    offset = None if metric == COSINE_DISTANCE else origin
     cp, bias = metrics.prepare_centers(centers, metric, offset)
     st = chunk_statistics(x, w, cp, bias, metric, offset, chunk, precision, update_method)
     far = farthest(x, w, st.labels, st.min_dist, k, metric, offset)
@@ -497,6 +497,7 @@ def _pass_add_impl(acc, centers, x, w, metric, chunk, precision, update_method):
 def pass_add(
     acc: PassStats | None,
     centers: jax.Array,
+    origin: jax.Array,
     x: jax.Array,
     w: jax.Array | None = None,
     *,
@@ -505,18 +506,19 @@ def pass_add(
     precision: str = "float32",
     update_method: str = "auto",
 ) -> PassStats:
-    """Adds one batch (already checked) to a full-batch pass at `centers`.
+    """Adds one batch (already checked) to a full-batch pass at `centers`; `origin`
+    (d,) is the frame the sums are taken in (``KMeansState.origin``).
 
     Summing the statistics of every batch of a pass and then calling :func:`pass_end`
     gives exactly one Lloyd iteration over all the batches, so data larger than device
     memory streams through.
     """
-    return _pass_add_impl(acc, centers, x, w, metric, chunk, precision, update_method)
+    return _pass_add_impl(acc, centers, origin, x, w, metric, chunk, precision, update_method)
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))
-def _pass_end_impl(acc, centers, metric):
-    offset = metrics.default_offset(centers, metric)
+def _pass_end_impl(acc, centers, origin, metric):
+    offset = None if metric == COSINE_DISTANCE else origin
     c = _to_frame(centers, offset, metric)
     sums, counts = lax.cond(
         jnp.any(acc.counts <= 0),
@@ -530,10 +532,14 @@ def _pass_end_impl(acc, centers, metric):
 
 
 def pass_end(
-    acc: PassStats, centers: jax.Array, *, metric: str = SQUARED_EUCLIDEAN_DISTANCE
+    acc: PassStats,
+    centers: jax.Array,
+    origin: jax.Array,
+    *,
+    metric: str = SQUARED_EUCLIDEAN_DISTANCE,
 ) -> tuple[jax.Array, StepStats]:
     """Finishes a pass: new centers (empty clusters relocated) and the pass's stats."""
-    return _pass_end_impl(acc, centers, metric)
+    return _pass_end_impl(acc, centers, origin, metric)
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision"))

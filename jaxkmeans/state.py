@@ -63,6 +63,9 @@ class KMeansState:
         ``steps_per_iteration > 1``.
       prev_loss: () loss of the step before (NaN when none), for tolerance checks.
       smoothed_loss: () exponentially weighted per-point loss (NaN before any step).
+      origin: (d,) fixed point subtracted from the data before distance expansions and
+        sums (accuracy far from the origin); fixed for the life of the state so that a
+        converged full-batch model is an exact fixed point.
     """
 
     centers: jax.Array
@@ -73,14 +76,16 @@ class KMeansState:
     working: jax.Array
     prev_loss: jax.Array
     smoothed_loss: jax.Array
+    origin: jax.Array
 
     @classmethod
-    def create(cls, centers: Any, *, key: Any = None) -> KMeansState:
+    def create(cls, centers: Any, *, key: Any = None, origin: Any = None) -> KMeansState:
         """A fresh state at `centers` with zero counts, step 0 and NaN losses.
 
         Args:
           centers: (k, d) float array of starting centers.
           key: a PRNG key (typed or raw); default ``jax.random.PRNGKey(0)``.
+          origin: (d,) frame origin; default the mean of `centers`.
         """
         centers = as_data(centers, "centers")
         if key is None:
@@ -98,6 +103,9 @@ class KMeansState:
             working=centers,
             prev_loss=nan,
             smoothed_loss=nan,
+            origin=jnp.mean(centers, axis=0)
+            if origin is None
+            else jnp.asarray(origin, centers.dtype),
         )
 
     def replace(self, **changes: Any) -> KMeansState:
