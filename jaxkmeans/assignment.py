@@ -19,6 +19,7 @@ from jax import lax
 
 from jaxkmeans import metrics
 from jaxkmeans._validation import (
+    COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
     as_centers,
     as_data,
@@ -111,10 +112,19 @@ def nearest_block(
     offset: jax.Array | None,
     precision: str,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Labels, min distances and prepared rows ``x'`` for one block of raw rows."""
+    """Labels, min distances and prepared rows ``x'`` for one block of raw rows.
+
+    The expansion picks the nearest center; for squared Euclidean its distance is then
+    recomputed directly as ``||x' - (c - offset)||^2`` (with ``c - offset = -cp / 2``
+    exactly), which is accurate to float rounding of the distance itself, whatever the
+    magnitude of ``x'`` and the other centers.
+    """
     xp, base = metrics.prepare_rows(x_rows, metric, offset)
     smin, idx = block_argmin(metrics.score_block(xp, cp, bias, precision))
-    return idx, metrics.to_distance(base, smin), xp
+    if metric == COSINE_DISTANCE:
+        return idx, metrics.to_distance(base, smin), xp
+    diff = xp + 0.5 * cp[idx]
+    return idx, jnp.sum(diff * diff, axis=1), xp
 
 
 def assign_prepared(
@@ -143,14 +153,14 @@ def assign_prepared(
 
 @functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision"))
 def _assign_impl(x, centers, metric, chunk, precision):
-    offset = metrics.default_offset(centers, metric)
+    offset = metrics.data_offset(x, metric)
     cp, bias = metrics.prepare_centers(centers, metric, offset)
     return assign_prepared(x, cp, bias, metric, offset, chunk, precision)
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision"))
 def _inertia_impl(x, centers, w, metric, chunk, precision):
-    offset = metrics.default_offset(centers, metric)
+    offset = metrics.data_offset(x, metric, w)
     cp, bias = metrics.prepare_centers(centers, metric, offset)
     n = x.shape[0]
 

@@ -7,9 +7,10 @@ quantity minimised over centers is
 
 with ``x' = x - offset``, ``c' = -2 (c - offset)``, ``bias = ||c - offset||^2`` and
 ``base = ||x - offset||^2`` for squared Euclidean, and ``x' = x / ||x||``,
-``c' = -c / ||c||``, ``bias = 0``, ``base = 1`` for cosine. Subtracting ``offset`` (a
-point near the data, e.g. the mean of the centers) before the expansion keeps float32
-distances accurate for data far from the origin; the final clamp keeps them >= 0.
+``c' = -c / ||c||``, ``bias = 0``, ``base = 1`` for cosine. Subtracting ``offset`` (the
+mean of the data, see :func:`data_offset`) before the expansion keeps float32 distances
+accurate for data far from the origin, even when some center is far from all the data;
+the final clamp keeps them >= 0.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "COSINE_DISTANCE",
     "pairwise_distances",
     "normalize_rows",
+    "data_offset",
 ]
 
 
@@ -91,15 +93,30 @@ def to_distance(base: jax.Array, score: jax.Array) -> jax.Array:
 
 
 def default_offset(centers: jax.Array, metric: str) -> jax.Array | None:
-    """The point subtracted before the Euclidean expansion: the mean of the centers."""
+    """The mean of the centers: a frame for when the data is not at hand (prefer
+    :func:`data_offset`; a center far from the data makes this one inaccurate)."""
     if metric == COSINE_DISTANCE:
         return None
     return jnp.mean(centers, axis=0)
 
 
+def data_offset(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.Array | None:
+    """The point subtracted before the Euclidean expansion: the (weighted) mean of the
+    rows `x` (n, d), so that the shifted rows are small whatever the centers are. None
+    for cosine."""
+    if metric == COSINE_DISTANCE:
+        return None
+    mean = jnp.mean(x, axis=0)
+    if w is None:
+        return mean
+    total = jnp.sum(w)
+    safe = jnp.where(total > 0, total, jnp.ones_like(total))
+    return jnp.where(total > 0, jnp.sum(x * w[:, None], axis=0) / safe, mean)
+
+
 @functools.partial(jax.jit, static_argnames=("metric", "precision"))
 def _pairwise_impl(x: jax.Array, centers: jax.Array, metric: str, precision: str) -> jax.Array:
-    offset = default_offset(centers, metric)
+    offset = data_offset(x, metric)
     cp, bias = prepare_centers(centers, metric, offset)
     xp, base = prepare_rows(x, metric, offset)
     d = to_distance(base[:, None], score_block(xp, cp, bias, precision))
