@@ -58,7 +58,8 @@ def check_chunk_size(chunk_size: Any) -> int | None:
 def _float_dtype(dtype: Any, name: str) -> np.dtype:
     dtype = np.dtype(dtype)
     if jnp.issubdtype(dtype, jnp.floating):
-        return dtype
+        # float64 without jax_enable_x64 becomes float32 (no truncation warning).
+        return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
     if jnp.issubdtype(dtype, jnp.integer) or dtype == np.bool_:
         return np.dtype(jnp.zeros((), dtype=float).dtype)  # default float (x64 aware)
     raise TypeError(f"`{name}` must be a real numeric array; got dtype {dtype}.")

@@ -1,0 +1,212 @@
+"""Tests for jaxkmeans.updates: sufficient statistics, segment_sum == onehot, center
+updates, the empty-cluster policy and the mini-batch optax transformation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import assert_trees_all_close
+
+import jaxkmeans
+from jaxkmeans import updates
+
+
+def np_nearest(x, c):
+    d = ((np.asarray(x, np.float64)[:, None] - np.asarray(c, np.float64)[None]) ** 2).sum(-1)
+    return d.argmin(1), d.min(1)
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def test_accumulate_segment_sum_equals_onehot():
+    rng = np.random.default_rng(0)
+    xp = jnp.asarray(rng.normal(size=(50, 3)).astype(np.float32))
+    labels = jnp.asarray(rng.integers(0, 5, size=50).astype(np.int32))  # 5 of k=6 used
+    w = jnp.asarray(rng.uniform(0, 2, size=50).astype(np.float32))
+    s1, c1 = updates.accumulate(xp, labels, w, 6, "segment_sum")
+    s2, c2 = updates.accumulate(xp, labels, w, 6, "onehot")
+    assert_trees_all_close((s1, c1), (s2, c2), rtol=1e-5, atol=1e-5)
+    ref_s = np.zeros((6, 3))
+    ref_c = np.zeros(6)
+    np.add.at(ref_s, np.asarray(labels), np.asarray(w)[:, None] * np.asarray(xp))
+    np.add.at(ref_c, np.asarray(labels), np.asarray(w))
+    np.testing.assert_allclose(np.asarray(s1), ref_s, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(c1), ref_c, rtol=1e-5)
+    assert float(c1[5]) == 0.0
+
+
+def test_default_update_method_on_cpu():
+    assert updates.default_update_method() == "segment_sum"
+
+
+@pytest.mark.parametrize("metric", ["squared_euclidean", "cosine"])
+def test_lloyd_step_segment_sum_equals_onehot(blobs, metric):
+    w = np.random.default_rng(1).uniform(0.5, 2, size=len(blobs)).astype(np.float32)
+    c0 = blobs[:4]
+    a = jaxkmeans.lloyd_step(
+        blobs, c0, metric=metric, sample_weight=w, chunk_size=7, update_method="segment_sum"
+    )
+    b = jaxkmeans.lloyd_step(
+        blobs, c0, metric=metric, sample_weight=w, chunk_size=7, update_method="onehot"
+    )
+    assert_trees_all_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_centers_from_stats():
+    sums = jnp.array([[2.0, 4.0], [0.0, 0.0], [3.0, 0.0]])
+    counts = jnp.array([2.0, 0.0, 3.0])
+    old = jnp.array([[9.0, 9.0], [7.0, 7.0], [5.0, 5.0]])
+    new = updates.centers_from_stats(sums, counts, old, "squared_euclidean")
+    np.testing.assert_allclose(np.asarray(new), [[1.0, 2.0], [7.0, 7.0], [1.0, 0.0]])
+    # Cosine: the normalized sum (spherical k-means); an empty cluster keeps its center.
+    new = updates.centers_from_stats(sums, counts, old, "cosine")
+    s5 = 1 / np.sqrt(5)
+    np.testing.assert_allclose(np.asarray(new), [[s5, 2 * s5], [7.0, 7.0], [1.0, 0.0]], atol=1e-6)
+
+
+# ------------------------------------------------------------------ empty clusters
+
+
+def test_far_center_goes_to_farthest_point(blobs):
+    c0 = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [1e3, -1e3]], np.float32)
+    new, stats = jaxkmeans.lloyd_step(blobs, c0)
+    new = np.asarray(new)
+    labels, dist = np_nearest(blobs, c0)
+    assert (labels != 3).all() and float(stats.counts[3]) == 0.0
+    far = int(np.argmax(dist))
+    np.testing.assert_allclose(new[3], blobs[far], rtol=1e-6, atol=1e-6)  # the farthest point
+    # That point left its cluster (as in scikit-learn).
+    donor = labels[far]
+    members = (labels == donor) & (np.arange(len(blobs)) != far)
+    np.testing.assert_allclose(new[donor], blobs[members].mean(0), rtol=1e-5, atol=1e-5)
+    # The loss reported is the one before the update, with the far center unused.
+    np.testing.assert_allclose(float(stats.loss), dist.sum(), rtol=1e-5)
+
+
+def test_several_empty_clusters_take_distinct_points(blobs):
+    far = np.array([[1e3, 1e3], [-1e3, 1e3], [1e3, -1e3]], np.float32)
+    c0 = np.concatenate([blobs[:2], far])  # 5 centers, 3 far from everything
+    new, stats = jaxkmeans.lloyd_step(blobs, c0, chunk_size=7)
+    new = np.asarray(new)
+    assert np.isfinite(new).all()
+    assert (np.asarray(stats.counts)[2:] == 0).all()
+    _, dist = np_nearest(blobs, c0)
+    farthest3 = blobs[np.argsort(-dist, kind="stable")[:3]]
+    # The i-th empty cluster takes the i-th farthest point.
+    np.testing.assert_allclose(new[2:], farthest3, rtol=1e-6, atol=1e-6)
+    assert len(np.unique(new, axis=0)) == 5
+    assert not (new == 0).all(axis=1).any()
+
+
+@pytest.mark.parametrize("metric", ["squared_euclidean", "cosine"])
+def test_empty_clusters_far_from_origin_never_nan_or_origin(metric):
+    rng = np.random.default_rng(2)
+    x = (1e5 + rng.normal(size=(80, 3))).astype(np.float32)
+    c0 = np.concatenate([x[:2], -x[:3]])  # 3 centers on the other side of the origin
+    c = c0
+    for _ in range(3):
+        c, stats = jaxkmeans.lloyd_step(x, c, metric=metric)
+        c = np.asarray(c)
+        assert np.isfinite(c).all() and np.isfinite(float(stats.loss))
+        assert not (np.abs(c) < 1e-3).all(axis=1).any()
+    assert len(np.unique(c, axis=0)) == 5
+    if metric == "cosine":
+        np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, rtol=1e-5)
+    else:
+        assert (np.abs(c - 1e5) < 10).all()
+
+
+def test_empty_cluster_with_only_duplicate_points_keeps_center():
+    # Every point sits exactly on a center (distance 0): nothing can be taken.
+    x = np.array([[0.0, 0.0]] * 3 + [[5.0, 5.0]] * 3, np.float32)
+    c0 = np.array([[0.0, 0.0], [5.0, 5.0], [9.0, 9.0]], np.float32)
+    new, stats = jaxkmeans.lloyd_step(x, c0)
+    np.testing.assert_allclose(np.asarray(new), c0, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(stats.counts), [3.0, 3.0, 0.0])
+    assert float(stats.loss) == 0.0
+
+
+def test_empty_cluster_never_takes_zero_weight_point(blobs):
+    c0 = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0], [1e3, 1e3]], np.float32)
+    _, dist = np_nearest(blobs, c0)
+    w = np.ones(len(blobs), np.float32)
+    far = int(np.argmax(dist))
+    w[far] = 0.0
+    new, stats = jaxkmeans.lloyd_step(blobs, c0, sample_weight=w)
+    new = np.asarray(new)
+    dist_w = np.where(w > 0, dist, -1)
+    np.testing.assert_allclose(new[4], blobs[int(np.argmax(dist_w))], rtol=1e-6, atol=1e-6)
+    assert not np.allclose(new[4], blobs[far])
+    np.testing.assert_allclose(float(stats.loss), (w * dist).sum(), rtol=1e-5)
+
+
+def test_relocate_empty_unit():
+    # Two empty clusters, two candidates from donor 0; donor keeps the rest.
+    far = updates.Far(
+        rows=jnp.array([[4.0, 0.0], [3.0, 0.0]]),
+        dist=jnp.array([9.0, 4.0]),
+        labels=jnp.array([0, 0], jnp.int32),
+        weights=jnp.array([1.0, 1.0]),
+    )
+    sums = jnp.array([[8.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # rows 4, 3, 1 in cluster 0
+    counts = jnp.array([3.0, 0.0, 0.0])
+    s, c = updates.relocate_empty(sums, counts, far)
+    np.testing.assert_allclose(np.asarray(s), [[1.0, 0.0], [4.0, 0.0], [3.0, 0.0]])
+    np.testing.assert_allclose(np.asarray(c), [1.0, 1.0, 1.0])
+
+
+# ------------------------------------------------------------------ optax transformation
+
+
+def test_minibatch_optimizer_is_optax_transformation():
+    opt = jaxkmeans.minibatch_optimizer()
+    assert isinstance(opt, optax.GradientTransformationExtraArgs)
+    c = jnp.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+    state = opt.init(c)
+    np.testing.assert_array_equal(np.asarray(state.counts), [0.0, 0.0, 0.0])
+    # Batch 1: 2 points with mean (2, 0) on center 0, 1 point at (3, 3) on center 1.
+    means = jnp.array([[2.0, 0.0], [3.0, 3.0], [0.0, 0.0]])
+    bc = jnp.array([2.0, 1.0, 0.0])
+    grads = jnp.where((bc > 0)[:, None], c - means, 0.0)
+    u, state = opt.update(grads, state, c, batch_counts=bc)
+    c1 = optax.apply_updates(c, u)
+    # First visit: counts start at 0, so lr = 1 and centers jump to the batch means.
+    np.testing.assert_allclose(np.asarray(c1), [[2.0, 0.0], [3.0, 3.0], [5.0, 5.0]])
+    np.testing.assert_array_equal(np.asarray(state.counts), [2.0, 1.0, 0.0])
+    # Batch 2: 2 more points with mean (4, 0) on center 0 -> (2*2 + 2*4) / 4 = 3.
+    means2 = jnp.array([[4.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    bc2 = jnp.array([2.0, 0.0, 0.0])
+    grads2 = jnp.where((bc2 > 0)[:, None], c1 - means2, 0.0)
+    u2, state2 = jax.jit(opt.update)(grads2, state, c1, batch_counts=bc2)
+    c2 = optax.apply_updates(c1, u2)
+    np.testing.assert_allclose(np.asarray(c2), [[3.0, 0.0], [3.0, 3.0], [5.0, 5.0]])
+    np.testing.assert_array_equal(np.asarray(state2.counts), [4.0, 1.0, 0.0])
+    # It composes like any optax transformation (extra args pass through chain).
+    chained = optax.chain(jaxkmeans.minibatch_optimizer())
+    cs = chained.init(c1)
+    u3, _ = chained.update(grads2, cs, c1, batch_counts=bc2)
+    # chain's fresh counts are 0, so this step jumps to the batch mean (4, 0).
+    np.testing.assert_allclose(np.asarray(optax.apply_updates(c1, u3))[0], [4.0, 0.0])
+
+
+def test_minibatch_optimizer_matches_sklearn_rule():
+    """(c * counts + batch_sums) / (counts + batch_counts), for random counts."""
+    rng = np.random.default_rng(3)
+    c = rng.normal(size=(5, 3))
+    counts = rng.uniform(0, 10, size=5)
+    counts[0] = 0.0
+    bc = rng.uniform(0, 4, size=5)
+    bc[1] = 0.0
+    sums = rng.normal(size=(5, 3)) * bc[:, None]
+    expect = np.where((bc > 0)[:, None], (c * counts[:, None] + sums) / (counts + bc)[:, None], c)
+    opt = jaxkmeans.minibatch_optimizer()
+    with jax.enable_x64(True):
+        state = opt.init(jnp.asarray(c))._replace(counts=jnp.asarray(counts))
+        means = sums / np.where(bc > 0, bc, 1)[:, None]
+        grads = jnp.asarray(np.where((bc > 0)[:, None], c - means, 0.0))
+        u, state = opt.update(grads, state, jnp.asarray(c), batch_counts=jnp.asarray(bc))
+        got = np.asarray(optax.apply_updates(jnp.asarray(c), u))
+    np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(state.counts), counts + bc, rtol=1e-12)
