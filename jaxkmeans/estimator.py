@@ -268,6 +268,9 @@ class KMeans:
         self._seed = None if seed is None else int(seed)
         self._history: list[list[float]] = []
         self._rows_per_pass: int | None = None
+        # Mini-batch: batches of the current pass already trained on, so that a later
+        # train() (or a run resumed from a checkpoint) continues where this one stopped.
+        self._pass_position = 0
         self._restore()
         if self._seed is None:
             self._seed = secrets.randbits(31)
@@ -331,6 +334,7 @@ class KMeans:
             "dims": self._dims,
             "seed": self._seed,
             "rows_per_pass": self._rows_per_pass,
+            "pass_position": self._pass_position,
             "loss_history": [[int(s), float(v)] for s, v in self._history],
         }
 
@@ -366,12 +370,25 @@ class KMeans:
             self._seed = cfg.get("seed")
         self._history = [list(h) for h in cfg.get("loss_history", [])]
         self._rows_per_pass = cfg.get("rows_per_pass")
+        self._pass_position = int(cfg.get("pass_position", 0))
 
     def _snapshot(self) -> tuple[Any, ...]:
-        return (self._state, self._dims, copy.deepcopy(self._history), self._rows_per_pass)
+        return (
+            self._state,
+            self._dims,
+            copy.deepcopy(self._history),
+            self._rows_per_pass,
+            self._pass_position,
+        )
 
     def _rollback(self) -> None:
-        self._state, self._dims, self._history, self._rows_per_pass = self._saved
+        (
+            self._state,
+            self._dims,
+            self._history,
+            self._rows_per_pass,
+            self._pass_position,
+        ) = self._saved
         self._history = copy.deepcopy(self._history)
 
     def _save(self) -> None:
@@ -645,16 +662,27 @@ class KMeans:
     def _train_minibatch(self, reader: InputReader, first_pass, target: int | None) -> bool:
         one_pass = target is None
         batches = first_pass if first_pass is not None else reader.batches()
+        # Continue the pass an earlier train() (or the run a checkpoint came from) left
+        # unfinished: skip the batches it already used. A one-shot iterator passed
+        # directly is already past them.
+        skip = 0 if reader.one_shot else self._pass_position
+        if reader.one_shot:
+            self._pass_position = 0
         pending: list[Any] = []
         while True:
             standard = None
             rows = 0
             got_any = False
+            trained = False
             for batch in batches:
                 got_any = True
                 b = batch.shape[0]
                 rows += b
                 standard = standard or b
+                if skip:
+                    skip -= 1
+                    continue
+                trained = True
                 padded, w = _pad_batch(batch, _bucket(b, standard))
                 n_pass = self._rows_per_pass or rows
                 alpha = min(1.0, 2.0 * b / (n_pass + 1))
@@ -671,6 +699,7 @@ class KMeans:
                 )
                 self._state = state
                 self._step += 1
+                self._pass_position += 1
                 # Bound the work in flight: JAX dispatches asynchronously.
                 pending.append(state.step)
                 if len(pending) > 2:
@@ -682,7 +711,9 @@ class KMeans:
             if not got_any:
                 raise ValueError("the input is empty: a pass over it gave no rows.")
             self._rows_per_pass = rows
-            if one_pass:
+            self._pass_position = 0
+            skip = 0
+            if one_pass and trained:
                 return False
             batches = reader.batches()
 
@@ -764,9 +795,11 @@ class KMeans:
         state = self._require_fitted()
         reader = self._reader(input_fn)
         total = 0.0
+        rows = 0
         for i, batch in enumerate(reader.batches()):
             if steps is not None and i >= steps:
                 break
+            rows += batch.shape[0]
             padded, w = _pad_batch(batch, _bucket(batch.shape[0], None))
             total += float(
                 fitting.weighted_inertia(
@@ -776,6 +809,12 @@ class KMeans:
                     metric=self._metric,
                     chunk=self._chunk(padded.shape[0]),
                 )
+            )
+        if not rows:
+            # An exhausted iterator must not read as a perfect score of 0.
+            raise ValueError(
+                "the input is empty: a pass over it gave no rows (a one-shot iterator "
+                "allows one pass only)."
             )
         return total
 

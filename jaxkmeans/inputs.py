@@ -133,11 +133,25 @@ def to_matrix(obj: Any, names: Sequence[str] | None = None) -> np.ndarray:
     return _as_2d(obj, "input features")
 
 
+def _looks_like_labels(obj: Any) -> bool:
+    """True for what can only be the labels of a ``(features, labels)`` pair: a scalar or
+    a 1-D sequence of numbers, never a valid batch itself."""
+    if isinstance(obj, collections.abc.Mapping | str | bytes):
+        return False
+    if _is_array_like(obj) or isinstance(obj, int | float | np.generic):
+        return np.ndim(obj) < 2
+    if isinstance(obj, list | tuple):
+        return all(isinstance(e, int | float | np.generic) for e in obj)
+    return False
+
+
 def _is_batch(obj: Any) -> bool:
     """True for one batch (array, dict or pair), False for an iterable of batches."""
     if isinstance(obj, collections.abc.Mapping) or _is_array_like(obj):
         return True
-    if isinstance(obj, tuple) and len(obj) == 2 and (obj[1] is None):
+    if isinstance(obj, tuple) and len(obj) == 2 and (obj[1] is None or _looks_like_labels(obj[1])):
+        # (features, None), or (features, labels): one pair, which to_matrix accepts or
+        # rejects with a message about labels.
         return True
     if isinstance(obj, list | tuple):
         # A list of numbers / lists of numbers is one 2-D array; a list of arrays,
@@ -167,6 +181,9 @@ class InputReader:
         self.dims = dims
         self._one_shot_used = False
         self.passes = 0
+        # An iterator passed directly (not returned by a callable): one pass only, and
+        # a later reader of the same iterator continues where this one stopped.
+        self.one_shot = isinstance(input_fn, collections.abc.Iterator)
 
     def _obtain(self) -> Any:
         src = self._source
