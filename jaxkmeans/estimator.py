@@ -75,6 +75,9 @@ VARIABLES = {
     "origin": "origin",
 }
 _MAX_UNTIL_CONVERGED_STEPS = 10_000
+# Steps of loss history kept (in memory and in every checkpoint's config): bounded, so
+# that saves do not grow with the length of the run.
+_HISTORY_KEPT = 1000
 _FORMAT = "jaxkmeans-estimator"
 
 
@@ -335,7 +338,7 @@ class KMeans:
             "seed": self._seed,
             "rows_per_pass": self._rows_per_pass,
             "pass_position": self._pass_position,
-            "loss_history": [[int(s), float(v)] for s, v in self._history],
+            "loss_history": self._settled_history(),
         }
 
     def _restore(self) -> None:
@@ -436,9 +439,17 @@ class KMeans:
 
     @property
     def loss_history(self) -> list[tuple[int, float]]:
-        """``(global_step, loss)`` of every training step so far (full batch: the pass
-        loss; mini-batch: the batch loss per point)."""
-        return [(int(s), float(v)) for s, v in self._history]
+        """``(global_step, loss)`` of the last (up to 1000) training steps (full batch: the
+        pass loss; mini-batch: the batch loss per point)."""
+        return [(s, v) for s, v in self._settled_history()]
+
+    def _settled_history(self) -> list[list[Any]]:
+        """The kept history with device scalars read back (each only once)."""
+        del self._history[:-_HISTORY_KEPT]
+        for entry in self._history:
+            if not isinstance(entry[1], float):
+                entry[0], entry[1] = int(entry[0]), float(entry[1])
+        return self._history
 
     def eval_dir(self, name: str | None = None) -> str:
         """``model_dir/eval`` or ``model_dir/eval_<name>``: where evaluate() logs."""
@@ -602,6 +613,8 @@ class KMeans:
         """
         step = self._step
         self._history.append([step, reported])
+        if len(self._history) > 2 * _HISTORY_KEPT:
+            del self._history[:-_HISTORY_KEPT]
         every = self._config.save_checkpoints_steps
         if every is not None and step % every == 0:
             self._save()

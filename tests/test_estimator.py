@@ -291,6 +291,28 @@ def test_mini_batch_equals_minibatch_step_sequence(tmp_path):
     assert km.get_variable_value("cluster_counts").sum() == 7 * 20
 
 
+def test_mini_batch_with_uneven_batches_equals_minibatch_step_sequence(tmp_path):
+    # Batches smaller and larger than the first are padded internally with zero weight.
+    uneven = [X[:20], X[20:27], X[27:60]]
+    km = make(tmp_path, use_mini_batch=True)
+    km.train(uneven, steps=5)
+    state = jaxkmeans.KMeansState.create(INIT)
+    for i in range(5):
+        state, _ = jaxkmeans.minibatch_step(state, uneven[i % 3])
+    np.testing.assert_allclose(km.cluster_centers(), state.centers, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(km.get_variable_value("cluster_counts"), state.counts)
+
+
+def test_loss_history_is_bounded(tmp_path):
+    km = make(tmp_path, use_mini_batch=True)
+    km.train(SMALL, steps=2500)
+    history = km.loss_history
+    assert len(history) == 1000
+    assert [s for s, _ in history] == list(range(1501, 2501))
+    assert all(isinstance(v, float) and v >= 0 for _, v in history)
+    assert make(tmp_path, use_mini_batch=True).loss_history == history
+
+
 def test_mini_batch_steps_per_iteration_syncs_a_working_copy(tmp_path):
     s = 3
     km = make(tmp_path, use_mini_batch=True, mini_batch_steps_per_iteration=s)
@@ -369,12 +391,7 @@ def test_init_methods(tmp_path, method):
     assert mb.global_step == 30 and mb.get_variable_value("cluster_counts").sum() == 60
 
 
-def test_random_init_samples_the_first_batch_without_replacement(tmp_path):
-    for seed in range(3):
-        c0 = initial_centers(
-            tmp_path, BATCHES, name=f"b{seed}", initial_clusters="random", seed=seed
-        )
-        assert all(np.equal(BATCHES[0], r).all(axis=1).any() for r in c0)
+def test_random_init_never_picks_duplicate_centers(tmp_path):
     # Duplicated rows: still k distinct centers (read on until there are k distinct).
     dup = [np.stack([X[0], X[0]]), np.stack([X[0], X[1]]), np.stack([X[1], X[2]])] + SMALL
     for seed in range(3):
@@ -389,6 +406,8 @@ def test_kmeans_plus_plus_spreads_over_blobs(tmp_path):
         )
         blobs = {(round(r[0] / 8), round(r[1] / 8)) for r in c0}
         assert len(blobs) == 3, c0
+        # Sampled from the first batch only: it has enough points.
+        assert all(np.equal(BATCHES[0], r).all(axis=1).any() for r in c0)
 
 
 def test_array_init(tmp_path):
@@ -410,7 +429,6 @@ def test_array_init(tmp_path):
 
 
 def test_callable_init(tmp_path):
-    small = [X[i : i + 4] for i in range(0, 60, 4)]
     calls = []
 
     def init(batch, k_remaining):
@@ -419,28 +437,28 @@ def test_callable_init(tmp_path):
             return np.zeros((0, 2))  # may return nothing
         if len(calls) == 2:
             return None  # ... also as None
-        return batch[:2][:k_remaining]
+        return batch[:k_remaining]
 
-    c0 = initial_centers(tmp_path, small, initial_clusters=init, k=3)
-    assert calls == [((4, 2), 3), ((4, 2), 3), ((4, 2), 3), ((4, 2), 1)]
-    np.testing.assert_array_equal(c0, np.concatenate([small[2][:2], small[3][:1]]))
+    c0 = initial_centers(tmp_path, SMALL, initial_clusters=init)
+    assert calls == [((2, 2), 3), ((2, 2), 3), ((2, 2), 3), ((2, 2), 1)]
+    np.testing.assert_array_equal(c0, X[[4, 5, 6]])
     assert make(tmp_path, "p", initial_clusters=init).params["initial_clusters"] is init
 
-    km = make(tmp_path, "c", initial_clusters=lambda b, k: b[:k])
-    km.train(small)
-    assert km.get_variable_value("cluster_counts").sum() == 60
-    expected, _ = jaxkmeans.lloyd_step(X, small[0][:3])
+    km = make(tmp_path, "c", initial_clusters=lambda b, k: b[:k])  # X[0], X[1], then X[2]
+    km.train(SMALL)
+    assert km.get_variable_value("cluster_counts").sum() == 60  # nothing used up
+    expected, _ = jaxkmeans.lloyd_step(X, INIT)
     np.testing.assert_allclose(km.cluster_centers(), expected, rtol=1e-5, atol=1e-6)
 
-    too_many = make(tmp_path, "t", initial_clusters=lambda b, k: b[: k + 1])
+    too_many = make(tmp_path, "t", initial_clusters=lambda b, k: np.repeat(b, 2, axis=0))
     with pytest.raises(ValueError, match="at most"):
-        too_many.train(small)
+        too_many.train(SMALL)
     too_few = make(tmp_path, "f", initial_clusters=lambda b, k: b[:0])
     with pytest.raises(ValueError, match="returned 0 rows"):
-        too_few.train(small)
+        too_few.train(SMALL)
     nan = make(tmp_path, "n", initial_clusters=lambda b, k: np.full((k, 2), np.nan))
     with pytest.raises(ValueError, match="NaN"):
-        nan.train(small)
+        nan.train(SMALL)
     for km in (too_many, too_few, nan):
         assert km.global_step == 0 and not pathlib.Path(km.model_dir).exists()
 
@@ -615,7 +633,7 @@ def test_params_model_fn_and_variables(tmp_path):
     km = make(
         tmp_path,
         use_mini_batch=True,
-        mini_batch_steps_per_iteration=2,
+        mini_batch_steps_per_iteration=3,
         kmeans_plus_plus_num_retries=-1,
         relative_tolerance=1e-4,
         config=config,
@@ -630,7 +648,7 @@ def test_params_model_fn_and_variables(tmp_path):
     )
     assert params["seed"] == 3
     assert params["use_mini_batch"] is True
-    assert params["mini_batch_steps_per_iteration"] == 2
+    assert params["mini_batch_steps_per_iteration"] == 3
     assert params["kmeans_plus_plus_num_retries"] == -1
     assert params["relative_tolerance"] == 1e-4
     assert params["feature_columns"] is None
