@@ -97,10 +97,15 @@ def as_data(x: Any, name: str = "x", *, check_values: bool = True) -> jax.Array:
         raise ValueError(
             f"`{name}` must have at least one row and one column; got shape {tuple(x.shape)}."
         )
-    x = jnp.asarray(x, dtype=dtype)
-    if check_values and not is_traced(x):
-        if not bool(jnp.isfinite(x).all()):
-            raise ValueError(f"`{name}` must contain only finite values; it has NaN or inf.")
+    if isinstance(x, jax.Array):
+        x = jnp.asarray(x, dtype=dtype)
+        finite = is_traced(x) or not check_values or bool(jnp.isfinite(x).all())
+    else:  # host data: check on the host (no device round trip, nothing to compile)
+        xh = np.asarray(x, dtype=dtype)
+        finite = not check_values or bool(np.isfinite(xh).all())
+        x = jnp.asarray(xh)
+    if not finite:
+        raise ValueError(f"`{name}` must contain only finite values; it has NaN or inf.")
     return x
 
 
@@ -117,24 +122,34 @@ def as_centers(centers: Any, n_features: int, dtype: Any, name: str = "centers")
 def as_weights(sample_weight: Any, n: int, dtype: Any) -> jax.Array | None:
     if sample_weight is None:
         return None
-    w = jnp.asarray(sample_weight)
+    traced = is_traced(sample_weight)
+    if isinstance(sample_weight, jax.Array):
+        w = sample_weight
+    else:
+        try:
+            w = np.asarray(sample_weight)
+        except ValueError as e:  # ragged lists
+            raise ValueError(
+                f"`sample_weight` must be a 1-D array; could not convert it: {e}"
+            ) from None
     if not (jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer)):
         raise TypeError(f"`sample_weight` must be a real numeric array; got dtype {w.dtype}.")
     if w.ndim == 0:
-        w = jnp.full((n,), w, dtype=dtype)
+        w = jnp.full((n,), w, dtype=dtype) if traced else np.full((n,), w, dtype=dtype)
     if w.shape != (n,):
         raise ValueError(
             f"`sample_weight` must have shape ({n},) to match the data; got shape {w.shape}."
         )
-    w = w.astype(dtype)
-    if not is_traced(w):
-        if not bool(jnp.isfinite(w).all()):
-            raise ValueError("`sample_weight` must contain only finite values; it has NaN or inf.")
-        if bool((w < 0).any()):
-            raise ValueError("`sample_weight` must be non-negative; it has negative values.")
-        if not bool((w > 0).any()):
-            raise ValueError("`sample_weight` must have at least one positive weight; all are 0.")
-    return w
+    if traced:
+        return w.astype(dtype)
+    wh = np.asarray(w, dtype=dtype)  # checked on the host
+    if not bool(np.isfinite(wh).all()):
+        raise ValueError("`sample_weight` must contain only finite values; it has NaN or inf.")
+    if bool((wh < 0).any()):
+        raise ValueError("`sample_weight` must be non-negative; it has negative values.")
+    if not bool((wh > 0).any()):
+        raise ValueError("`sample_weight` must have at least one positive weight; all are 0.")
+    return jnp.asarray(wh)
 
 
 def _row_keys(x: np.ndarray) -> np.ndarray:
@@ -169,8 +184,10 @@ def check_enough_distinct(
     if sample_weight is not None:
         xh = xh[np.asarray(sample_weight) > 0]
     if metric == COSINE_DISTANCE:
-        norms = np.linalg.norm(xh.astype(np.float64), axis=1)
-        xh = (xh[norms > 0] / norms[norms > 0, None]).astype(xh.dtype)
+        # Same key as the initializers: exact positive multiples are one direction.
+        m = np.abs(xh).max(axis=1, keepdims=True)
+        keep = m[:, 0] > 0
+        xh = (xh[keep] / m[keep]).astype(xh.dtype)
     distinct = count_distinct_at_least(xh, k)
     if distinct < k:
         what = "distinct non-zero directions" if metric == COSINE_DISTANCE else "distinct points"

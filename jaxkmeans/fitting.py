@@ -39,6 +39,7 @@ from jaxkmeans.updates import (
     Far,
     centers_from_stats,
     chunk_statistics,
+    default_update_method,
     empty_far,
     farthest,
     merge_far,
@@ -64,11 +65,13 @@ def relative_change(prev: jax.Array, loss: jax.Array) -> jax.Array:
 
 
 def _check_update_method(update_method: Any) -> str:
-    if update_method not in UPDATE_METHODS:
+    """Validates `update_method` and resolves ``"auto"`` (so that ``"auto"`` and the
+    method it stands for share one compiled program)."""
+    if not isinstance(update_method, str) or update_method not in UPDATE_METHODS:
         raise ValueError(
             f"`update_method` must be one of {list(UPDATE_METHODS)}; got {update_method!r}."
         )
-    return update_method
+    return default_update_method() if update_method == "auto" else update_method
 
 
 def _frame_offset(x: jax.Array, w: jax.Array | None, metric: str) -> jax.Array | None:
@@ -186,7 +189,6 @@ def _fit_one(key, x, w, init, k, metric, max_iter, tol, chunk, precision, update
         "k",
         "init_method",
         "metric",
-        "max_iter",
         "n_init",
         "chunk",
         "precision",
@@ -348,7 +350,7 @@ def fit(
         k=k,
         init_method=init_method,
         metric=metric,
-        max_iter=max_iter,
+        max_iter=np.int32(min(max_iter, 2**31 - 1)),  # traced: one program for all values
         n_init=n_init,
         chunk=chunk,
         precision=precision,

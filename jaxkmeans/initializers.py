@@ -70,7 +70,8 @@ def _row_hashes(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     equal hashes, whatever order the reduction runs in.
     """
     n = x.shape[0]
-    x = x + jnp.zeros((), x.dtype)  # -0.0 -> 0.0
+    # -0.0 -> 0.0 (not ``x + 0``: XLA simplifies that away and keeps the sign bit).
+    x = jnp.where(x == 0, jnp.zeros((), x.dtype), x)
     size = jnp.dtype(x.dtype).itemsize
     if size == 8:
         bits = lax.bitcast_convert_type(x, jnp.uint32).reshape(n, -1)
@@ -108,6 +109,20 @@ def merge_duplicates(x: jax.Array, w: jax.Array) -> jax.Array:
     total = jax.ops.segment_sum(w[perm], run, num_segments=n)
     rep = jnp.where(first, total[run], 0.0)
     return jnp.zeros_like(w).at[perm].set(rep)
+
+
+def direction_key(x: jax.Array) -> jax.Array:
+    """Each row divided by its largest absolute entry (zero rows stay zero).
+
+    Rows that are exact positive multiples of each other get bit-identical keys (IEEE
+    division is correctly rounded, and ``(l a) / (l b) = a / b``), unlike their
+    normalized versions, which can differ in the last bit.
+    """
+    m = jnp.max(jnp.abs(x), axis=1, keepdims=True)
+    m = jnp.broadcast_to(jnp.where(m > 0, m, jnp.ones_like(m)), x.shape)
+    # XLA rewrites ``a / broadcast(b)`` as ``a * broadcast(1 / b)``, which is not exact;
+    # the barrier keeps a true (correctly rounded) division.
+    return x / lax.optimization_barrier(m)
 
 
 def _gumbel_scores(key: jax.Array, w: jax.Array) -> jax.Array:
@@ -237,7 +252,8 @@ def _kmeans_parallel(key, xp, w, k, num_retries, rounds, oversampling_factor, ch
     ``w D^2``; the candidates, weighted by the points nearest to them, are then
     reduced to k with weighted greedy k-means++."""
     n, d = xp.shape
-    per_round = max(1, min(n, math.ceil(oversampling_factor * k)))
+    # At least k - 1 candidates after the first one, whatever the options.
+    per_round = max(1, min(n, max(math.ceil(oversampling_factor * k), math.ceil((k - 1) / rounds))))
     m = 1 + rounds * per_round
     key, sub = jax.random.split(key)
     first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
@@ -326,7 +342,7 @@ def init_impl(
     if metric == COSINE_DISTANCE:
         # Rows are compared by direction; an all-zero row has none and is never chosen.
         w = jnp.where(jnp.any(x != 0, axis=1), w, 0.0)
-    w = merge_duplicates(metrics.normalize_rows(x) if metric == COSINE_DISTANCE else x, w)
+    w = merge_duplicates(direction_key(x) if metric == COSINE_DISTANCE else x, w)
     if method == RANDOM_INIT:
         idx = _random(key, x, w, k)
     else:

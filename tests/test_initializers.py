@@ -1,0 +1,211 @@
+"""Tests for jaxkmeans.initializers: shapes, distinct rows (also under heavy
+duplication), weights, cosine directions, user arrays / callables, jit / vmap,
+properties, and fit quality against scikit-learn."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import jaxkmeans
+
+METHODS = ["random", "kmeans_plus_plus", "kmc2", "kmeans_parallel"]
+KEY = jax.random.PRNGKey(0)
+
+
+def rows_of(c, x):
+    """Index in x of each row of c (-1 when it is not a row of x)."""
+    c = np.asarray(c)
+    eq = (c[:, None, :] == np.asarray(x)[None, :, :]).all(-1)
+    return np.where(eq.any(1), eq.argmax(1), -1)
+
+
+def dup_data(distinct):
+    """(600, 2) float32 with only `distinct` different rows (heavy duplication)."""
+    rng = np.random.default_rng(distinct)
+    pts = rng.normal(size=(distinct, 2)).astype(np.float32) * 5
+    return pts[rng.integers(0, distinct, size=600)], pts
+
+
+def test_constants():
+    assert jaxkmeans.RANDOM_INIT == "random"
+    assert jaxkmeans.KMEANS_PLUS_PLUS_INIT == "kmeans_plus_plus"
+    assert jaxkmeans.KMC2_INIT == "kmc2"
+    assert jaxkmeans.KMEANS_PARALLEL_INIT == "kmeans_parallel"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shapes_rows_and_distinct(blobs, method):
+    c = jaxkmeans.init_centers(KEY, blobs, 4, method)
+    assert c.shape == (4, 2) and c.dtype == jnp.float32
+    idx = rows_of(c, blobs)
+    assert (idx >= 0).all()  # every center is a data point
+    assert len(set(idx.tolist())) == 4
+    # Same key, same centers; another key, other centers.
+    np.testing.assert_array_equal(np.asarray(jaxkmeans.init_centers(KEY, blobs, 4, method)), c)
+    other = jaxkmeans.init_centers(jax.random.PRNGKey(1), blobs, 4, method)
+    assert not np.array_equal(np.asarray(other), np.asarray(c))
+    # Heavy duplication, exactly k distinct points: all of them, once each.
+    x, pts = dup_data(4)
+    c = np.asarray(jaxkmeans.init_centers(KEY, x, 4, method))
+    assert len(np.unique(c, axis=0)) == 4
+    assert (rows_of(c, pts) >= 0).all()
+    # Heavy duplication, a few more distinct points than k.
+    x, pts = dup_data(6)
+    c = np.asarray(jaxkmeans.init_centers(jax.random.PRNGKey(3), x, 4, method))
+    assert len(np.unique(c, axis=0)) == 4
+
+
+@pytest.mark.parametrize("method", ["random", "kmeans_plus_plus"])
+def test_zero_weight_points_never_chosen(blobs, method):
+    w = np.zeros(len(blobs), np.float32)
+    w[:6] = 1.0  # only 6 points may be chosen
+    for seed in range(3):
+        c = jaxkmeans.init_centers(jax.random.PRNGKey(seed), blobs, 4, method, sample_weight=w)
+        idx = rows_of(c, blobs)
+        assert ((idx >= 0) & (idx < 6)).all() and len(set(idx.tolist())) == 4
+
+
+def test_kmeans_plus_plus_spreads_out():
+    # Four tight groups far apart: greedy k-means++ takes one point from each.
+    rng = np.random.default_rng(0)
+    means = np.repeat(np.arange(4) * 100.0, 150)[:, None] * [1.0, 0.0]
+    x = (means + rng.normal(size=(600, 2)) * 1e-2).astype(np.float32)
+    for seed in range(3):
+        c = np.asarray(jaxkmeans.init_centers(jax.random.PRNGKey(seed), x, 4))
+        np.testing.assert_array_equal(np.sort(np.round(c[:, 0] / 100)), [0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("method", ["random", "kmeans_plus_plus"])
+def test_cosine_distinct_directions(method):
+    # Many exact multiples of 3 directions, and zero rows (no direction).
+    a = np.arange(1, 41, dtype=np.float32)[:, None]
+    x = np.concatenate([a * [1.0, 1.0], a * [1.0, -3.0], a * [0.0, 2.0], np.zeros((5, 2))]).astype(
+        np.float32
+    )
+    for seed in range(4):
+        c = np.asarray(
+            jaxkmeans.init_centers(jax.random.PRNGKey(seed), x, 3, method, metric="cosine")
+        )
+        np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, rtol=1e-6)
+        cos = c @ c.T
+        assert (cos[~np.eye(3, dtype=bool)] < 0.99).all(), c  # three different directions
+    with pytest.raises(ValueError, match="distinct non-zero directions"):
+        jaxkmeans.init_centers(KEY, x, 4, method, metric="cosine")
+
+
+def test_kmeans_parallel_options():
+    x = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
+    # Few candidates per round still give k distinct centers.
+    c = jaxkmeans.init_centers(KEY, x, 10, "kmeans_parallel", rounds=1, oversampling_factor=0.1)
+    assert len(np.unique(np.asarray(c), axis=0)) == 10
+    c = jaxkmeans.init_centers(KEY, x, 10, "kmc2", chain_length=5)
+    assert len(np.unique(np.asarray(c), axis=0)) == 10
+
+
+def test_array_and_callable_methods(blobs):
+    c0 = blobs[:4] + 1.0
+    np.testing.assert_array_equal(np.asarray(jaxkmeans.init_centers(KEY, blobs, 4, c0)), c0)
+    unit = jaxkmeans.init_centers(KEY, blobs, 4, c0, metric="cosine")
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(unit), axis=1), 1.0, rtol=1e-6)
+    seen = {}
+
+    def pick_first(key, x, k):
+        seen["args"] = (x.shape, k)
+        return x[:k]
+
+    c = jaxkmeans.init_centers(KEY, blobs, 3, pick_first)
+    np.testing.assert_array_equal(np.asarray(c), blobs[:3])
+    assert seen["args"] == ((600, 2), 3)
+    with pytest.raises(ValueError, match="num_clusters=3 rows"):
+        jaxkmeans.init_centers(KEY, blobs, 3, lambda key, x, k: x[:2])
+
+
+def test_jit_and_vmap(blobs):
+    f = jax.jit(jaxkmeans.init_centers, static_argnames=("num_clusters", "method"))
+    np.testing.assert_array_equal(
+        np.asarray(f(KEY, blobs, num_clusters=4, method="kmeans_plus_plus")),
+        np.asarray(jaxkmeans.init_centers(KEY, blobs, 4)),
+    )
+    keys = jax.random.split(KEY, 3)
+    cs = jax.vmap(lambda k: jaxkmeans.init_centers(k, blobs, 4))(keys)
+    assert cs.shape == (3, 4, 2)
+    for i in range(3):
+        np.testing.assert_array_equal(
+            np.asarray(cs[i]), np.asarray(jaxkmeans.init_centers(keys[i], blobs, 4))
+        )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    x=hnp.arrays(
+        np.float32,
+        (30, 2),
+        elements=st.one_of(st.integers(-2, 2).map(float), st.floats(-1e3, 1e3, width=32)),
+    ),
+    method=st.sampled_from(["random", "kmeans_plus_plus"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_distinct_rows(x, method, seed):
+    """k distinct rows of x whenever x has >= k distinct rows (heavy duplication
+    included); a clear ValueError otherwise."""
+    distinct = len(np.unique(x + np.float32(0), axis=0))
+    if distinct < 4:
+        with pytest.raises(ValueError, match="distinct points"):
+            jaxkmeans.init_centers(jax.random.PRNGKey(seed), x, 4, method)
+        return
+    c = np.asarray(jaxkmeans.init_centers(jax.random.PRNGKey(seed), x, 4, method))
+    assert np.isfinite(c).all()
+    assert len(np.unique(c + np.float32(0), axis=0)) == 4
+    assert (rows_of(c + np.float32(0), x + np.float32(0)) >= 0).all()
+
+
+# ------------------------------------------------------------------ fit quality
+
+
+def median_inertias(x, k, init, seeds=5):
+    from sklearn.cluster import KMeans
+
+    ours = [
+        float(jaxkmeans.fit(jax.random.PRNGKey(s), x, k, init=init, n_init=1).loss)
+        for s in range(seeds)
+    ]
+    sk = [
+        KMeans(n_clusters=k, n_init=1, random_state=s).fit(x.astype(np.float64)).inertia_
+        for s in range(seeds)
+    ]
+    return float(np.median(ours)), float(np.median(sk))
+
+
+@pytest.mark.slow
+def test_kmeans_plus_plus_quality_digits():
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data.astype(np.float32)
+    ours, sk = median_inertias(x, 10, "kmeans_plus_plus")
+    assert ours <= 1.01 * sk, (ours, sk)
+
+
+@pytest.fixture(scope="module")
+def blobs50():
+    from sklearn.datasets import make_blobs
+
+    x, _ = make_blobs(n_samples=2500, centers=50, n_features=2, random_state=0)
+    return x.astype(np.float32)
+
+
+@pytest.mark.slow
+def test_kmeans_plus_plus_quality_50_blobs(blobs50):
+    ours, sk = median_inertias(blobs50, 50, "kmeans_plus_plus")
+    assert ours <= 1.01 * sk, (ours, sk)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["random", "kmc2", "kmeans_parallel"])
+def test_other_methods_sensible_quality(blobs50, method):
+    ours, sk = median_inertias(blobs50, 50, method, seeds=3)
+    limit = 1.3 if method == "random" else 1.1
+    assert ours <= limit * sk, (ours, sk)
