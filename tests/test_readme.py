@@ -3,7 +3,6 @@
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 
@@ -11,9 +10,9 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-# Paths the README's examples write to; removed first so that they start fresh
-# (a KMeans on a model_dir with checkpoints would resume from them).
-README_PATHS = ("/tmp/km", "/tmp/km_export")
+# Paths the README's examples write to. Each run gets fresh private copies (a KMeans on a
+# model_dir with checkpoints would resume from them, and concurrent runs must not share).
+README_PATHS = ("/tmp/km_export", "/tmp/km")
 
 
 def python_blocks(text):
@@ -23,32 +22,33 @@ def python_blocks(text):
 def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
     blocks = python_blocks(README.read_text())
     assert len(blocks) >= 3
-    for path in README_PATHS:
-        shutil.rmtree(path, ignore_errors=True)
+    text = "\n".join(blocks)
+    assert all(path in text for path in README_PATHS)
+    paths = {path: str(tmp_path / pathlib.Path(path).name) for path in README_PATHS}
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "__readme__"}
-    try:
-        for i, block in enumerate(blocks):
-            exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
-        # What the examples claim, checked.
-        kmeans, restored = namespace["kmeans"], namespace["restored"]
-        assert kmeans.cluster_centers().shape == (5, 2)
-        assert restored.global_step == 3
-        np.testing.assert_array_equal(
-            namespace["jaxkmeans"].load_variable("/tmp/km", "clusters"), kmeans.cluster_centers()
-        )
-        points = namespace["points"]
-        np.testing.assert_array_equal(
-            namespace["predict"](points)["cluster_index"],
-            list(kmeans.predict_cluster_index(points)),
-        )
-        assert namespace["labels"].shape == (10_000,)  # the functional block's labels
-        assert namespace["result"].centers.shape == (8, 16)
-        assert namespace["many"].shape == (4,)
-        assert namespace["state"].centers.shape == (8, 16)
-    finally:
-        for path in README_PATHS:
-            shutil.rmtree(path, ignore_errors=True)
+    for i, block in enumerate(blocks):
+        for path, private in paths.items():  # /tmp/km_export before its prefix /tmp/km
+            block = block.replace(f'"{path}"', f'"{private}"')
+        assert "/tmp/km" not in block, "a README path the test does not redirect"
+        exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+    # What the examples claim, checked.
+    kmeans, restored = namespace["kmeans"], namespace["restored"]
+    assert kmeans.cluster_centers().shape == (5, 2)
+    assert restored.global_step == 3
+    np.testing.assert_array_equal(
+        namespace["jaxkmeans"].load_variable(paths["/tmp/km"], "clusters"),
+        kmeans.cluster_centers(),
+    )
+    points = namespace["points"]
+    np.testing.assert_array_equal(
+        namespace["predict"](points)["cluster_index"],
+        list(kmeans.predict_cluster_index(points)),
+    )
+    assert namespace["labels"].shape == (10_000,)  # the functional block's labels
+    assert namespace["result"].centers.shape == (8, 16)
+    assert namespace["many"].shape == (4,)
+    assert namespace["state"].centers.shape == (8, 16)
 
 
 def test_quickstart_example_runs(tmp_path):
