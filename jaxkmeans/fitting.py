@@ -12,13 +12,14 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxkmeans import metrics
+from jaxkmeans import metrics, sharding
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
     as_centers,
     as_data,
     as_weights,
+    check_chunk_size,
     check_enough_distinct,
     check_metric,
     check_positive_int,
@@ -156,8 +157,16 @@ def lloyd_step(
     return _lloyd_step_impl(x, centers, w, metric, chunk, precision, update_method)
 
 
-def _fit_one(key, x, w, init, k, metric, max_iter, tol, chunk, precision, update_method, init_opts):
-    """One k-means run from one key: initialization, Lloyd loop, final assignment."""
+def _fit_one(
+    key, x, w, init, k, metric, max_iter, tol, chunk, precision, update_method, init_opts, mesh
+):
+    """One k-means run from one key: initialization, Lloyd loop, final assignment.
+
+    With a `mesh`, `x` and `w` are row-sharded: the initializers run on the sharded
+    arrays as they are (the compiler partitions them; only per-row scalars such as
+    weights and distances cross devices), and each Lloyd pass reduces per-device
+    statistics with ``psum``.
+    """
     if isinstance(init, str):
         c0 = init_impl(key, x, w, k, init, metric, **dict(init_opts))
     else:
@@ -165,6 +174,29 @@ def _fit_one(key, x, w, init, k, metric, max_iter, tol, chunk, precision, update
     offset = _frame_offset(x, w, metric)
     c = _to_frame(c0.astype(x.dtype), offset, metric)
     inf = jnp.array(jnp.inf, x.dtype)
+    if mesh is None:
+        core = functools.partial(
+            lloyd_core,
+            x,
+            w,
+            offset=offset,
+            metric=metric,
+            chunk=chunk,
+            precision=precision,
+            update_method=update_method,
+        )
+    else:
+        core = functools.partial(
+            sharding.sharded_lloyd_core,
+            x,
+            w,
+            offset=offset,
+            metric=metric,
+            precision=precision,
+            update_method=update_method,
+            mesh=mesh,
+            chunk=chunk,
+        )
 
     def cond(carry):
         _, it, _, converged = carry
@@ -172,13 +204,16 @@ def _fit_one(key, x, w, init, k, metric, max_iter, tol, chunk, precision, update
 
     def body(carry):
         c, it, prev, _ = carry
-        new, stats = lloyd_core(x, w, c, offset, metric, chunk, precision, update_method)
+        new, stats = core(c)
         converged = ((it > 0) & (relative_change(prev, stats.loss) < tol)) | (stats.shift == 0)
         return new, it + 1, stats.loss, converged
 
     c, n_iter, _, converged = lax.while_loop(cond, body, (c, jnp.int32(0), inf, jnp.array(False)))
-    cp, bias = metrics.prepare_centers(c, metric, None)
-    labels, dist = assign_prepared(x, cp, bias, metric, offset, chunk, precision)
+    if mesh is None:
+        cp, bias = metrics.prepare_centers(c, metric, None)
+        labels, dist = assign_prepared(x, cp, bias, metric, offset, chunk, precision)
+    else:
+        labels, dist = sharding.sharded_assign(x, c, offset, metric, precision, mesh, chunk)
     loss = jnp.sum(dist) if w is None else jnp.sum(w * dist)
     return FitResult(_from_frame(c, offset), labels, loss, n_iter, converged)
 
@@ -195,6 +230,7 @@ def _fit_one(key, x, w, init, k, metric, max_iter, tol, chunk, precision, update
         "update_method",
         "init_opts",
         "vectorize",
+        "mesh",
     ),
 )
 def fit_impl(
@@ -214,8 +250,10 @@ def fit_impl(
     update_method,
     init_opts,
     vectorize,
+    mesh=None,
 ):
-    """Jittable core of :func:`fit` (no argument checks)."""
+    """Jittable core of :func:`fit` (no argument checks). With a `mesh` (whose axes are
+    of type Auto), `x` and `w` are row-sharded over all its devices."""
     init = init_method if init_array is None else init_array
     run = functools.partial(
         _fit_one,
@@ -230,6 +268,7 @@ def fit_impl(
         precision=precision,
         update_method=update_method,
         init_opts=init_opts,
+        mesh=mesh,
     )
     if n_init == 1:
         return run(key)
@@ -286,7 +325,11 @@ def fit(
         (one run) when `init` is an array.
       sample_weight: optional (n,) non-negative weights.
       chunk_size: rows per chunk; ``None`` picks one automatically.
-      mesh: reserved for data-parallel runs over a ``jax.sharding.Mesh``; must be None.
+      mesh: a ``jax.sharding.Mesh``: run data-parallel over all its devices (rows
+        sharded, per-device statistics psum'd, centers replicated). With several
+        processes (``jax.distributed``), `x` (and `sample_weight`) are this process's
+        rows, the processes may hold different numbers of rows, and ``labels`` are
+        those of this process's rows; ``loss`` covers all rows.
       num_retries: k-means++ extra candidates per pick (negative: 2 + ln k).
       init_options: options of the init method (e.g. ``{"chain_length": 100}``).
       precision: ``"float32"`` (default), ``"tf32"`` or ``"bfloat16"`` distances.
@@ -311,9 +354,7 @@ def fit(
     n_init = check_positive_int(n_init, "n_init")
     tol = _check_tol(tol)
     if mesh is not None:
-        raise ValueError(
-            f"`mesh` must be None (data-parallel fit is not available yet); got {mesh!r}."
-        )
+        mesh = sharding.auto_mesh(sharding.check_mesh(mesh))
     x = as_data(x, "x")
     n, d = x.shape
     w = as_weights(sample_weight, n, x.dtype)
@@ -336,6 +377,34 @@ def fit(
             )
         init_opts = ()
         n_init = 1
+    multi = mesh is not None and jax.process_count() > 1
+    if mesh is not None:
+        xs, ws, n_total = sharding.shard_rows(x, w, mesh)
+        if n_total < k:
+            raise ValueError(
+                f"`num_clusters` must be <= the number of samples; got {k} > {n_total}."
+            )
+        if not multi:  # one process holds all rows: the same checks as without a mesh
+            check_enough_distinct(x, k, metric, w)
+        result = fit_impl(
+            key,
+            xs,
+            ws,
+            init_array,
+            jnp.asarray(tol, x.dtype),
+            k=k,
+            init_method=init_method,
+            metric=metric,
+            max_iter=np.int32(min(max_iter, 2**31 - 1)),
+            n_init=n_init,
+            chunk=check_chunk_size(chunk_size),
+            precision=precision,
+            update_method=update_method,
+            init_opts=init_opts,
+            vectorize=False,
+            mesh=mesh,
+        )
+        return result._replace(labels=sharding.local_rows(result.labels, n))
     if n < k:
         raise ValueError(f"`num_clusters` must be <= the number of samples; got {k} > {n}.")
     check_enough_distinct(x, k, metric, w)

@@ -35,6 +35,8 @@ from jaxkmeans.updates import (
 )
 
 __all__ = [
+    "auto_mesh",
+    "local_rows",
     "data_axes",
     "row_sharding",
     "replicated",
@@ -51,6 +53,23 @@ def check_mesh(mesh: Any) -> Mesh:
     if not isinstance(mesh, Mesh):
         raise TypeError(f"`mesh` must be None or a jax.sharding.Mesh; got {type(mesh).__name__}.")
     return mesh
+
+
+def auto_mesh(mesh: Mesh) -> Mesh:
+    """The same devices and axis names with every axis of type Auto, so that the
+    compiler may partition the (non-shard_map) parts of a program over it."""
+    auto = jax.sharding.AxisType.Auto
+    if all(t == auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(auto,) * len(mesh.axis_names))
+
+
+def local_rows(a: jax.Array, n: int) -> jax.Array:
+    """This process's first `n` rows of a row-sharded global array (padding dropped)."""
+    if jax.process_count() == 1:
+        return a[:n]
+    shards = sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return jnp.concatenate([jnp.asarray(s.data) for s in shards])[:n]
 
 
 def data_axes(mesh: Mesh) -> tuple[str, ...]:
