@@ -1,0 +1,165 @@
+"""Data-parallel runs: forced host devices and several processes on loopback.
+
+Each case runs in a subprocess, because the device count must be fixed before jax is
+imported and ``jax.distributed`` can be initialized once per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import jaxkmeans
+
+pytestmark = pytest.mark.slow
+
+COMMON = """
+import json, os, sys
+import numpy as np
+def data(n=1501, d=5, k=6, seed=0):
+    rng = np.random.default_rng(seed)
+    means = rng.uniform(-10, 10, size=(k, d))
+    return (means[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(np.float32)
+"""
+
+
+def _run(code: str, devices: int = 1, timeout: float = 240, env_extra=None) -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env.update(env_extra or {})
+    proc = subprocess.run(
+        [sys.executable, "-c", COMMON + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _reference(init: str | np.ndarray, n_init: int = 1, weights: bool = False):
+    ns: dict = {}
+    exec(COMMON, ns)
+    x = ns["data"]()
+    w = np.linspace(0.5, 2.0, len(x)).astype(np.float32) if weights else None
+    import jax
+
+    init_arg = x[:6] if isinstance(init, str) and init == "array" else init
+    return jaxkmeans.fit(jax.random.PRNGKey(0), x, 6, init=init_arg, n_init=n_init, sample_weight=w)
+
+
+FIT_CODE = """
+import jax, jaxkmeans
+mesh = jax.make_mesh((jax.device_count(),), ("data",))
+x = data()
+out = {}
+for name, init, n_init, weighted in [("pp", "kmeans_plus_plus", 1, False),
+                                     ("array", x[:6], 1, True),
+                                     ("restarts", "kmeans_parallel", 2, False)]:
+    w = np.linspace(0.5, 2.0, len(x)).astype(np.float32) if weighted else None
+    r = jaxkmeans.fit(jax.random.PRNGKey(0), x, 6, init=init, n_init=n_init,
+                      sample_weight=w, mesh=mesh)
+    out[name] = {"centers": np.asarray(r.centers).tolist(), "loss": float(r.loss),
+                 "labels": np.asarray(r.labels).tolist(), "n_iter": int(r.n_iter)}
+out["devices"] = jax.device_count()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("devices", [2, 4, 8])
+def test_fit_on_forced_devices_matches_one_device(devices):
+    got = _run(FIT_CODE, devices)
+    assert got["devices"] == devices
+    for name, init, n_init, weighted in [
+        ("pp", "kmeans_plus_plus", 1, False),
+        ("array", "array", 1, True),
+        ("restarts", "kmeans_parallel", 2, False),
+    ]:
+        ref = _reference(init, n_init, weighted)
+        np.testing.assert_allclose(got[name]["centers"], np.asarray(ref.centers), atol=1e-4)
+        np.testing.assert_allclose(got[name]["loss"], float(ref.loss), rtol=1e-5)
+        assert got[name]["labels"] == np.asarray(ref.labels).tolist()
+        assert got[name]["n_iter"] == int(ref.n_iter)
+
+
+MP_CODE = """
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid, nproc, port = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=nproc, process_id=pid,
+                           initialization_timeout=60)
+import jaxkmeans
+mesh = jax.make_mesh((jax.device_count(),), ("data",))
+x = data()
+mine = np.array_split(x, nproc)[pid]          # different rows (and counts) per process
+r = jaxkmeans.fit(jax.random.PRNGKey(0), mine, 6, init=x[:6], mesh=mesh)
+print(json.dumps({"pid": pid, "centers": np.asarray(r.centers).tolist(), "loss": float(r.loss),
+                  "labels": np.asarray(r.labels).tolist(), "n_iter": int(r.n_iter),
+                  "devices": jax.device_count()}))
+jax.distributed.shutdown()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_fit_over_processes_matches_single_process(nproc):
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                COMMON + textwrap.dedent(MP_CODE),
+                str(i),
+                str(nproc),
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(nproc)
+    ]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=180)
+            assert p.returncode == 0, err[-3000:]
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    ref = _reference("array")
+    labels = []
+    for o in sorted(outs, key=lambda o: o["pid"]):
+        assert o["devices"] == nproc
+        np.testing.assert_allclose(o["centers"], np.asarray(ref.centers), atol=1e-4)
+        np.testing.assert_allclose(o["loss"], float(ref.loss), rtol=1e-5)
+        assert o["n_iter"] == int(ref.n_iter)
+        labels += o["labels"]
+    assert labels == np.asarray(ref.labels).tolist()
+
+
+def test_mesh_argument_is_checked():
+    import jax
+
+    x = np.zeros((10, 2), np.float32)
+    with pytest.raises(TypeError, match="mesh"):
+        jaxkmeans.fit(jax.random.PRNGKey(0), x, 2, mesh="data")
