@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -149,6 +150,13 @@ def _state_template(k: int, d: int) -> dict[str, np.ndarray]:
     }
 
 
+@functools.cache
+def _jitted_predict(metric: str) -> Callable[[jax.Array, jax.Array], dict[str, jax.Array]]:
+    """One jitted predict function per metric, shared by every KMeans (a new jit per
+    instance would recompile for every model created or restored)."""
+    return jax.jit(export_lib.predict_fn(metric))
+
+
 def _pad_batch(batch: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pads a batch to `size` rows with zero-weight rows (one compiled shape per size)."""
     b = batch.shape[0]
@@ -278,7 +286,7 @@ class KMeans:
         if self._seed is None:
             self._seed = secrets.randbits(31)
         self._saved = self._snapshot()
-        self._predict_jit = jax.jit(export_lib.predict_fn(self._metric))
+        self._predict_jit = _jitted_predict(self._metric)
 
     # ------------------------------------------------------------------ construction
 

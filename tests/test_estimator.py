@@ -494,7 +494,7 @@ def test_cosine_is_spherical_in_both_modes(tmp_path, mini_batch):
         distance_metric="cosine",
         use_mini_batch=mini_batch,
     )
-    shifted = [b * 7.0 + np.float32(0.5) for b in BATCHES]  # norms far from 1
+    shifted = [b * 7.0 + np.float32(0.5) for b in SMALL]  # norms far from 1
     for _ in range(3):
         km.train(shifted)
         np.testing.assert_allclose(np.linalg.norm(km.cluster_centers(), axis=1), 1.0, rtol=1e-5)
@@ -561,13 +561,13 @@ def test_seed_none_is_drawn_once_and_stored(tmp_path):
     km = make(tmp_path, seed=None, initial_clusters="random")
     seed = km.params["seed"]
     assert isinstance(seed, int)
-    km.train(X)
+    km.train(SMALL)
     restored = make(tmp_path, seed=None, initial_clusters="random")
     assert restored.params["seed"] == seed
     np.testing.assert_array_equal(restored.cluster_centers(), km.cluster_centers())
     # The drawn seed reproduces the run.
     again = make(tmp_path, "again", seed=seed, initial_clusters="random")
-    again.train(X)
+    again.train(SMALL)
     np.testing.assert_array_equal(again.cluster_centers(), km.cluster_centers())
 
 
