@@ -1,0 +1,965 @@
+"""scikit-learn drop-in estimators: ``KMeans`` and ``MiniBatchKMeans``.
+
+Needs the ``sklearn`` extra (``pip install "jaxkmeans[sklearn]"``); ``import jaxkmeans``
+never imports this module. The estimators take scikit-learn's parameters, methods and
+fitted attributes, pass ``sklearn.utils.estimator_checks.check_estimator``, and work in
+``Pipeline``, ``GridSearchCV``, ``clone`` and pickle. The numerical work is done by the
+functional core: :func:`jaxkmeans.init_centers` (k-means++ / random),
+:func:`jaxkmeans.lloyd_step` (inside one compiled loop), :func:`jaxkmeans.minibatch_step`
+and :func:`jaxkmeans.assign`.
+
+How scikit-learn's semantics map onto the core (the differences are documented here, in
+one place):
+
+- ``tol`` (``KMeans``): scikit-learn's rule, not the core's. The tolerance is scaled by
+  the mean per-feature variance of ``X`` (weighted by ``sample_weight``) and a run stops
+  once the total squared movement of the centers in one Lloyd iteration,
+  ``sum_j ||new_j - old_j||^2``, is ``<= tol * mean(var(X))``. With ``tol=0`` a run stops
+  at a fixed point (labels unchanged), like scikit-learn's "strict convergence". The loop
+  is a ``lax.while_loop`` over :func:`jaxkmeans.lloyd_step` (one compiled program per
+  run); :func:`jaxkmeans.fit` is not used because its ``tol`` is TensorFlow's relative
+  loss change. ``MiniBatchKMeans`` uses the same scaling for its ``tol`` and
+  scikit-learn's ``max_no_improvement`` rule on the exponentially weighted batch inertia.
+- ``sample_weight`` means repetition, exactly: before fitting, identical rows are merged
+  (their weights summed), rows of weight 0 dropped and the distinct rows put in a fixed
+  order (by a hash of their bits). Fitting with integer weights therefore gives the same
+  model, bit for bit, as fitting with the rows repeated, and the model does not depend
+  on the order of the rows (given ``random_state``). "Number of samples" in the
+  mini-batch rules (batch size cap, number of steps, smoothing) counts distinct rows.
+- ``MiniBatchKMeans.fit`` draws batches with probability proportional to the weights
+  (then with unit weight), the same distribution as drawing from the repeated rows;
+  scikit-learn draws uniformly and weights the batch. Per-center learning rates are
+  batch_count / cumulative_count as in scikit-learn. ``reassignment_ratio`` (default
+  0.0 here, scikit-learn's is 0.01) reassigns low-count centers to random batch rows
+  with scikit-learn's rule.
+- Fewer distinct points than ``n_clusters``: every distinct point becomes a center, the
+  remaining centers repeat the first one (they get no points) and a
+  ``ConvergenceWarning`` is issued, as scikit-learn does.
+- Computation runs in float32 unless ``jax_enable_x64`` is on and ``X`` is float64;
+  ``cluster_centers_`` and ``transform`` are returned in ``X``'s float dtype (float32 or
+  float64; integers become float64), as scikit-learn's ``KMeans`` does. ``transform``
+  (Euclidean distances) is computed on the host in float64, so that it is accurate and
+  each row's distances do not depend on the other rows passed with it.
+- ``algorithm="elkan"`` is accepted and runs Lloyd iterations (Elkan's algorithm gives
+  the same iterates). ``copy_x`` has no effect: ``X`` is never modified. Sparse input
+  is not supported (a clear ``TypeError``).
+- Compiling dominates small fits (seconds per program on a CPU). Small problems are
+  therefore padded to a few fixed shapes (up to 256 rows: 256; up to 4096: the next
+  power of two; up to 32 columns: 32) with weight-0 rows and zero columns, so that a
+  session fitting many small data sets (grid searches, ``check_estimator``) compiles one
+  set of programs per ``n_clusters`` instead of one per shape. Padding changes nothing
+  but float rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+try:
+    from sklearn.base import (
+        BaseEstimator,
+        ClassNamePrefixFeaturesOutMixin,
+        ClusterMixin,
+        TransformerMixin,
+    )
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.utils import check_random_state
+    from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted
+except ImportError as e:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "jaxkmeans.sklearn needs scikit-learn; install it with `pip install 'jaxkmeans[sklearn]'`."
+    ) from e
+
+try:
+    from sklearn.utils.validation import validate_data as _sk_validate_data
+except ImportError:  # pragma: no cover - scikit-learn < 1.6
+
+    def _sk_validate_data(estimator, X, **kwargs):
+        return estimator._validate_data(X, **kwargs)
+
+
+import jaxkmeans
+from jaxkmeans.state import KMeansState
+
+__all__ = ["KMeans", "MiniBatchKMeans"]
+
+_KMEANS_PLUS_PLUS = "k-means++"
+_RANDOM = "random"
+_CORE_INIT = {_KMEANS_PLUS_PLUS: jaxkmeans.KMEANS_PLUS_PLUS_INIT, _RANDOM: jaxkmeans.RANDOM_INIT}
+_ALGORITHMS = ("lloyd", "elkan")
+
+# Shapes up to these are padded to them (one compiled program for all small problems).
+_SMALL_ROWS = 256
+_POW2_ROWS = 4096  # up to here rows are padded to the next power of two
+_SMALL_COLS = 32
+_NO_LIMIT = 2**31 - 1
+
+
+# ------------------------------------------------------------------------ host helpers
+
+
+def _compute_dtype(dtype: Any) -> np.dtype:
+    """float32, or float64 when jax_enable_x64 is on and `dtype` is float64."""
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.dtype(dtype)))
+
+
+def _bucket_rows(n: int) -> int:
+    if n <= _SMALL_ROWS:
+        return _SMALL_ROWS
+    if n <= _POW2_ROWS:
+        return 1 << (n - 1).bit_length()
+    return n
+
+
+def _bucket_cols(d: int) -> int:
+    return _SMALL_COLS if d <= _SMALL_COLS else d
+
+
+def _pad(
+    x: np.ndarray, w: np.ndarray | None, n_pad: int, d_pad: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`x` (n, d) padded to (n_pad, d_pad): extra rows copy row 0 (weight 0), extra
+    columns are 0. Returns ``(x_pad, w_pad)`` (``w_pad`` None when `w` is None)."""
+    n, d = x.shape
+    if (n, d) == (n_pad, d_pad):
+        return x, w
+    xp = np.zeros((n_pad, d_pad), x.dtype)
+    xp[:n, :d] = x
+    xp[n:, :d] = x[0]
+    if w is None:
+        return xp, None
+    wp = np.zeros((n_pad,), w.dtype)
+    wp[:n] = w
+    return xp, wp
+
+
+def _pad_cols(c: np.ndarray, d_pad: int) -> np.ndarray:
+    if c.shape[1] == d_pad:
+        return c
+    out = np.zeros((c.shape[0], d_pad), c.dtype)
+    out[:, : c.shape[1]] = c
+    return out
+
+
+def _splitmix64(i: np.ndarray) -> np.ndarray:
+    z = (i + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _row_hashes(x: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's bits (n,): equal rows get equal hashes (a random
+    linear form of the bit patterns modulo 2**64, then a mixing step)."""
+    n, d = x.shape
+    bits = x.view(np.uint64 if x.dtype.itemsize == 8 else np.uint32)
+    mult = _splitmix64(np.arange(d, dtype=np.uint64)) | np.uint64(1)
+    h = np.zeros((n,), np.uint64)
+    block = 16
+    with np.errstate(over="ignore"):
+        for start in range(0, d, block):
+            h += bits[:, start : start + block].astype(np.uint64) @ mult[start : start + block]
+        return _splitmix64(h)
+
+
+def _distinct_rows(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of `x` with positive total weight, in an order that depends only on
+    the rows' values (their hashes), and their total weights.
+
+    Args:
+      x: (n, d) float array; w: (n,) non-negative weights.
+
+    Returns:
+      ``(xu (m, d), wu (m,))`` with ``wu > 0``.
+    """
+    keep = w > 0
+    if not keep.all():
+        x, w = x[keep], w[keep]
+    if x.shape[0] == 0:
+        return x, w
+    x = np.ascontiguousarray(x)
+    if (x == 0).any():
+        x = x + np.zeros((), x.dtype)  # -0.0 -> 0.0, so that equal rows have equal bits
+    h = _row_hashes(x)
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    starts = np.flatnonzero(np.concatenate([[True], hs[1:] != hs[:-1]]))
+    same = np.flatnonzero(hs[1:] == hs[:-1])  # neighbours with equal hashes
+    if same.size and not np.array_equal(x[order[same]], x[order[same + 1]]):
+        # a hash collision between different rows (practically never): exact grouping
+        keys = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
+        _, first, group = np.unique(keys, return_index=True, return_inverse=True)
+        wu = np.bincount(group.ravel(), weights=w, minlength=len(first))
+        return x[first], wu.astype(w.dtype)
+    wu = np.add.reduceat(w[order].astype(np.float64), starts)
+    return x[order[starts]], wu.astype(w.dtype)
+
+
+def _scaled_tol(tol: float, x: np.ndarray, w: np.ndarray) -> float:
+    """`tol` times the mean over features of the weighted per-feature variance of `x`
+    (scikit-learn's scaling; weights count as repetitions)."""
+    if tol == 0:
+        return 0.0
+    return tol * _weighted_mean_variance(x, w)
+
+
+def _weighted_mean_variance(x: np.ndarray, w: np.ndarray) -> float:
+    """Mean over features of the weighted per-feature variance (float64)."""
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    mean = w @ x / w.sum()
+    return float(np.mean(w @ (x - mean[None, :]) ** 2 / w.sum()))
+
+
+def _euclidean_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """(n, k) Euclidean distances in float64, each row independent of the others."""
+    c = centers.astype(np.float64)
+    origin = c.mean(axis=0)
+    c = c - origin[None, :]
+    csq = np.sum(c * c, axis=1)
+    n = x.shape[0]
+    out = np.empty((n, c.shape[0]), np.float64)
+    step = max(1, (1 << 20) // max(1, x.shape[1] + c.shape[0]))
+    for start in range(0, n, step):
+        xs = x[start : start + step].astype(np.float64) - origin[None, :]
+        d2 = np.sum(xs * xs, axis=1)[:, None] - 2.0 * (xs @ c.T) + csq[None, :]
+        out[start : start + step] = np.sqrt(np.maximum(d2, 0.0))
+    return out
+
+
+def _nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (int32) and squared distances of the rows of `x` to `centers`
+    (``jaxkmeans.assign`` on padded rows, in the compute dtype)."""
+    dtype = _compute_dtype(x.dtype)
+    x = np.asarray(x, dtype)
+    n, d = x.shape
+    d_pad = _bucket_cols(d)
+    xp, _ = _pad(x, None, _bucket_rows(n), d_pad)
+    labels, dist = jaxkmeans.assign(xp, _pad_cols(np.asarray(centers, dtype), d_pad))
+    return np.asarray(labels)[:n], np.asarray(dist)[:n]
+
+
+def _as_key(random_state: np.random.RandomState) -> jax.Array:
+    """A JAX key drawn from a numpy RandomState (deterministic for an int seed)."""
+    return jax.random.PRNGKey(int(random_state.randint(np.iinfo(np.int32).max)))
+
+
+# ------------------------------------------------------------------- compiled programs
+
+
+@functools.partial(jax.jit, static_argnames=("k", "method"))
+def _init_program(key, x, w, *, k, method):
+    return jaxkmeans.init_centers(key, x, k, method, sample_weight=w)
+
+
+@jax.jit
+def _lloyd_program(x, w, centers, tol, max_iter):
+    """Lloyd iterations (``jaxkmeans.lloyd_step``) until the total squared center shift
+    is <= `tol` (scikit-learn's rule) or `max_iter`; returns (centers, n_iter, inertia)."""
+
+    def cond(carry):
+        _, it, done = carry
+        return (it < max_iter) & ~done
+
+    def body(carry):
+        c, it, _ = carry
+        new, _ = jaxkmeans.lloyd_step(x, c, sample_weight=w)
+        # Measured on the centers themselves: an unchanged clustering gives bitwise the
+        # same centers, so tol = 0 stops at a fixed point.
+        shift = jnp.sum((new - c) ** 2)
+        return new, it + 1, shift <= tol
+
+    init = (centers, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+    c, n_iter, _ = lax.while_loop(cond, body, init)
+    return c, n_iter, jaxkmeans.inertia(x, c, sample_weight=w)
+
+
+def _reassign(state: KMeansState, xb: jax.Array, n_real: jax.Array, ratio: jax.Array):
+    """scikit-learn's reassignment of low-count centers to random distinct batch rows
+    (the first `n_real` rows of `xb` are the batch)."""
+    counts = state.counts
+    k = counts.shape[0]
+    b = xb.shape[0]
+    half = 0.5 * n_real.astype(counts.dtype)
+    low = counts < ratio * jnp.max(counts)
+    rank = jnp.zeros((k,), jnp.int32).at[jnp.argsort(counts, stable=True)].set(jnp.arange(k))
+    low = jnp.where(jnp.sum(low) > half, low & (rank < jnp.floor(half).astype(jnp.int32)), low)
+    key, sub = jax.random.split(state.key)
+    scores = jnp.where(jnp.arange(b) < n_real, jax.random.uniform(sub, (b,)), -1.0)
+    order = jnp.argsort(-scores)
+    slot = jnp.clip(jnp.cumsum(low.astype(jnp.int32)) - 1, 0, b - 1)
+    centers = jnp.where(low[:, None], xb[order[slot]], state.centers)
+    floor = jnp.min(jnp.where(low, jnp.inf, counts))
+    counts = jnp.where(low & jnp.isfinite(floor), floor, counts).astype(state.counts.dtype)
+    return state.replace(centers=centers, working=centers, counts=counts, key=key)
+
+
+_reassign_program = jax.jit(_reassign)
+
+
+@functools.partial(jax.jit, static_argnames=("batch", "reassign"))
+def _minibatch_program(
+    state,
+    key,
+    x,
+    cdf,
+    n_real,
+    n_steps,
+    n_samples,
+    tol,
+    max_no_improvement,
+    ratio,
+    *,
+    batch,
+    reassign,
+):
+    """scikit-learn's MiniBatchKMeans loop over ``jaxkmeans.minibatch_step``.
+
+    Each step draws `n_real` rows of `x` with probability proportional to the weights
+    (cumulative weights `cdf`), padded with weight-0 rows to `batch`. Stops after
+    `n_steps`, when the squared center change is <= `tol` (if `tol` > 0), or when the
+    exponentially weighted batch inertia has not improved for `max_no_improvement` steps.
+    """
+    dtype = x.dtype
+    k = state.centers.shape[0]
+    wb = (jnp.arange(batch) < n_real).astype(dtype)
+    n_real_f = n_real.astype(dtype)
+    alpha = jnp.minimum(2.0 * n_real_f / (n_samples.astype(dtype) + 1.0), 1.0)
+    nan = jnp.full((), jnp.nan, dtype)
+
+    def cond(c):
+        return (c["step"] < n_steps) & ~c["done"]
+
+    def body(c):
+        st = c["state"]
+        key, sub = jax.random.split(c["key"])
+        u = jax.random.uniform(sub, (batch,), dtype) * cdf[-1]
+        idx = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, x.shape[0] - 1)
+        xb = x[idx]
+        since = c["since"] + n_real
+        trigger = jnp.any(st.counts == 0) | (since >= 10 * k)
+        new, loss = jaxkmeans.minibatch_step(st, xb, sample_weight=wb)
+        if reassign:
+            new = lax.cond(trigger, lambda s: _reassign(s, xb, n_real, ratio), lambda s: s, new)
+            since = jnp.where(trigger, 0, since)
+        step = c["step"] + 1
+        per_point = loss / n_real_f
+        first = step == 1  # scikit-learn ignores the first step (inertia of the init)
+        ewa = jnp.where(jnp.isnan(c["ewa"]), per_point, c["ewa"] * (1 - alpha) + per_point * alpha)
+        ewa = jnp.where(first, c["ewa"], ewa)
+        diff = jnp.sum((new.centers - st.centers) ** 2)
+        tol_stop = ~first & (tol > 0) & (diff <= tol)
+        improved = jnp.isnan(c["ewa_min"]) | (ewa < c["ewa_min"])
+        count = ~first & ~tol_stop
+        ewa_min = jnp.where(count & improved, ewa, c["ewa_min"])
+        no_imp = jnp.where(count, jnp.where(improved, 0, c["no_imp"] + 1), c["no_imp"])
+        done = tol_stop | (count & (no_imp >= max_no_improvement))
+        return dict(
+            state=new, key=key, step=step, since=since, ewa=ewa, ewa_min=ewa_min,
+            no_imp=no_imp, done=done, last=per_point,
+        )  # fmt: skip
+
+    carry = dict(
+        state=state, key=key, step=jnp.zeros((), jnp.int32), since=jnp.zeros((), jnp.int32),
+        ewa=nan, ewa_min=nan, no_imp=jnp.zeros((), jnp.int32), done=jnp.zeros((), bool),
+        last=nan,
+    )  # fmt: skip
+    out = lax.while_loop(cond, body, carry)
+    ewa = jnp.where(jnp.isnan(out["ewa"]), out["last"], out["ewa"])
+    return out["state"], out["step"], ewa
+
+
+# ------------------------------------------------------------------------- validation
+
+
+def _check_int(value: Any, name: str, minimum: int, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
+    return int(value)
+
+
+def _check_real(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a float >= 0; got {value!r}.")
+    if not value >= 0:
+        raise ValueError(f"`{name}` must be a float >= 0; got {value!r}.")
+    return float(value)
+
+
+def _is_array_like(init: Any) -> bool:
+    return hasattr(init, "__array__") or (
+        hasattr(init, "__len__") and not isinstance(init, str | bytes)
+    )
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
+    """What KMeans and MiniBatchKMeans share: validation, prediction, transform."""
+
+    _default_n_init = 10
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    def _more_tags(self):  # scikit-learn < 1.6
+        return {"preserves_dtype": [np.float64, np.float32]}
+
+    # -- validation
+
+    def _check_common_params(self) -> None:
+        _check_int(self.n_clusters, "n_clusters", 1)
+        _check_int(self.max_iter, "max_iter", 1)
+        _check_real(self.tol, "tol")
+        if not isinstance(self.verbose, bool):
+            _check_int(self.verbose, "verbose", 0)
+        init = self.init
+        if isinstance(init, str):
+            if init not in _CORE_INIT:
+                raise ValueError(
+                    f"`init` must be 'k-means++', 'random', a callable or an array of shape "
+                    f"(n_clusters, n_features); got {init!r}."
+                )
+        elif not callable(init) and not _is_array_like(init):
+            raise TypeError(
+                f"`init` must be 'k-means++', 'random', a callable or an array of shape "
+                f"(n_clusters, n_features); got {type(init).__name__}."
+            )
+        if not (isinstance(self.n_init, str) and self.n_init == "auto"):
+            _check_int(self.n_init, "n_init", 1)
+
+    def _resolve_n_init(self) -> int:
+        init = self.init
+        if isinstance(self.n_init, str):  # "auto", as in scikit-learn >= 1.4
+            if isinstance(init, str):
+                n_init = 1 if init == _KMEANS_PLUS_PLUS else self._default_n_init
+            else:
+                n_init = self._default_n_init if callable(init) else 1
+        else:
+            n_init = int(self.n_init)
+        if not isinstance(init, str) and not callable(init) and n_init != 1:
+            warnings.warn(
+                "Explicit initial center position passed: performing only one init in "
+                f"{type(self).__name__} instead of n_init={n_init}.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            n_init = 1
+        return n_init
+
+    def _validate_X(self, X, *, reset: bool):
+        return _sk_validate_data(
+            self,
+            X,
+            reset=reset,
+            accept_sparse=False,
+            dtype=[np.float64, np.float32],
+            order="C",
+        )
+
+    def _sample_weight(self, sample_weight, X) -> np.ndarray:
+        sw = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True)
+        return sw
+
+    def _check_init_array(self, centers: Any, X: np.ndarray, what: str) -> np.ndarray:
+        centers = check_array(centers, dtype=X.dtype, copy=True, order="C")
+        k = self.n_clusters
+        if centers.shape[0] != k:
+            raise ValueError(
+                f"The shape of the initial centers {centers.shape} does not match the "
+                f"number of clusters {k} ({what})."
+            )
+        if centers.shape[1] != X.shape[1]:
+            raise ValueError(
+                f"The shape of the initial centers {centers.shape} does not match the "
+                f"number of features of the data {X.shape[1]} ({what})."
+            )
+        return centers
+
+    def _check_enough_samples(self, X: np.ndarray) -> None:
+        if X.shape[0] < self.n_clusters:
+            raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={self.n_clusters}.")
+
+    def _prepare(self, X: np.ndarray, sample_weight) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+        """Validated weights and the distinct weighted rows in the compute dtype."""
+        sw = self._sample_weight(sample_weight, X)
+        dtype = _compute_dtype(X.dtype)
+        xu, wu = _distinct_rows(np.asarray(X, dtype), np.asarray(sw, dtype))
+        if xu.shape[0] == 0:
+            raise ValueError("`sample_weight` must have at least one positive weight; all are 0.")
+        return sw, (xu, wu), dtype
+
+    def _few_distinct(self, xu: np.ndarray) -> np.ndarray:
+        """Centers when there are at most n_clusters distinct points: all of them, the
+        rest repeating the first (scikit-learn warns in that case too)."""
+        m, k = xu.shape[0], self.n_clusters
+        if m < k:
+            warnings.warn(
+                f"Number of distinct clusters ({m}) found smaller than n_clusters ({k}). "
+                "Possibly due to duplicate points in X.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        return np.concatenate([xu, np.repeat(xu[:1], k - m, axis=0)])
+
+    def _init_run(
+        self, key, xp, wp, init, X: np.ndarray, d_pad: int, random_state, dtype
+    ) -> jax.Array:
+        """Initial centers (k, d_pad) for one run on the padded distinct rows."""
+        if isinstance(init, str):
+            return _init_program(key, xp, wp, k=self.n_clusters, method=_CORE_INIT[init])
+        if callable(init):
+            c = init(X, self.n_clusters, random_state=random_state)
+            c = self._check_init_array(c, X, "returned by the init callable")
+        else:
+            c = init
+        return jnp.asarray(_pad_cols(np.asarray(c, dtype), d_pad))
+
+    def _set_fitted(self, X: np.ndarray, centers: np.ndarray) -> None:
+        self.cluster_centers_ = np.asarray(centers, X.dtype)
+        self._n_features_out = self.cluster_centers_.shape[0]
+
+    # -- prediction
+
+    def _labels_inertia(self, X: np.ndarray, sw: np.ndarray) -> tuple[np.ndarray, float]:
+        labels, dist = _nearest(X, self.cluster_centers_)
+        return labels, float(np.dot(np.asarray(sw, np.float64), dist.astype(np.float64)))
+
+    def _check_test_data(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        return self._validate_X(X, reset=False)
+
+    def predict(self, X) -> np.ndarray:
+        """Index of the nearest center of each row.
+
+        Args:
+          X: (n_samples, n_features) array-like.
+
+        Returns:
+          (n_samples,) int32 labels.
+        """
+        X = self._check_test_data(X)
+        return _nearest(X, self.cluster_centers_)[0]
+
+    def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
+        """``fit(X, sample_weight=sample_weight).labels_``."""
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def transform(self, X) -> np.ndarray:
+        """Euclidean distance of each row to every center, in `X`'s float dtype.
+
+        Returns:
+          (n_samples, n_clusters) array.
+        """
+        X = self._check_test_data(X)
+        return self._transform(X)
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        return _euclidean_distances(X, self.cluster_centers_).astype(X.dtype, copy=False)
+
+    def fit_transform(self, X, y=None, sample_weight=None) -> np.ndarray:
+        """``fit(X, sample_weight=sample_weight).transform(X)``."""
+        self.fit(X, sample_weight=sample_weight)
+        return self._transform(self._validate_X(X, reset=False))
+
+    def score(self, X, y=None, sample_weight=None) -> float:
+        """Opposite of the (weighted) inertia of `X` on the fitted centers."""
+        X = self._check_test_data(X)
+        sw = self._sample_weight(sample_weight, X)
+        return -self._labels_inertia(X, sw)[1]
+
+
+class KMeans(_BaseKMeans):
+    """K-means (Lloyd) with scikit-learn's ``KMeans`` interface, computed by jaxkmeans.
+
+    Args:
+      n_clusters: number of clusters k.
+      init: ``"k-means++"`` (greedy, ``2 + ln k`` candidates per pick, as scikit-learn),
+        ``"random"`` (k distinct rows, weighted), a (k, d) array, or a callable
+        ``init(X, n_clusters, random_state) -> (k, d)``.
+      n_init: number of runs, best inertia kept; ``"auto"`` is 1 for ``"k-means++"`` and
+        arrays, 10 for ``"random"`` and callables.
+      max_iter: maximum Lloyd iterations per run.
+      tol: a run stops once the total squared center shift of an iteration is <=
+        ``tol * mean(var(X, axis=0))`` (scikit-learn's rule; see the module docstring).
+      verbose: > 0 prints each run's inertia and iteration count.
+      random_state: None, an int or a ``numpy.random.RandomState``; seeds the JAX key of
+        the initialization and is passed to a callable `init`.
+      copy_x: accepted for compatibility; `X` is never modified.
+      algorithm: ``"lloyd"`` or ``"elkan"`` (both run Lloyd iterations).
+
+    Attributes:
+      cluster_centers_: (k, n_features) centers in `X`'s float dtype.
+      labels_: (n_samples,) int32 label of each training row.
+      inertia_: weighted sum of squared distances of the training rows to their center.
+      n_iter_: Lloyd iterations of the best run.
+      n_features_in_, feature_names_in_: as in scikit-learn.
+
+    Examples:
+      >>> import numpy as np
+      >>> from jaxkmeans.sklearn import KMeans
+      >>> X = np.array([[1, 2], [1, 4], [1, 0], [10, 2], [10, 4], [10, 0]])
+      >>> km = KMeans(n_clusters=2, random_state=0).fit(X)
+      >>> sorted(np.round(km.cluster_centers_, 3).tolist())
+      [[1.0, 2.0], [10.0, 2.0]]
+    """
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init: str | Callable[..., Any] | Any = "k-means++",
+        n_init: str | int = "auto",
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        verbose: int = 0,
+        random_state: Any = None,
+        copy_x: bool = True,
+        algorithm: str = "lloyd",
+    ):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.verbose = verbose
+        self.random_state = random_state
+        self.copy_x = copy_x
+        self.algorithm = algorithm
+
+    def fit(self, X, y=None, sample_weight=None) -> KMeans:
+        """Computes k-means clustering.
+
+        Args:
+          X: (n_samples, n_features) array-like (not sparse).
+          y: ignored.
+          sample_weight: optional (n_samples,) non-negative weights (a weight of 2 is the
+            same as the row twice).
+
+        Returns:
+          self.
+        """
+        self._check_common_params()
+        if self.algorithm not in _ALGORITHMS:
+            raise ValueError(
+                f"`algorithm` must be one of {list(_ALGORITHMS)}; got {self.algorithm!r}."
+            )
+        X = self._validate_X(X, reset=True)
+        self._check_enough_samples(X)
+        n_init = self._resolve_n_init()
+        init = self.init
+        if not isinstance(init, str) and not callable(init):
+            init = self._check_init_array(init, X, "init")
+        random_state = check_random_state(self.random_state)
+        sw, (xu, wu), dtype = self._prepare(X, sample_weight)
+        k = self.n_clusters
+        if xu.shape[0] <= k:
+            self._set_fitted(X, self._few_distinct(xu))
+            self.n_iter_ = 1
+        else:
+            centers, self.n_iter_ = self._lloyd(X, xu, wu, init, n_init, random_state, dtype)
+            self._set_fitted(X, centers)
+        self.labels_, self.inertia_ = self._labels_inertia(X, sw)
+        return self
+
+    def _lloyd(self, X, xu, wu, init, n_init, random_state, dtype):
+        m, d = xu.shape
+        d_pad = _bucket_cols(d)
+        xp, wp = _pad(xu, wu, _bucket_rows(m), d_pad)
+        xp, wp = jnp.asarray(xp), jnp.asarray(wp)
+        tol = jnp.asarray(_scaled_tol(self.tol, xu, wu), dtype)
+        max_iter = jnp.asarray(min(self.max_iter, _NO_LIMIT), jnp.int32)
+        keys = jax.random.split(_as_key(random_state), n_init)
+        best = None
+        for run in range(n_init):
+            c0 = self._init_run(keys[run], xp, wp, init, X, d_pad, random_state, dtype)
+            c, n_iter, loss = _lloyd_program(xp, wp, c0, tol, max_iter)
+            loss = float(loss)
+            if self.verbose:
+                print(f"[KMeans] run {run + 1}/{n_init}: {int(n_iter)} iterations, inertia {loss}.")
+            if best is None or loss < best[2]:
+                best = (c, int(n_iter), loss)
+        return np.asarray(best[0])[:, :d], best[1]
+
+
+class MiniBatchKMeans(_BaseKMeans):
+    """Mini-batch k-means with scikit-learn's ``MiniBatchKMeans`` interface, computed by
+    :func:`jaxkmeans.minibatch_step`.
+
+    Args:
+      n_clusters: number of clusters k.
+      init: as in :class:`KMeans`.
+      max_iter: passes over the data: ``max_iter * n_samples // batch_size`` steps at most.
+      batch_size: rows per step (capped at the number of distinct rows).
+      verbose: > 0 prints a summary of the run.
+      compute_labels: compute ``labels_`` and ``inertia_`` on the whole data after
+        fitting (otherwise ``inertia_`` is the smoothed batch estimate).
+      random_state: None, an int or a ``numpy.random.RandomState``.
+      tol: stop once the squared change of the centers in one step is <=
+        ``tol * mean(var(X, axis=0))`` (0 disables it).
+      max_no_improvement: stop after this many steps without improvement of the
+        exponentially weighted batch inertia (None disables it).
+      init_size: rows used for initialization (default ``3 * batch_size``, at least
+        ``3 * n_clusters``).
+      n_init: initializations tried (on `init_size` rows, best inertia on another sample
+        of `init_size` rows kept); ``"auto"``: 1 for ``"k-means++"`` and arrays, 3
+        otherwise.
+      reassignment_ratio: centers whose count is below this fraction of the largest count
+        are moved to random batch rows (scikit-learn's schedule); 0 disables it.
+
+    Attributes:
+      cluster_centers_, labels_, inertia_, n_iter_ (passes over the data), n_steps_
+      (mini-batch steps), n_features_in_, feature_names_in_.
+    """
+
+    _default_n_init = 3
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init: str | Callable[..., Any] | Any = "k-means++",
+        max_iter: int = 100,
+        batch_size: int = 1024,
+        verbose: int = 0,
+        compute_labels: bool = True,
+        random_state: Any = None,
+        tol: float = 0.0,
+        max_no_improvement: int | None = 10,
+        init_size: int | None = None,
+        n_init: str | int = "auto",
+        reassignment_ratio: float = 0.0,
+    ):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.verbose = verbose
+        self.compute_labels = compute_labels
+        self.random_state = random_state
+        self.tol = tol
+        self.max_no_improvement = max_no_improvement
+        self.init_size = init_size
+        self.n_init = n_init
+        self.reassignment_ratio = reassignment_ratio
+
+    def _check_minibatch_params(self) -> None:
+        self._check_common_params()
+        _check_int(self.batch_size, "batch_size", 1)
+        _check_int(self.max_no_improvement, "max_no_improvement", 0, allow_none=True)
+        _check_int(self.init_size, "init_size", 1, allow_none=True)
+        _check_real(self.reassignment_ratio, "reassignment_ratio")
+
+    def _init_size(self, batch: int, m: int) -> int:
+        k = self.n_clusters
+        size = self.init_size
+        if size is None:
+            size = 3 * batch
+            if size < k:
+                size = 3 * k
+        elif size < k:
+            warnings.warn(
+                f"init_size={size} should be larger than n_clusters={k}. Setting it to "
+                "min(3*n_clusters, n_samples)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            size = 3 * k
+        return min(size, m)
+
+    def _initial_centers(self, X, xu, wu, init, n_init, init_size, random_state, key, dtype):
+        """Best of `n_init` initializations, each on `init_size` random distinct rows,
+        judged on another `init_size` random rows. Returns (k, d) in the compute dtype."""
+        m, d = xu.shape
+        d_pad = _bucket_cols(d)
+        full = init_size >= m
+
+        def sample(size):
+            idx = np.sort(random_state.choice(m, size=size, replace=False))
+            return xu[idx], wu[idx]
+
+        valid = None
+        if n_init > 1:
+            xv, wv = (xu, wu) if full else sample(init_size)
+            valid = (xv, wv)
+        keys = jax.random.split(key, n_init)
+        best = None
+        for run in range(n_init):
+            xs, ws = (xu, wu) if full else sample(init_size)
+            if xs.shape[0] <= self.n_clusters:
+                c = jnp.asarray(_pad_cols(self._few_distinct(xs), d_pad))
+            else:
+                xp, wp = _pad(xs, ws, _bucket_rows(xs.shape[0]), d_pad)
+                c = self._init_run(keys[run], xp, wp, init, X, d_pad, random_state, dtype)
+            c = np.asarray(c)[:, :d]
+            if valid is None:
+                return c
+            loss = float(np.dot(valid[1].astype(np.float64), _nearest(valid[0], c)[1]))
+            if best is None or loss < best[1]:
+                best = (c, loss)
+        return best[0]
+
+    def fit(self, X, y=None, sample_weight=None) -> MiniBatchKMeans:
+        """Computes mini-batch k-means on `X`.
+
+        Args:
+          X: (n_samples, n_features) array-like (not sparse).
+          y: ignored.
+          sample_weight: optional (n_samples,) non-negative weights.
+
+        Returns:
+          self.
+        """
+        self._check_minibatch_params()
+        X = self._validate_X(X, reset=True)
+        self._check_enough_samples(X)
+        n_init = self._resolve_n_init()
+        init = self.init
+        if not isinstance(init, str) and not callable(init):
+            init = self._check_init_array(init, X, "init")
+        random_state = check_random_state(self.random_state)
+        sw, (xu, wu), dtype = self._prepare(X, sample_weight)
+        m, d = xu.shape
+        k = self.n_clusters
+        key = _as_key(random_state)
+        init_key, loop_key, state_key = jax.random.split(key, 3)
+        if m <= k:
+            centers = self._few_distinct(xu)
+            state = KMeansState.create(jnp.asarray(centers), key=state_key)
+            self.n_steps_ = 0
+            self.n_iter_ = 1
+            ewa = 0.0
+        else:
+            batch = min(self.batch_size, m)
+            init_size = self._init_size(batch, m)
+            centers = self._initial_centers(
+                X, xu, wu, init, n_init, init_size, random_state, init_key, dtype
+            )
+            d_pad = _bucket_cols(d)
+            xp, wp = _pad(xu, wu, _bucket_rows(m), d_pad)
+            cdf = np.cumsum(wp.astype(np.float64)).astype(dtype)
+            state = KMeansState.create(jnp.asarray(_pad_cols(centers, d_pad)), key=state_key)
+            n_steps = (self.max_iter * m) // batch
+            no_imp = self.max_no_improvement
+            state, steps, ewa = _minibatch_program(
+                state,
+                loop_key,
+                jnp.asarray(xp),
+                jnp.asarray(cdf),
+                jnp.asarray(batch, jnp.int32),
+                jnp.asarray(min(n_steps, _NO_LIMIT), jnp.int32),
+                jnp.asarray(m, jnp.int32),
+                jnp.asarray(_scaled_tol(self.tol, xu, wu), dtype),
+                jnp.asarray(_NO_LIMIT if no_imp is None else no_imp, jnp.int32),
+                jnp.asarray(self.reassignment_ratio, dtype),
+                batch=_bucket_rows(batch),
+                reassign=self.reassignment_ratio > 0,
+            )
+            state = _unpad_state(state, d)
+            self.n_steps_ = int(steps)
+            self.n_iter_ = int(math.ceil(self.n_steps_ * batch / m))
+            ewa = float(ewa)
+            if self.verbose:
+                print(
+                    f"[MiniBatchKMeans] {self.n_steps_} steps of {batch} rows "
+                    f"({self.n_iter_} passes), smoothed batch inertia {ewa}."
+                )
+        self._state = _host_state(state)
+        self._n_since_last_reassign = 0
+        self._set_fitted(X, np.asarray(state.centers))
+        if self.compute_labels:
+            self.labels_, self.inertia_ = self._labels_inertia(X, sw)
+        else:
+            self.inertia_ = ewa * float(np.sum(wu, dtype=np.float64))
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None) -> MiniBatchKMeans:
+        """One mini-batch step on `X` (``jaxkmeans.minibatch_step``); the first call
+        also initializes the centers from `X`.
+
+        Args:
+          X: (n_samples, n_features) array-like, the batch.
+          y: ignored.
+          sample_weight: optional (n_samples,) non-negative weights.
+
+        Returns:
+          self.
+        """
+        has_centers = hasattr(self, "cluster_centers_")
+        if not has_centers:
+            self._check_minibatch_params()
+        X = self._validate_X(X, reset=not has_centers)
+        sw = self._sample_weight(sample_weight, X)
+        dtype = _compute_dtype(X.dtype)
+        if not has_centers:
+            self._check_enough_samples(X)
+            init = self.init
+            if not isinstance(init, str) and not callable(init):
+                init = self._check_init_array(init, X, "init")
+            random_state = check_random_state(self.random_state)
+            self._random_state = random_state
+            _, (xu, wu), _ = self._prepare(X, sw)
+            key = _as_key(random_state)
+            init_key, state_key = jax.random.split(key)
+            m = xu.shape[0]
+            if m <= self.n_clusters:
+                centers = self._few_distinct(xu)
+            else:
+                init_size = self._init_size(min(self.batch_size, m), m)
+                centers = self._initial_centers(
+                    X, xu, wu, init, 1, init_size, random_state, init_key, dtype
+                )
+            self._state = _host_state(KMeansState.create(jnp.asarray(centers), key=state_key))
+            self._n_since_last_reassign = 0
+            self.n_steps_ = 0
+        # scikit-learn decides on a reassignment from the counts before the step.
+        self._n_since_last_reassign += X.shape[0]
+        reassign = self.reassignment_ratio > 0 and (
+            bool(np.any(self._state.counts == 0))
+            or self._n_since_last_reassign >= 10 * self.n_clusters
+        )
+        state, _ = jaxkmeans.minibatch_step(
+            self._state, np.asarray(X, dtype), sample_weight=np.asarray(sw, dtype)
+        )
+        if reassign:
+            self._n_since_last_reassign = 0
+            state = _reassign_program(
+                state,
+                jnp.asarray(X, dtype),
+                jnp.asarray(X.shape[0], jnp.int32),
+                jnp.asarray(self.reassignment_ratio, dtype),
+            )
+        self._state = _host_state(state)
+        self.n_steps_ += 1
+        self._set_fitted(X, self._state.centers)
+        if self.compute_labels:
+            self.labels_, self.inertia_ = self._labels_inertia(X, sw)
+        return self
+
+
+def _unpad_state(state: KMeansState, d: int) -> KMeansState:
+    return state.replace(
+        centers=state.centers[:, :d], working=state.working[:, :d], origin=state.origin[:d]
+    )
+
+
+def _host_state(state: KMeansState) -> KMeansState:
+    """The state with numpy leaves (picklable, no device buffers held)."""
+    return jax.tree_util.tree_map(np.asarray, state)

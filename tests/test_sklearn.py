@@ -1,0 +1,400 @@
+"""jaxkmeans.sklearn: scikit-learn's estimator checks, parity with scikit-learn's KMeans
+and MiniBatchKMeans, Pipeline / GridSearchCV / pickle, and mini-batch steps equal to
+jaxkmeans.minibatch_step.
+
+Compiling is most of the cost here: small problems are padded to one shape, so tests use
+small data and the cluster counts scikit-learn's checks use (1, 2, 3, 8) where they can.
+"""
+
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans as SkKMeans
+from sklearn.cluster import MiniBatchKMeans as SkMiniBatchKMeans
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import jaxkmeans
+from jaxkmeans import sklearn as jsk
+from jaxkmeans.sklearn import KMeans, MiniBatchKMeans
+
+ESTIMATORS = (KMeans, MiniBatchKMeans)
+
+
+@pytest.fixture(scope="module")
+def blobs3():
+    """150 points in 3 well separated 2-D blobs (float64), with their true labels."""
+    return make_blobs(n_samples=150, centers=3, cluster_std=0.6, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits().data
+
+
+# ------------------------------------------------------------------ scikit-learn checks
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@parametrize_with_checks([KMeans(), MiniBatchKMeans()])
+def test_sklearn_check_estimator(estimator, check):
+    """Every check of sklearn.utils.estimator_checks, none expected to fail."""
+    check(estimator)
+
+
+def test_import_jaxkmeans_does_not_import_sklearn():
+    code = (
+        "import sys, jaxkmeans; "
+        "bad = [m for m in sys.modules if m == 'sklearn' or m.startswith('sklearn.') "
+        "or m == 'jaxkmeans.sklearn']; "
+        "assert not bad, bad"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------- parity with scikit-learn
+
+
+def test_same_init_gives_sklearn_iterates(blobs3):
+    """From the same starting centers, Lloyd's iterates, the stopping iteration (tol scaled
+    by the mean variance, checked on the center shift) and the labels are scikit-learn's."""
+    X, _ = blobs3
+    init = X[[0, 1, 2]]
+    for tol in (0.0, 1e-4, 1e-1):
+        ours = KMeans(3, init=init, n_init=1, tol=tol).fit(X)
+        ref = SkKMeans(3, init=init, n_init=1, tol=tol).fit(X)
+        assert ours.n_iter_ == ref.n_iter_, tol
+        np.testing.assert_array_equal(ours.labels_, ref.labels_)
+        np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, atol=1e-5)
+        np.testing.assert_allclose(ours.inertia_, ref.inertia_, rtol=1e-5)
+
+
+def test_tol_stops_on_scaled_center_shift(blobs3):
+    """A huge tol stops after the first iteration; tol=0 runs to a fixed point."""
+    X, _ = blobs3
+    init = X[[0, 1, 2]]
+    assert KMeans(3, init=init, tol=1e6).fit(X).n_iter_ == 1
+    fixed = KMeans(3, init=init, tol=0.0).fit(X)
+    again = KMeans(3, init=fixed.cluster_centers_, tol=0.0).fit(X)
+    assert again.n_iter_ == 1
+    np.testing.assert_array_equal(again.cluster_centers_, fixed.cluster_centers_)
+
+
+@pytest.mark.slow
+def test_digits_inertia_within_1pct_of_sklearn(digits):
+    """k=10 on load_digits, n_init=4, 3 seeds: medians and bests within 1%."""
+    ours = [KMeans(10, n_init=4, random_state=s).fit(digits).inertia_ for s in range(3)]
+    ref = [SkKMeans(10, n_init=4, random_state=s).fit(digits).inertia_ for s in range(3)]
+    assert np.median(ours) / np.median(ref) < 1.01
+    assert min(ours) / min(ref) < 1.01
+    # and not suspiciously better either (same objective, same data)
+    assert np.median(ours) / np.median(ref) > 0.99
+
+
+@pytest.mark.slow
+def test_minibatch_digits_inertia_close_to_sklearn(digits):
+    """MiniBatchKMeans on load_digits (k=10, batch 1024): median inertia over 3 seeds
+    within 5% of scikit-learn's (reassignment_ratio=0 on both sides)."""
+    ours = [MiniBatchKMeans(10, random_state=s).fit(digits).inertia_ for s in range(3)]
+    ref = [
+        SkMiniBatchKMeans(10, random_state=s, reassignment_ratio=0.0).fit(digits).inertia_
+        for s in range(3)
+    ]
+    assert np.median(ours) / np.median(ref) < 1.05
+
+
+# ------------------------------------------------------------------------ mini-batch
+
+
+def test_partial_fit_is_minibatch_step(blobs3):
+    X, _ = blobs3
+    init = X[:8]
+    est = MiniBatchKMeans(8, init=init)
+    state = jaxkmeans.KMeansState.create(init.astype(np.float32))
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        batch = X[rng.choice(len(X), 30, replace=False)]
+        w = rng.uniform(0.5, 2.0, size=30)
+        est.partial_fit(batch, sample_weight=w)
+        state, _ = jaxkmeans.minibatch_step(state, batch, sample_weight=w)
+        assert est.n_steps_ == i + 1
+        np.testing.assert_array_equal(est.cluster_centers_, np.asarray(state.centers, np.float64))
+        np.testing.assert_array_equal(est._state.counts, state.counts)
+        np.testing.assert_array_equal(est.labels_, est.predict(batch))
+
+
+def test_minibatch_fit_continues_with_partial_fit(blobs3):
+    X, _ = blobs3
+    est = MiniBatchKMeans(3, random_state=0).fit(X)
+    state = est._state
+    est.partial_fit(X[:40])
+    expected, _ = jaxkmeans.minibatch_step(state, X[:40])
+    np.testing.assert_array_equal(est.cluster_centers_, np.asarray(expected.centers, np.float64))
+    assert est.n_steps_ > 1
+
+
+def test_minibatch_stopping_rules(blobs3):
+    X, _ = blobs3
+    # no early stopping: max_iter * n // batch steps exactly
+    est = MiniBatchKMeans(3, batch_size=50, max_iter=4, max_no_improvement=None, random_state=0)
+    est.fit(X)
+    assert est.n_steps_ == 4 * 150 // 50
+    assert est.n_iter_ == 4
+    # a huge tol stops at the second step (the first is ignored, as in scikit-learn)
+    est = MiniBatchKMeans(3, batch_size=50, tol=1e6, random_state=0).fit(X)
+    assert est.n_steps_ == 2
+    # compute_labels=False: no labels_, inertia_ is the smoothed estimate
+    est = MiniBatchKMeans(3, compute_labels=False, random_state=0).fit(X)
+    assert not hasattr(est, "labels_")
+    assert np.isfinite(est.inertia_) and est.inertia_ > 0
+
+
+def test_reassignment_ratio_moves_empty_center(blobs3):
+    """A center no point is near has count 0: with reassignment_ratio > 0 it is moved to a
+    row of the batch (scikit-learn's rule); with 0 it stays."""
+    X, _ = blobs3
+    init = np.concatenate([X[:2], [[1e3, 1e3]]])
+    stays = MiniBatchKMeans(3, init=init).partial_fit(X[:50])
+    np.testing.assert_array_equal(stays.cluster_centers_[2], [1e3, 1e3])
+    moved = MiniBatchKMeans(3, init=init, reassignment_ratio=0.1, random_state=0)
+    moved.partial_fit(X[:50])
+    assert any(np.allclose(moved.cluster_centers_[2], row, atol=1e-5) for row in X[:50])
+
+
+@pytest.mark.slow
+def test_reassignment_ratio_in_fit(blobs3):
+    X, _ = blobs3
+    init = np.concatenate([X[:2], [[1e3, 1e3]]])
+    stuck = MiniBatchKMeans(3, init=init, batch_size=50, random_state=0).fit(X)
+    assert np.abs(stuck.cluster_centers_).max() == 1e3
+    fitted = MiniBatchKMeans(3, init=init, batch_size=50, reassignment_ratio=0.1, random_state=0)
+    fitted.fit(X)
+    assert np.abs(fitted.cluster_centers_).max() < 100
+    assert fitted.inertia_ < stuck.inertia_
+
+
+# --------------------------------------------------------------- scikit-learn plumbing
+
+
+def test_pipeline_and_grid_search(blobs3):
+    X, y = blobs3
+    pipe = make_pipeline(StandardScaler(), KMeans(3, random_state=0)).fit(X)
+    labels = pipe.predict(X)
+    assert len(set(zip(labels, y, strict=True))) == 3  # the 3 blobs recovered exactly
+    assert pipe.transform(X).shape == (150, 3)
+    search = GridSearchCV(KMeans(random_state=0), {"n_clusters": [2, 3, 8]}, cv=3).fit(X)
+    assert search.best_params_ == {"n_clusters": 8}  # score = -inertia favours large k
+    assert search.predict(X).shape == (150,)
+    search = GridSearchCV(MiniBatchKMeans(random_state=0), {"n_clusters": [3, 8]}, cv=3).fit(X)
+    assert search.best_estimator_.cluster_centers_.shape == (8, 2)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_pickle_round_trip(cls, blobs3):
+    X, _ = blobs3
+    est = cls(3, random_state=0).fit(X)
+    back = pickle.loads(pickle.dumps(est))
+    for name in ("cluster_centers_", "labels_", "inertia_", "n_iter_", "n_features_in_"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(est, name))
+    np.testing.assert_array_equal(back.predict(X), est.predict(X))
+    np.testing.assert_array_equal(back.transform(X), est.transform(X))
+    assert back.get_params() == est.get_params()
+    if cls is MiniBatchKMeans:
+        est.partial_fit(X[:30])
+        back.partial_fit(X[:30])
+        np.testing.assert_array_equal(back.cluster_centers_, est.cluster_centers_)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_sample_weight_is_repetition_and_row_order_does_not_matter(cls):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 3))
+    sw = rng.integers(0, 4, size=40)
+    weighted = cls(3, random_state=0).fit(X, sample_weight=sw)
+    repeated = np.repeat(X, sw, axis=0)
+    shuffled = cls(3, random_state=0).fit(repeated[rng.permutation(len(repeated))])
+    np.testing.assert_array_equal(weighted.cluster_centers_, shuffled.cluster_centers_)
+    # inertia_ is summed over the rows as given (another order): equal up to rounding
+    np.testing.assert_allclose(weighted.inertia_, shuffled.inertia_, rtol=1e-6)
+
+
+def test_distinct_rows_hash_collision_falls_back_to_exact(monkeypatch, blobs3):
+    X, _ = blobs3
+    expected = KMeans(3, random_state=0).fit(X).cluster_centers_
+    monkeypatch.setattr(jsk, "_row_hashes", lambda x: np.zeros(len(x), np.uint64))
+    xu, wu = jsk._distinct_rows(np.array([[1.0], [2.0], [1.0]]), np.array([1.0, 2.0, 3.0]))
+    assert sorted(zip(xu.ravel().tolist(), wu.tolist(), strict=True)) == [(1.0, 4.0), (2.0, 2.0)]
+    centers = KMeans(3, random_state=0).fit(X).cluster_centers_  # another row order
+    np.testing.assert_allclose(np.sort(centers, axis=0), np.sort(expected, axis=0), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("cls", "init", "n_init", "runs"),
+    [
+        (KMeans, "k-means++", "auto", 1),
+        (KMeans, "random", "auto", 10),
+        (KMeans, "callable", "auto", 10),
+        (KMeans, "array", "auto", 1),
+        (KMeans, "random", 2, 2),
+        (MiniBatchKMeans, "random", "auto", 3),
+        (MiniBatchKMeans, "k-means++", "auto", 1),
+    ],
+)
+def test_n_init_auto(cls, init, n_init, runs, blobs3, monkeypatch):
+    X, _ = blobs3
+    if init == "array":
+        init = X[:3]
+    elif init == "callable":
+        init = lambda X, k, random_state: X[random_state.choice(len(X), k, replace=False)]  # noqa: E731
+    calls = []
+    original = jsk._BaseKMeans._init_run
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(jsk._BaseKMeans, "_init_run", counting)
+    cls(3, init=init, n_init=n_init, random_state=0).fit(X)
+    assert len(calls) == runs
+
+
+def test_explicit_init_array_warns_for_n_init(blobs3):
+    X, _ = blobs3
+    with pytest.warns(RuntimeWarning, match="performing only one init"):
+        KMeans(3, init=X[:3], n_init=5).fit(X)
+
+
+def test_callable_init_gets_sklearn_arguments(blobs3):
+    X, _ = blobs3
+    seen = {}
+
+    def init(data, n_clusters, random_state):
+        seen.update(shape=data.shape, k=n_clusters, rs=random_state)
+        return data[:n_clusters]
+
+    est = KMeans(3, init=init, n_init=1, max_iter=1).fit(X)
+    assert seen["shape"] == X.shape and seen["k"] == 3
+    assert isinstance(seen["rs"], np.random.RandomState)
+    expected = SkKMeans(3, init=X[:3], n_init=1, max_iter=1).fit(X)
+    np.testing.assert_allclose(est.cluster_centers_, expected.cluster_centers_, atol=1e-5)
+    with pytest.raises(ValueError, match="does not match the number of clusters"):
+        KMeans(3, init=lambda X, k, random_state: X[:2], n_init=1).fit(X)
+
+
+def test_random_state_determinism(blobs3):
+    X, _ = blobs3
+    a = KMeans(3, init="random", random_state=7).fit(X)
+    b = KMeans(3, init="random", random_state=7).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
+    c = KMeans(3, init="random", random_state=np.random.RandomState(7)).fit(X)
+    np.testing.assert_array_equal(a.cluster_centers_, c.cluster_centers_)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_dtypes_transform_score(cls, blobs3):
+    X, _ = blobs3
+    for dtype, expected in ((np.float32, np.float32), (np.float64, np.float64), (int, np.float64)):
+        Xc = (X * 10).astype(dtype)
+        est = cls(3, random_state=0).fit(Xc)
+        assert est.cluster_centers_.dtype == expected
+        assert est.transform(Xc).dtype == expected
+        assert est.labels_.dtype == np.int32
+    est = cls(3, random_state=0)
+    dist = est.fit_transform(X)
+    c = est.cluster_centers_
+    expected = np.sqrt(((X[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+    np.testing.assert_allclose(dist, expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_array_equal(est.predict(X), expected.argmin(axis=1))
+    np.testing.assert_allclose(est.score(X), -est.inertia_, rtol=1e-6)
+    np.testing.assert_allclose(est.inertia_, (expected.min(axis=1) ** 2).sum(), rtol=1e-5)
+    np.testing.assert_array_equal(est.fit_predict(X), est.labels_)
+    assert list(est.get_feature_names_out()) == [f"{cls.__name__.lower()}{i}" for i in range(3)]
+
+
+def test_far_from_origin_data():
+    X, _ = make_blobs(n_samples=150, centers=3, cluster_std=0.5, random_state=3)
+    X = X + 1e5
+    est = KMeans(3, random_state=0).fit(X)
+    ref = SkKMeans(3, random_state=0, n_init=1).fit(X)
+    np.testing.assert_allclose(est.inertia_, ref.inertia_, rtol=1e-3)
+    assert est.transform(X).min() >= 0
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_fewer_distinct_points_than_clusters(cls):
+    X = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0]] * 4)
+    with pytest.warns(ConvergenceWarning, match="Number of distinct clusters"):
+        est = cls(8, random_state=0).fit(X)
+    assert est.inertia_ == 0.0
+    assert sorted(map(tuple, np.unique(est.cluster_centers_, axis=0))) == sorted(map(tuple, X[:3]))
+    np.testing.assert_array_equal(est.cluster_centers_[est.labels_], X)
+
+
+def test_unfitted_raises_not_fitted(blobs3):
+    X, _ = blobs3
+    for cls in ESTIMATORS:
+        with pytest.raises(NotFittedError):
+            cls().predict(X)
+
+
+@pytest.mark.parametrize(
+    ("cls", "params", "error", "match"),
+    [
+        (KMeans, {"n_clusters": 0}, ValueError, "n_clusters"),
+        (KMeans, {"n_clusters": 2.5}, TypeError, "n_clusters"),
+        (KMeans, {"n_init": 0}, ValueError, "n_init"),
+        (KMeans, {"n_init": "many"}, TypeError, "n_init"),
+        (KMeans, {"max_iter": 0}, ValueError, "max_iter"),
+        (KMeans, {"tol": -1.0}, ValueError, "tol"),
+        (KMeans, {"init": "kmeans"}, ValueError, "init"),
+        (KMeans, {"init": 3}, TypeError, "init"),
+        (KMeans, {"init": np.zeros((3, 5))}, ValueError, "number of features"),
+        (KMeans, {"algorithm": "full"}, ValueError, "algorithm"),
+        (KMeans, {"n_clusters": 500}, ValueError, "n_samples=150 should be >= n_clusters=500"),
+        (MiniBatchKMeans, {"batch_size": 0}, ValueError, "batch_size"),
+        (MiniBatchKMeans, {"reassignment_ratio": -0.1}, ValueError, "reassignment_ratio"),
+        (MiniBatchKMeans, {"max_no_improvement": -1}, ValueError, "max_no_improvement"),
+        (MiniBatchKMeans, {"init_size": 0}, ValueError, "init_size"),
+    ],
+)
+def test_bad_parameters(cls, params, error, match, blobs3):
+    X, _ = blobs3
+    est = cls(**{"n_clusters": 3, **params})  # __init__ only stores
+    with pytest.raises(error, match=match):
+        est.fit(X)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS)
+def test_bad_input(cls, blobs3):
+    X, _ = blobs3
+    scipy_sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError, match="[Ss]parse"):
+        cls(3).fit(scipy_sparse.csr_matrix(X))
+    with pytest.raises(ValueError, match="[Nn]egative"):
+        cls(3).fit(X, sample_weight=-np.ones(len(X)))
+    with pytest.raises(ValueError, match="non-zero|positive weight"):
+        cls(3).fit(X, sample_weight=np.zeros(len(X)))
+    with pytest.raises(ValueError, match="NaN"):
+        cls(3).fit(np.where(np.eye(150, 2) > 0, np.nan, X))
+
+
+def test_feature_names_in():
+    pd = pytest.importorskip("pandas")
+    X, _ = make_blobs(n_samples=60, centers=3, random_state=0)
+    df = pd.DataFrame(X, columns=["a", "b"])
+    est = KMeans(3, random_state=0).fit(df)
+    assert list(est.feature_names_in_) == ["a", "b"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est.predict(df)
