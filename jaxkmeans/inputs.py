@@ -145,13 +145,27 @@ def _looks_like_labels(obj: Any) -> bool:
     return False
 
 
+def _looks_like_labeled_pair(pair: tuple) -> bool:
+    """True for ``(features, labels)``: a dict or 2-D features and 1-D (or scalar) labels."""
+    features, labels = pair
+    if not _looks_like_labels(labels):
+        return False
+    if isinstance(features, collections.abc.Mapping):
+        return True
+    try:
+        return np.ndim(features) == 2
+    except (TypeError, ValueError):  # ragged nested lists
+        return False
+
+
 def _is_batch(obj: Any) -> bool:
     """True for one batch (array, dict or pair), False for an iterable of batches."""
     if isinstance(obj, collections.abc.Mapping) or _is_array_like(obj):
         return True
-    if isinstance(obj, tuple) and len(obj) == 2 and (obj[1] is None or _looks_like_labels(obj[1])):
-        # (features, None), or (features, labels): one pair, which to_matrix accepts or
-        # rejects with a message about labels.
+    if isinstance(obj, tuple) and len(obj) == 2 and obj[1] is None:
+        return True
+    if isinstance(obj, tuple) and len(obj) == 2 and _looks_like_labeled_pair(obj):
+        # (features, labels): one pair, which to_matrix rejects with a message about labels.
         return True
     if isinstance(obj, list | tuple):
         # A list of numbers / lists of numbers is one 2-D array; a list of arrays,
