@@ -80,7 +80,10 @@ def _row_hashes(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     else:
         bits = lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
     m = bits.shape[1]
-    consts = jax.random.bits(jax.random.PRNGKey(0x5EED), (2, m), jnp.uint32) | jnp.uint32(1)
+    # Fixed odd multipliers (trace-time constants: no PRNG in the compiled program).
+    consts = jnp.asarray(
+        np.random.default_rng(0x5EED).integers(0, 2**32, size=(2, m), dtype=np.uint32) | 1
+    )
     # One round of a murmur-style finalizer per word before the weighted sum.
     b = bits ^ (bits >> 16)
     b = b * jnp.uint32(0x85EBCA6B)
@@ -133,15 +136,16 @@ def _gumbel_scores(key: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.where(w > 0, jnp.log(safe) + g, -jnp.inf)
 
 
-def _sample_by_mass(key: jax.Array, mass: jax.Array, num: int, fallback: jax.Array) -> jax.Array:
-    """`num` indices drawn with replacement with probability proportional to `mass`.
+def _sample_by_mass(u: jax.Array, mass: jax.Array, fallback: jax.Array) -> jax.Array:
+    """Indices drawn with replacement with probability proportional to `mass`, one per
+    uniform number in `u` (num,) (drawn by the caller, outside any loop).
 
     Indices whose mass is 0 are never returned (a draw that lands on one through
     rounding returns `fallback` instead).
     """
     c = jnp.cumsum(mass)
     total = c[-1]
-    u = jax.random.uniform(key, (num,), mass.dtype) * total
+    u = u.astype(mass.dtype) * total
     idx = jnp.searchsorted(c, u, side="right").astype(jnp.int32)
     idx = jnp.clip(idx, 0, mass.shape[0] - 1)
     return jnp.where(mass[idx] > 0, idx, fallback)
@@ -188,12 +192,14 @@ def _kmeans_pp(key, xp, w, k, num_retries):
     d2 = _sq_dists(xp, xsq, xp[first][None, :])[:, 0].at[first].set(0.0)
     chosen = jnp.zeros((n,), bool).at[first].set(True)
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
+    # All the randomness up front: one PRNG call instead of two per pick (faster to
+    # compile and to run).
+    u_all = jax.random.uniform(key, (k, num_cand))
 
     def pick(i, carry):
         key, d2, chosen, idx = carry
-        key, sub = jax.random.split(key)
         fallback = jnp.argmax(jnp.where(chosen, 0.0, w)).astype(jnp.int32)
-        cand = _sample_by_mass(sub, w * d2, num_cand, fallback)
+        cand = _sample_by_mass(u_all[i], w * d2, fallback)
         dc = jnp.minimum(d2[:, None], _sq_dists(xp, xsq, xp[cand]))
         # A candidate is at distance exactly 0 from itself (the expansion may round).
         dc = jnp.where(jnp.arange(n)[:, None] == cand[None, :], 0.0, dc)
@@ -221,17 +227,18 @@ def _kmc2(key, xp, w, k, chain_length):
     chosen = jnp.zeros((n,), bool).at[first].set(True)
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
     slots = jnp.arange(k)
+    # All the randomness up front (proposal draws and acceptance tests for every pick).
+    u_all = jax.random.uniform(key, (2, k, chain_length))
 
     def pick(i, carry):
         key, centers, chosen, idx = carry
-        key, k_prop, k_acc = jax.random.split(key, 3)
         fallback = jnp.argmax(jnp.where(chosen, 0.0, w)).astype(jnp.int32)
-        prop = _sample_by_mass(k_prop, q, chain_length, fallback)
+        prop = _sample_by_mass(u_all[0, i], q, fallback)
         dp = _sq_dists(xp[prop], xsq[prop], centers)
         dp = jnp.min(jnp.where((slots < i)[None, :], dp, jnp.inf), axis=1)
         target = jnp.where(chosen[prop], 0.0, w[prop] * dp)
         qp = q[prop]
-        u = jax.random.uniform(k_acc, (chain_length,), xp.dtype)
+        u = u_all[1, i].astype(xp.dtype)
 
         def step(state, j):
             cur = state

@@ -35,7 +35,7 @@ def test_hand_computed():
 
 
 @pytest.mark.parametrize("metric", ["squared_euclidean", "cosine"])
-@pytest.mark.parametrize("chunk_size", [None, 7, 1, 1000])
+@pytest.mark.parametrize("chunk_size", [None, 7])
 def test_assign_numpy_parity(metric, chunk_size):
     x, c = data()
     labels, dist = jaxkmeans.assign(x, c, metric, chunk_size=chunk_size)

@@ -264,7 +264,11 @@ CASES = {
         r"`max_iter`.*>= 0",
     ),
     "n_init 0": (lambda: jaxkmeans.fit(KEY, X, 3, n_init=0), ValueError, r"`n_init`.*>= 1"),
-    "mesh not None": (lambda: jaxkmeans.fit(KEY, X, 3, mesh="mesh"), ValueError, r"`mesh`"),
+    "mesh not a Mesh": (
+        lambda: jaxkmeans.fit(KEY, X, 3, mesh="mesh"),
+        TypeError,
+        r"`mesh` must be None or a jax.sharding.Mesh; got str",
+    ),
     "unknown update_method": (
         lambda: jaxkmeans.lloyd_step(X, C, update_method="scatter"),
         ValueError,

@@ -97,13 +97,14 @@ def test_cosine_distinct_directions(method):
         jaxkmeans.init_centers(KEY, x, 4, method, metric="cosine")
 
 
-def test_kmeans_parallel_options():
-    x = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
-    # Few candidates per round still give k distinct centers.
-    c = jaxkmeans.init_centers(KEY, x, 10, "kmeans_parallel", rounds=1, oversampling_factor=0.1)
-    assert len(np.unique(np.asarray(c), axis=0)) == 10
-    c = jaxkmeans.init_centers(KEY, x, 10, "kmc2", chain_length=5)
-    assert len(np.unique(np.asarray(c), axis=0)) == 10
+def test_kmeans_parallel_few_candidates(blobs):
+    # rounds * ceil(oversampling_factor * k) + 1 = 2 < k: still k distinct centers.
+    for seed in range(3):
+        c = jaxkmeans.init_centers(
+            jax.random.PRNGKey(seed), blobs, 4, "kmeans_parallel", rounds=1, oversampling_factor=0.1
+        )
+        idx = rows_of(c, blobs)
+        assert (idx >= 0).all() and len(set(idx.tolist())) == 4
 
 
 def test_array_and_callable_methods(blobs):
@@ -124,18 +125,14 @@ def test_array_and_callable_methods(blobs):
         jaxkmeans.init_centers(KEY, blobs, 3, lambda key, x, k: x[:2])
 
 
-def test_jit_and_vmap(blobs):
+def test_jit_matches_eager(blobs):
+    # (vmap over keys is covered through fit in test_fitting.py.)
     f = jax.jit(jaxkmeans.init_centers, static_argnames=("num_clusters", "method"))
-    np.testing.assert_array_equal(
-        np.asarray(f(KEY, blobs, num_clusters=4, method="kmeans_plus_plus")),
-        np.asarray(jaxkmeans.init_centers(KEY, blobs, 4)),
-    )
-    keys = jax.random.split(KEY, 3)
-    cs = jax.vmap(lambda k: jaxkmeans.init_centers(k, blobs, 4))(keys)
-    assert cs.shape == (3, 4, 2)
-    for i in range(3):
+    for seed in range(2):
+        key = jax.random.PRNGKey(seed)
         np.testing.assert_array_equal(
-            np.asarray(cs[i]), np.asarray(jaxkmeans.init_centers(keys[i], blobs, 4))
+            np.asarray(f(key, blobs, num_clusters=4, method="kmeans_plus_plus")),
+            np.asarray(jaxkmeans.init_centers(key, blobs, 4)),
         )
 
 
@@ -206,6 +203,14 @@ def test_kmeans_plus_plus_quality_50_blobs(blobs50):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["random", "kmc2", "kmeans_parallel"])
 def test_other_methods_sensible_quality(blobs50, method):
-    ours, sk = median_inertias(blobs50, 50, method, seeds=3)
+    """Lloyd from each method's centers (fit with an explicit init: one compiled fit
+    program for all methods) ends near scikit-learn's k-means++ quality."""
+    from sklearn.cluster import KMeans
+
+    ours = []
+    for s in range(3):
+        c0 = jaxkmeans.init_centers(jax.random.PRNGKey(s), blobs50, 50, method)
+        ours.append(float(jaxkmeans.fit(KEY, blobs50, 50, init=c0).loss))
+    sk = [KMeans(n_clusters=50, n_init=1, random_state=s).fit(blobs50).inertia_ for s in range(3)]
     limit = 1.3 if method == "random" else 1.1
-    assert ours <= limit * sk, (ours, sk)
+    assert np.median(ours) <= limit * np.median(sk), (ours, sk)

@@ -42,7 +42,7 @@ def test_hand_computed():
 
 
 @pytest.mark.parametrize("metric", ["squared_euclidean", "cosine"])
-@pytest.mark.parametrize("shape", [(1, 1, 1), (17, 3, 5), (64, 9, 2), (5, 20, 33)])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (17, 5, 33)])
 def test_numpy_parity(metric, shape):
     n, k, d = shape
     rng = np.random.default_rng(n * 100 + k)

@@ -79,13 +79,15 @@ def test_jit_through_state():
     np.testing.assert_array_equal(np.asarray(out.step), [1, 1])
 
 
-def test_fit_result_and_step_stats_are_pytrees():
-    x = jnp.array([[0.0], [1.0], [10.0], [11.0]])
-    r = jaxkmeans.fit(jax.random.PRNGKey(0), x, 2)
+def test_fit_result_and_step_stats_are_pytrees(blobs):
+    r = jaxkmeans.fit(jax.random.PRNGKey(0), blobs, 4)
     assert isinstance(r, jaxkmeans.FitResult)
     assert r._fields == ("centers", "labels", "loss", "n_iter", "converged")
     assert len(jax.tree_util.tree_leaves(r)) == 5
-    _, st = jaxkmeans.lloyd_step(x, x[:2])
+    shapes = jax.tree_util.tree_map(jnp.shape, r)
+    assert shapes == jaxkmeans.FitResult((4, 2), (600,), (), (), ())
+    c0 = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [1e3, -1e3], [10.0, 10.0]], np.float32)
+    _, st = jaxkmeans.lloyd_step(blobs, c0)
     assert isinstance(st, jaxkmeans.StepStats)
     assert st._fields == ("loss", "counts", "shift")
-    assert len(jax.tree_util.tree_leaves(st)) == 3
+    assert jax.tree_util.tree_map(jnp.shape, st) == jaxkmeans.StepStats((), (5,), ())

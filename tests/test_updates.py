@@ -44,13 +44,9 @@ def test_default_update_method_on_cpu():
 @pytest.mark.parametrize("metric", ["squared_euclidean", "cosine"])
 def test_lloyd_step_segment_sum_equals_onehot(blobs, metric):
     w = np.random.default_rng(1).uniform(0.5, 2, size=len(blobs)).astype(np.float32)
-    c0 = blobs[:4]
-    a = jaxkmeans.lloyd_step(
-        blobs, c0, metric=metric, sample_weight=w, chunk_size=7, update_method="segment_sum"
-    )
-    b = jaxkmeans.lloyd_step(
-        blobs, c0, metric=metric, sample_weight=w, chunk_size=7, update_method="onehot"
-    )
+    c0 = np.concatenate([blobs[:4], [[1e3, 1e3]]]).astype(np.float32)  # one empty cluster
+    a = jaxkmeans.lloyd_step(blobs, c0, metric=metric, sample_weight=w, update_method="segment_sum")
+    b = jaxkmeans.lloyd_step(blobs, c0, metric=metric, sample_weight=w, update_method="onehot")
     assert_trees_all_close(a, b, rtol=1e-5, atol=1e-4)
 
 
@@ -70,7 +66,7 @@ def test_centers_from_stats():
 
 
 def test_far_center_goes_to_farthest_point(blobs):
-    c0 = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [1e3, -1e3]], np.float32)
+    c0 = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [1e3, -1e3], [10.0, 10.0]], np.float32)
     new, stats = jaxkmeans.lloyd_step(blobs, c0)
     new = np.asarray(new)
     labels, dist = np_nearest(blobs, c0)
@@ -88,7 +84,7 @@ def test_far_center_goes_to_farthest_point(blobs):
 def test_several_empty_clusters_take_distinct_points(blobs):
     far = np.array([[1e3, 1e3], [-1e3, 1e3], [1e3, -1e3]], np.float32)
     c0 = np.concatenate([blobs[:2], far])  # 5 centers, 3 far from everything
-    new, stats = jaxkmeans.lloyd_step(blobs, c0, chunk_size=7)
+    new, stats = jaxkmeans.lloyd_step(blobs, c0)
     new = np.asarray(new)
     assert np.isfinite(new).all()
     assert (np.asarray(stats.counts)[2:] == 0).all()
