@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkmeans import export as export_lib
-from jaxkmeans import fitting, initializers, metrics
+from jaxkmeans import fitting, initializers, metrics, sharding
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
@@ -266,6 +266,7 @@ class KMeans:
         if not isinstance(config, RunConfig):
             raise TypeError(f"`config` must be a jaxkmeans.RunConfig; got {type(config).__name__}.")
         self._config = config
+        self._mesh = None if config.mesh is None else sharding.auto_mesh(config.mesh)
         self._feature_names = feature_names(feature_columns)
 
         if model_dir is None:
@@ -375,7 +376,7 @@ class KMeans:
                 f"has {', '.join(problems)}. Use another model_dir or matching parameters."
             )
         _, values, cfg = self._ckpt.restore(_state_template(cfg["num_clusters"], cfg["dims"]))
-        self._state = _state_from_dict(values)
+        self._state = self._replicated(_state_from_dict(values))
         self._dims = int(cfg["dims"])
         if self._seed is None:
             self._seed = cfg.get("seed")
@@ -552,7 +553,9 @@ class KMeans:
         if self._metric == COSINE_DISTANCE:
             centers = metrics.normalize_rows(centers)
         self._dims = reader.dims
-        self._state = KMeansState.create(centers, key=key)
+        if self._mesh is not None:  # every process starts from process 0's centers
+            centers = jnp.asarray(sharding.broadcast_from_first(centers))
+        self._state = self._replicated(KMeansState.create(centers, key=key))
         return itertools.chain(seen, it)
 
     def _distinct(self, sample: np.ndarray) -> int:
@@ -634,6 +637,39 @@ class KMeans:
             return False
         return abs(prev - loss) / (1.0 + abs(prev)) < tol
 
+    def _replicated(self, state: KMeansState) -> KMeansState:
+        return state if self._mesh is None else sharding.replicate(state, self._mesh)
+
+    def _host_centers(self) -> np.ndarray:
+        """The centers as a host array (inference runs locally on every process)."""
+        return np.asarray(self._require_fitted().centers)
+
+    def _synced(self, batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """The batches, in lock step with the other processes: every process takes part
+        in every step (a process out of batches contributes an empty one) until all
+        are out."""
+        if self._mesh is None or jax.process_count() == 1:
+            yield from batches
+            return
+        it = iter(batches)
+        while True:
+            batch = next(it, None)
+            if not sharding.any_process(batch is not None):
+                return
+            yield batch if batch is not None else np.zeros((0, self._dims), np.float32)
+
+    def _place(self, batch: np.ndarray, standard: int | None) -> tuple[Any, Any, int]:
+        """Pads a batch to its bucket size with zero-weight rows and puts it on the
+        device(s); returns ``(x, w, real rows over all processes)``."""
+        b = batch.shape[0]
+        if b == 0:
+            padded, w = np.zeros((1, self._dims), np.float32), np.zeros((1,), np.float32)
+        else:
+            padded, w = _pad_batch(batch, _bucket(b, standard))
+        if self._mesh is None:
+            return jnp.asarray(padded), jnp.asarray(w), b
+        return sharding.shard_rows(padded, w, self._mesh, valid=b)
+
     def _train_full(self, reader: InputReader, first_pass, target: int | None) -> bool:
         one_pass = target is None
         while one_pass or self._step < target:
@@ -643,21 +679,27 @@ class KMeans:
             acc = None
             standard = None
             rows = 0
-            for batch in batches:
-                b = batch.shape[0]
+            pending: list[Any] = []
+            for batch in self._synced(batches):
+                standard = standard or batch.shape[0] or None
+                x, w, b = self._place(batch, standard)
                 rows += b
-                standard = standard or b
-                padded, w = _pad_batch(batch, _bucket(b, standard))
                 acc = fitting.pass_add(
                     acc,
                     state.centers,
                     state.origin,
-                    padded,
+                    x,
                     w,
                     metric=self._metric,
-                    chunk=self._chunk(padded.shape[0]),
+                    chunk=self._chunk(x.shape[0]),
+                    mesh=self._mesh,
                 )
-            if acc is None:
+                # Bound the batches in flight (JAX dispatches asynchronously): the next
+                # batch is read while this one computes, but no further ahead.
+                pending.append(acc.loss)
+                if len(pending) > 2:
+                    jax.block_until_ready(pending.pop(0))
+            if acc is None or rows == 0:
                 raise ValueError("the input is empty: a pass over it gave no rows.")
             self._rows_per_pass = rows
             new_centers, stats = fitting.pass_end(
@@ -673,6 +715,8 @@ class KMeans:
                 loss=jnp.asarray(loss, jnp.float32),
                 prev_loss=state.loss,
             )
+            if self._mesh is not None:
+                self._state = sharding.replicate(self._state, self._mesh)
             self._step += 1
             if self._after_step(loss, prev, loss):
                 return True
@@ -695,28 +739,29 @@ class KMeans:
             rows = 0
             got_any = False
             trained = False
-            for batch in batches:
+            for batch in self._synced(batches):
                 got_any = True
-                b = batch.shape[0]
-                rows += b
-                standard = standard or b
+                standard = standard or batch.shape[0] or None
                 if skip:
                     skip -= 1
+                    rows += batch.shape[0]
                     continue
                 trained = True
-                padded, w = _pad_batch(batch, _bucket(b, standard))
+                x, w, b = self._place(batch, standard)
+                rows += b
                 n_pass = self._rows_per_pass or rows
                 alpha = min(1.0, 2.0 * b / (n_pass + 1))
                 state, loss = fitting.minibatch_impl(
                     self._state,
-                    jnp.asarray(padded),
-                    jnp.asarray(w),
+                    x,
+                    w,
                     alpha,
                     self._metric,
-                    self._chunk(padded.shape[0]),
+                    self._chunk(x.shape[0]),
                     "float32",
-                    "auto",
+                    fitting.default_update_method(),
                     self._steps_per_iteration,
+                    self._mesh,
                 )
                 self._state = state
                 self._step += 1
@@ -749,14 +794,14 @@ class KMeans:
         return self._state
 
     def _predict_batches(self, input_fn: Any) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
-        state = self._require_fitted()
+        centers = self._host_centers()
         reader = self._reader(input_fn)
 
         def gen():
             for batch in reader.batches():
                 b = batch.shape[0]
                 padded, _ = _pad_batch(batch, _bucket(b, None))
-                out = self._predict_jit(state.centers, padded)
+                out = self._predict_jit(centers, padded)
                 yield batch, {k: np.asarray(v)[:b] for k, v in out.items()}
 
         return gen()
@@ -813,7 +858,7 @@ class KMeans:
         return gen()
 
     def _total_distance(self, input_fn: Any, steps: int | None = None) -> float:
-        state = self._require_fitted()
+        centers = self._host_centers()
         reader = self._reader(input_fn)
         total = 0.0
         rows = 0
@@ -825,7 +870,7 @@ class KMeans:
             total += float(
                 fitting.weighted_inertia(
                     padded,
-                    state.centers,
+                    centers,
                     w,
                     metric=self._metric,
                     chunk=self._chunk(padded.shape[0]),

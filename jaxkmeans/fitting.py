@@ -38,6 +38,7 @@ from jaxkmeans.state import FitResult, KMeansState, StepStats
 from jaxkmeans.updates import (
     UPDATE_METHODS,
     Far,
+    Stats,
     centers_from_stats,
     chunk_statistics,
     default_update_method,
@@ -97,7 +98,7 @@ def lloyd_core(x, w, c, offset, metric, chunk, precision, update_method):
     k = c.shape[0]
 
     def move(args):
-        far = farthest(x, w, st.labels, st.min_dist, k, metric, offset)
+        far = farthest(x, w, st.labels, st.min_dist, k, metric, offset, distinct=True)
         return relocate_empty(*args, far)
 
     sums, counts = lax.cond(jnp.any(st.counts <= 0), move, lambda a: a, (st.sums, st.counts))
@@ -429,18 +430,53 @@ def fit(
     )
 
 
+def _statistics(x, w, cp, bias, metric, offset, chunk, precision, update_method, mesh):
+    """One pass of per-center statistics over `x`, on one device or row-sharded over
+    `mesh` (psum'd)."""
+    if mesh is None:
+        return chunk_statistics(x, w, cp, bias, metric, offset, chunk, precision, update_method)
+    return Stats(
+        *sharding.sharded_statistics(
+            x, w, cp, bias, metric, offset, precision, update_method, mesh, chunk
+        )
+    )
+
+
+def _farthest(x, w, st, k, metric, offset, mesh):
+    if mesh is None:
+        return farthest(x, w, st.labels, st.min_dist, k, metric, offset)
+    return sharding.sharded_farthest(x, w, st.labels, st.min_dist, k, metric, offset, mesh)
+
+
 @functools.partial(
     jax.jit,
-    static_argnames=("metric", "chunk", "precision", "update_method", "steps_per_iteration"),
+    static_argnames=(
+        "metric",
+        "chunk",
+        "precision",
+        "update_method",
+        "steps_per_iteration",
+        "mesh",
+    ),
 )
 def minibatch_impl(
-    state, x, w, smoothing, metric, chunk, precision, update_method, steps_per_iteration
+    state,
+    x,
+    w,
+    smoothing,
+    metric,
+    chunk,
+    precision,
+    update_method,
+    steps_per_iteration,
+    mesh=None,
 ):
-    """Jittable core of :func:`minibatch_step` (no argument checks)."""
+    """Jittable core of :func:`minibatch_step` (no argument checks). With a `mesh`, `x`
+    and `w` are row-sharded over it and the state is replicated."""
     centers = state.centers
     offset = _frame_offset(x, w, metric)
     cp, bias = metrics.prepare_centers(centers, metric, offset)
-    st = chunk_statistics(x, w, cp, bias, metric, offset, chunk, precision, update_method)
+    st = _statistics(x, w, cp, bias, metric, offset, chunk, precision, update_method, mesh)
     has = st.counts > 0
     means = st.sums / jnp.where(has, st.counts, 1.0)[:, None]
     means = _from_frame(means, offset)
@@ -546,13 +582,15 @@ class PassStats(NamedTuple):
     far: Far  # farthest points so far, for empty clusters
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision", "update_method"))
-def _pass_add_impl(acc, centers, origin, x, w, metric, chunk, precision, update_method):
+@functools.partial(
+    jax.jit, static_argnames=("metric", "chunk", "precision", "update_method", "mesh")
+)
+def _pass_add_impl(acc, centers, origin, x, w, metric, chunk, precision, update_method, mesh):
     k, d = centers.shape
     offset = None if metric == COSINE_DISTANCE else origin
     cp, bias = metrics.prepare_centers(centers, metric, offset)
-    st = chunk_statistics(x, w, cp, bias, metric, offset, chunk, precision, update_method)
-    far = farthest(x, w, st.labels, st.min_dist, k, metric, offset)
+    st = _statistics(x, w, cp, bias, metric, offset, chunk, precision, update_method, mesh)
+    far = _farthest(x, w, st, k, metric, offset, mesh)
     if acc is None:
         acc = PassStats(
             jnp.zeros((k, d), x.dtype),
@@ -576,15 +614,18 @@ def pass_add(
     chunk: int,
     precision: str = "float32",
     update_method: str = "auto",
+    mesh: Any = None,
 ) -> PassStats:
     """Adds one batch (already checked) to a full-batch pass at `centers`; `origin`
     (d,) is the frame the sums are taken in (``KMeansState.origin``).
 
     Summing the statistics of every batch of a pass and then calling :func:`pass_end`
     gives exactly one Lloyd iteration over all the batches, so data larger than device
-    memory streams through.
+    memory streams through. With a `mesh` (Auto axes), `x` and `w` are row-sharded
+    over it (see :func:`jaxkmeans.sharding.shard_rows`).
     """
-    return _pass_add_impl(acc, centers, origin, x, w, metric, chunk, precision, update_method)
+    update_method = _check_update_method(update_method)
+    return _pass_add_impl(acc, centers, origin, x, w, metric, chunk, precision, update_method, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))

@@ -42,6 +42,9 @@ __all__ = [
     "replicated",
     "local_device_count",
     "shard_rows",
+    "replicate",
+    "any_process",
+    "broadcast_from_first",
     "sharded_statistics",
     "sharded_lloyd_core",
     "sharded_assign",
@@ -92,27 +95,37 @@ def local_device_count(mesh: Mesh) -> int:
     return sum(1 for d in mesh.devices.flat if d.process_index == me)
 
 
-def shard_rows(x: Any, w: Any, mesh: Mesh) -> tuple[jax.Array, jax.Array, int]:
+def shard_rows(
+    x: Any, w: Any, mesh: Mesh, valid: int | None = None
+) -> tuple[jax.Array, jax.Array, int]:
     """Places this process's rows `x` (n, d) and weights `w` (n,) (None: ones) on `mesh`.
 
     Every process pads its rows with zero-weight rows to the same multiple of its local
     device count (the largest over processes), so all shards have equal size.
 
+    Args:
+      x, w: this process's rows and weights (numpy or array-like).
+      mesh: the mesh; rows are split over all of its devices.
+      valid: how many of the rows are real (default n), for the returned count.
+
     Returns:
-      ``(x_global, w_global, n_total_valid)``: row-sharded global arrays and the number
+      ``(x_global, w_global, n_valid_total)``: row-sharded global arrays and the number
       of real rows over all processes.
     """
     x = np.asarray(x)
     n, d = x.shape
     w = np.ones((n,), x.dtype) if w is None else np.asarray(w, x.dtype)
+    valid = n if valid is None else valid
     local = local_device_count(mesh)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        sizes = np.asarray(multihost_utils.process_allgather(np.array([n], np.int64))).ravel()
+        sizes = np.asarray(
+            multihost_utils.process_allgather(np.array([n, valid], np.int64))
+        ).reshape(-1, 2)
     else:
-        sizes = np.array([n])
-    per = max(1, math.ceil(int(sizes.max()) / local)) * local
+        sizes = np.array([[n, valid]])
+    per = max(1, math.ceil(int(sizes[:, 0].max()) / local)) * local
     if per != n:
         x = np.concatenate([x, np.zeros((per - n, d), x.dtype)])
         w = np.concatenate([w, np.zeros((per - n,), x.dtype)])
@@ -122,7 +135,40 @@ def shard_rows(x: Any, w: Any, mesh: Mesh) -> tuple[jax.Array, jax.Array, int]:
     else:
         xs = jax.device_put(x, row_sharding(mesh, 2))
         ws = jax.device_put(w, row_sharding(mesh, 1))
-    return xs, ws, int(sizes.sum())
+    return xs, ws, int(sizes[:, 1].sum())
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every array leaf of `tree` as a copy replicated on all devices of `mesh` (each
+    process holds the same values)."""
+    rep = replicated(mesh)
+
+    def put(a):
+        a = np.asarray(a)
+        if jax.process_count() > 1:
+            return jax.make_array_from_process_local_data(rep, a, a.shape)
+        return jax.device_put(a, rep)
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def any_process(flag: bool) -> bool:
+    """True when `flag` is True on at least one process (a collective when several)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.array([int(flag)], np.int32))
+    return bool(np.asarray(flags).any())
+
+
+def broadcast_from_first(a: Any) -> np.ndarray:
+    """Process 0's value of `a`, on every process."""
+    if jax.process_count() == 1:
+        return np.asarray(a)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(a)))
 
 
 def _local_chunk(x: jax.Array, mesh: Mesh, k: int, chunk: int | None) -> int:

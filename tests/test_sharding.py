@@ -23,9 +23,9 @@ pytestmark = pytest.mark.slow
 COMMON = """
 import json, os, sys
 import numpy as np
-def data(n=1501, d=5, k=6, seed=0):
+def data(n=1501, d=5, k=6, seed=0, spread=10.0):
     rng = np.random.default_rng(seed)
-    means = rng.uniform(-10, 10, size=(k, d))
+    means = rng.uniform(-spread, spread, size=(k, d))
     return (means[rng.integers(0, k, n)] + rng.normal(size=(n, d))).astype(np.float32)
 """
 
@@ -163,3 +163,124 @@ def test_mesh_argument_is_checked():
     x = np.zeros((10, 2), np.float32)
     with pytest.raises(TypeError, match="mesh"):
         jaxkmeans.fit(jax.random.PRNGKey(0), x, 2, mesh="data")
+
+
+ESTIMATOR_CODE = """
+import jax, jaxkmeans, tempfile
+mesh = jax.make_mesh((jax.device_count(),), ("data",)) if jax.device_count() > 1 else None
+x = data(spread=40.0)  # separated blobs: no label flips from float reduction order
+batches = np.array_split(x, 4)
+out = {}
+for mode in ["full", "mini"]:
+    d = tempfile.mkdtemp()
+    km = jaxkmeans.KMeans(6, model_dir=d, initial_clusters=x[:6], use_mini_batch=(mode == "mini"),
+                          seed=0, config=jaxkmeans.RunConfig(mesh=mesh))
+    km.train(batches, steps=6)
+    again = jaxkmeans.KMeans(6, model_dir=d, config=jaxkmeans.RunConfig(mesh=mesh))
+    out[mode] = {"centers": km.cluster_centers().tolist(), "step": again.global_step,
+                 "restored": again.cluster_centers().tolist(), "score": km.score(x)}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("devices", [4])
+def test_estimator_on_forced_devices_matches_one_device(devices):
+    got = _run(ESTIMATOR_CODE, devices)
+    ref = _run(ESTIMATOR_CODE, 1)
+    for mode in ["full", "mini"]:
+        np.testing.assert_allclose(got[mode]["centers"], ref[mode]["centers"], atol=1e-4)
+        assert got[mode]["restored"] == got[mode]["centers"]
+        assert got[mode]["step"] == 6
+        np.testing.assert_allclose(got[mode]["score"], ref[mode]["score"], rtol=1e-5)
+
+
+MP_ESTIMATOR_CODE = """
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+pid, nproc, port, model_dir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=nproc, process_id=pid,
+                           initialization_timeout=60)
+import jaxkmeans
+mesh = jax.make_mesh((jax.device_count(),), ("data",))
+x = data()
+mine = np.array_split(x, nproc)[pid]
+km = jaxkmeans.KMeans(6, model_dir=model_dir, initial_clusters=x[:6], use_mini_batch=False,
+                      seed=0, config=jaxkmeans.RunConfig(mesh=mesh))
+km.train(np.array_split(mine, 2 + pid), steps=4)     # different batch counts per process
+print(json.dumps({"pid": pid, "centers": km.cluster_centers().tolist(),
+                  "step": km.global_step}))
+jax.distributed.shutdown()
+"""
+
+
+def test_estimator_over_processes_matches_single_process(tmp_path):
+    nproc = 2
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    model_dir = str(tmp_path / "model")
+    code = COMMON + textwrap.dedent(MP_ESTIMATOR_CODE)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(i), str(nproc), str(port), model_dir],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(nproc)
+    ]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=180)
+            assert p.returncode == 0, err[-3000:]
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    ns: dict = {}
+    exec(COMMON, ns)
+    x = ns["data"]()
+    single = jaxkmeans.KMeans(6, initial_clusters=x[:6], use_mini_batch=False, seed=0)
+    single.train(x, steps=4)
+    for o in outs:
+        assert o["step"] == 4
+        np.testing.assert_allclose(o["centers"], single.cluster_centers(), atol=1e-4)
+    # Process 0 wrote the checkpoints; they restore in a plain single process.
+    np.testing.assert_allclose(
+        jaxkmeans.load_variable(model_dir, "clusters"), single.cluster_centers(), atol=1e-4
+    )
+
+
+def test_streaming_memmap_keeps_memory_bounded(tmp_path):
+    """examples/streaming.py on a 400 MB memmap: training adds far less than the file."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "examples", "streaming.py"),
+            "--gigabytes",
+            "0.4",
+            "--batch-rows",
+            "65536",
+            "--steps",
+            "2",
+            "--dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "global_step 3" in out
+    import re
+
+    peak, before = map(
+        float, re.search(r"peak RSS (\d+) MB \(before training (\d+) MB", out).groups()
+    )
+    assert peak - before < 250, out  # the file is 410 MB; batches are 16 MB
