@@ -284,3 +284,25 @@ def test_streaming_memmap_keeps_memory_bounded(tmp_path):
         float, re.search(r"peak RSS (\d+) MB \(before training (\d+) MB", out).groups()
     )
     assert peak - before < 250, out  # the file is 410 MB; batches are 16 MB
+
+
+NO_GATHER_CODE = """
+import re, jax, jax.numpy as jnp
+from jaxkmeans import initializers, sharding
+mesh = sharding.auto_mesh(jax.make_mesh((jax.device_count(),), ("data",)))
+x = data(n=4000, d=7)
+xs, ws, n = sharding.shard_rows(x, None, mesh)
+out = {}
+for method in ["kmeans_plus_plus", "kmeans_parallel", "random", "kmc2"]:
+    f = jax.jit(lambda key, xs, ws: initializers.init_impl(key, xs, ws, 6, method, "squared_euclidean"))
+    hlo = f.lower(jax.random.PRNGKey(0), xs, ws).compile().as_text()
+    gathers = [l for l in hlo.splitlines() if "all-gather(" in l]
+    out[method] = [g for g in gathers if re.search(r"\\[\\d+,7\\]", g.split("=")[1].split("all-gather")[0])]
+print(json.dumps(out))
+"""
+
+
+def test_initializers_on_sharded_data_do_not_gather_the_points():
+    """Only per-row scalars (weights, distances, hashes) cross devices, never (n, d)."""
+    got = _run(NO_GATHER_CODE, 4)
+    assert got == {m: [] for m in ["kmeans_plus_plus", "kmeans_parallel", "random", "kmc2"]}
