@@ -35,6 +35,7 @@ from jaxkmeans._validation import (
     is_traced,
 )
 from jaxkmeans.assignment import block_argmin, fold_chunks, resolve_chunk_size
+from jaxkmeans.updates import row_hashes
 
 __all__ = [
     "RANDOM_INIT",
@@ -63,36 +64,6 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
 # ----------------------------------------------------------------------------- helpers
 
 
-def _row_hashes(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Two 32-bit hashes of each row's bit pattern (-0.0 counts as 0.0).
-
-    Integer addition wraps modulo 2**32 and is associative, so equal rows always get
-    equal hashes, whatever order the reduction runs in.
-    """
-    n = x.shape[0]
-    # -0.0 -> 0.0 (not ``x + 0``: XLA simplifies that away and keeps the sign bit).
-    x = jnp.where(x == 0, jnp.zeros((), x.dtype), x)
-    size = jnp.dtype(x.dtype).itemsize
-    if size == 8:
-        bits = lax.bitcast_convert_type(x, jnp.uint32).reshape(n, -1)
-    elif size == 4:
-        bits = lax.bitcast_convert_type(x, jnp.uint32)
-    else:
-        bits = lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-    m = bits.shape[1]
-    # Fixed odd multipliers (trace-time constants: no PRNG in the compiled program).
-    consts = jnp.asarray(
-        np.random.default_rng(0x5EED).integers(0, 2**32, size=(2, m), dtype=np.uint32) | 1
-    )
-    # One round of a murmur-style finalizer per word before the weighted sum.
-    b = bits ^ (bits >> 16)
-    b = b * jnp.uint32(0x85EBCA6B)
-    b = b ^ (b >> 13)
-    h1 = jnp.sum(b * consts[0][None, :], axis=1, dtype=jnp.uint32)
-    h2 = jnp.sum((b ^ (b >> 7)) * consts[1][None, :], axis=1, dtype=jnp.uint32)
-    return h1, h2
-
-
 def merge_duplicates(x: jax.Array, w: jax.Array) -> jax.Array:
     """Weights with every group of identical rows' total weight on its first row.
 
@@ -104,7 +75,7 @@ def merge_duplicates(x: jax.Array, w: jax.Array) -> jax.Array:
       group's total, the other copies 0.
     """
     n = x.shape[0]
-    h1, h2 = _row_hashes(x)
+    h1, h2 = row_hashes(x)
     idx = jnp.arange(n, dtype=jnp.int32)
     s1, s2, perm = lax.sort((h1, h2, idx), num_keys=3)
     first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
@@ -151,6 +122,12 @@ def _sample_by_mass(u: jax.Array, mass: jax.Array, fallback: jax.Array) -> jax.A
     return jnp.where(mass[idx] > 0, idx, fallback)
 
 
+def _row(a: jax.Array, i: jax.Array) -> jax.Array:
+    """Row `i` of `a` as a gather (not a dynamic slice), which the compiler can
+    partition when `a` is row-sharded instead of gathering all of `a` first."""
+    return jnp.take(a, jnp.reshape(i, (1,)), axis=0)[0]
+
+
 def _sq_dists(xp: jax.Array, xsq: jax.Array, cp: jax.Array) -> jax.Array:
     """(n, m) squared distances between prepared rows and m prepared points."""
     csq = jnp.sum(cp * cp, axis=1)
@@ -189,7 +166,7 @@ def _kmeans_pp(key, xp, w, k, num_retries):
     xsq = jnp.sum(xp * xp, axis=1)
     key, sub = jax.random.split(key)
     first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
-    d2 = _sq_dists(xp, xsq, xp[first][None, :])[:, 0].at[first].set(0.0)
+    d2 = _sq_dists(xp, xsq, _row(xp, first)[None, :])[:, 0].at[first].set(0.0)
     chosen = jnp.zeros((n,), bool).at[first].set(True)
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
     # All the randomness up front: one PRNG call instead of two per pick (faster to
@@ -220,10 +197,10 @@ def _kmc2(key, xp, w, k, chain_length):
     xsq = jnp.sum(xp * xp, axis=1)
     key, sub = jax.random.split(key)
     first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
-    d1 = _sq_dists(xp, xsq, xp[first][None, :])[:, 0].at[first].set(0.0)
+    d1 = _sq_dists(xp, xsq, _row(xp, first)[None, :])[:, 0].at[first].set(0.0)
     wd = w * d1
     q = 0.5 * wd / jnp.maximum(jnp.sum(wd), 1e-30) + 0.5 * w / jnp.sum(w)
-    centers = jnp.zeros((k, xp.shape[1]), xp.dtype).at[0].set(xp[first])
+    centers = jnp.zeros((k, xp.shape[1]), xp.dtype).at[0].set(_row(xp, first))
     chosen = jnp.zeros((n,), bool).at[first].set(True)
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
     slots = jnp.arange(k)
@@ -247,7 +224,7 @@ def _kmc2(key, xp, w, k, chain_length):
 
         last, _ = lax.scan(step, jnp.int32(0), jnp.arange(1, chain_length, dtype=jnp.int32))
         new = jnp.where(target[last] > 0, prop[last], fallback)
-        return key, centers.at[i].set(xp[new]), chosen.at[new].set(True), idx.at[i].set(new)
+        return key, centers.at[i].set(_row(xp, new)), chosen.at[new].set(True), idx.at[i].set(new)
 
     _, _, _, idx = lax.fori_loop(1, k, pick, (key, centers, chosen, idx))
     return idx
@@ -267,7 +244,7 @@ def _kmeans_parallel(key, xp, w, k, num_retries, rounds, oversampling_factor, ch
     cand_idx = jnp.zeros((m,), jnp.int32).at[0].set(first)
     cand_ok = jnp.zeros((m,), bool).at[0].set(True)
     xsq = jnp.sum(xp * xp, axis=1)
-    d2 = _sq_dists(xp, xsq, xp[first][None, :])[:, 0].at[first].set(0.0)
+    d2 = _sq_dists(xp, xsq, _row(xp, first)[None, :])[:, 0].at[first].set(0.0)
     near = jnp.zeros((n,), jnp.int32)  # nearest candidate so far
 
     def add_candidates(d2, near, new_idx, new_ok, offset):
