@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -30,6 +31,7 @@ __all__ = [
     "merge_far",
     "empty_far",
     "relocate_empty",
+    "row_hashes",
     "MiniBatchOptState",
     "minibatch_optimizer",
 ]
@@ -128,6 +130,36 @@ def centers_from_stats(
     return jnp.where(has[:, None], new, old)
 
 
+def row_hashes(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two 32-bit hashes of each row's bit pattern (-0.0 counts as 0.0).
+
+    Integer addition wraps modulo 2**32 and is associative, so equal rows always get
+    equal hashes, whatever order the reduction runs in.
+    """
+    n = x.shape[0]
+    # -0.0 -> 0.0 (not ``x + 0``: XLA simplifies that away and keeps the sign bit).
+    x = jnp.where(x == 0, jnp.zeros((), x.dtype), x)
+    size = jnp.dtype(x.dtype).itemsize
+    if size == 8:
+        bits = lax.bitcast_convert_type(x, jnp.uint32).reshape(n, -1)
+    elif size == 4:
+        bits = lax.bitcast_convert_type(x, jnp.uint32)
+    else:
+        bits = lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    m = bits.shape[1]
+    # Fixed odd multipliers (trace-time constants: no PRNG in the compiled program).
+    consts = jnp.asarray(
+        np.random.default_rng(0x5EED).integers(0, 2**32, size=(2, m), dtype=np.uint32) | 1
+    )
+    # One round of a murmur-style finalizer per word before the weighted sum.
+    b = bits ^ (bits >> 16)
+    b = b * jnp.uint32(0x85EBCA6B)
+    b = b ^ (b >> 13)
+    h1 = jnp.sum(b * consts[0][None, :], axis=1, dtype=jnp.uint32)
+    h2 = jnp.sum((b ^ (b >> 7)) * consts[1][None, :], axis=1, dtype=jnp.uint32)
+    return h1, h2
+
+
 class Far(NamedTuple):
     """Candidate points for empty clusters, farthest first."""
 
@@ -145,10 +177,20 @@ def farthest(
     m: int,
     metric: str,
     offset: jax.Array | None,
+    distinct: bool = False,
 ) -> Far:
-    """The (up to) `m` rows of `x` with positive weight farthest from their centers."""
+    """The (up to) `m` rows of `x` with positive weight farthest from their centers.
+
+    With ``distinct=True`` copies of one point count once (an O(n log n) sort), so with
+    duplicated data the candidates still are `m` different points.
+    """
     n = x.shape[0]
     dist = min_dist if w is None else jnp.where(w > 0, min_dist, -1.0)
+    if distinct:
+        h1, h2 = row_hashes(x)
+        s1, s2, _, perm = lax.sort((h1, h2, -dist, jnp.arange(n, dtype=jnp.int32)), num_keys=3)
+        first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
+        dist = jnp.where(jnp.zeros((n,), bool).at[perm].set(first), dist, -1.0)
     m = min(m, n)
     far_d, far_i = lax.top_k(dist, m)
     rows, _ = metrics.prepare_rows(x[far_i], metric, offset)
@@ -178,8 +220,9 @@ def relocate_empty(sums: jax.Array, counts: jax.Array, far: Far) -> tuple[jax.Ar
 
     The i-th empty cluster (by index) takes the i-th farthest candidate (by distance to
     its nearest center, among points with positive weight) as its only member; that
-    point leaves the cluster it was in (as in scikit-learn). Points at distance 0 are
-    never taken, so a center never lands on a copy of another.
+    point leaves the cluster it was in (as in scikit-learn). Points at distance 0 and
+    copies of a farther candidate are never taken, so a center never lands on a copy
+    of another (clusters left without a candidate stay empty this step).
 
     Returns:
       ``(sums, counts)`` with the relocated statistics.
@@ -187,12 +230,22 @@ def relocate_empty(sums: jax.Array, counts: jax.Array, far: Far) -> tuple[jax.Ar
     k = counts.shape[0]
     m = far.dist.shape[0]
     empty = counts <= 0
+    # Usable candidates, farthest first: positive distance and not a copy of a farther
+    # candidate (with duplicated data the farthest points can be copies of one point;
+    # two empty clusters must not land on the same spot).
+    h1, h2 = row_hashes(far.rows)
+    idx = jnp.arange(m, dtype=jnp.int32)
+    s1, s2, perm = lax.sort((h1, h2, idx), num_keys=3)
+    first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
+    usable = jnp.zeros((m,), bool).at[perm].set(first) & (far.dist > 0)
+    slot = jnp.where(usable, jnp.cumsum(usable.astype(jnp.int32)) - 1, m)
+    order = jnp.zeros((m,), jnp.int32).at[slot].set(idx, mode="drop")
     rank = jnp.cumsum(empty.astype(jnp.int32)) - 1  # rank of each empty cluster
-    rank_c = jnp.clip(rank, 0, m - 1)
-    ok = empty & (rank < m) & (far.dist[rank_c] > 0)
-    rows = far.rows[rank_c]
-    pw = jnp.where(ok, far.weights[rank_c], 0.0)
-    donor = far.labels[rank_c]
+    ok = empty & (rank < jnp.sum(usable.astype(jnp.int32)))
+    pick = order[jnp.clip(rank, 0, m - 1)]
+    rows = far.rows[pick]
+    pw = jnp.where(ok, far.weights[pick], 0.0)
+    donor = far.labels[pick]
     before = counts
     sums = sums - jax.ops.segment_sum(rows * pw[:, None], donor, num_segments=k)
     counts = counts - jax.ops.segment_sum(pw, donor, num_segments=k)

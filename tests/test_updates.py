@@ -96,6 +96,38 @@ def test_several_empty_clusters_take_distinct_points(blobs):
     assert not (new == 0).all(axis=1).any()
 
 
+def test_empty_clusters_with_duplicated_data_take_different_points():
+    # The farthest points are 20 copies of (10, 10): only one empty cluster may go there.
+    pts = np.array([[0, 0], [10, 0], [0, 10], [10, 10], [5, 5]], np.float32)
+    x = np.repeat(pts, [20, 20, 20, 20, 1], axis=0)
+    c0 = np.array([[0, 0], [1e3, 1e3], [1e3, -1e3], [-1e3, 1e3], [-1e3, -1e3]], np.float32)
+    w = np.ones(len(x), np.float32)
+    w[60] = 0.0  # the first copy of (10, 10) cannot be taken, the others can
+    for weights in (None, w):
+        new, _ = jaxkmeans.lloyd_step(x, c0, sample_weight=weights)
+        new = np.asarray(new)
+        np.testing.assert_allclose(new[1:], [[10, 10], [10, 0], [0, 10], [5, 5]], atol=1e-5)
+    r = jaxkmeans.fit(jax.random.PRNGKey(0), x, 5, init=c0)
+    np.testing.assert_allclose(np.sort(np.asarray(r.centers), axis=0), np.sort(pts, 0), atol=1e-5)
+    assert float(r.loss) < 1e-6
+
+
+def test_relocate_empty_skips_copies_of_a_candidate():
+    far = updates.Far(
+        rows=jnp.array([[4.0, 0.0], [4.0, 0.0], [3.0, 0.0]]),
+        dist=jnp.array([9.0, 9.0, 4.0]),
+        labels=jnp.array([0, 0, 0], jnp.int32),
+        weights=jnp.array([1.0, 1.0, 1.0]),
+    )
+    sums = jnp.array([[12.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # 4, 4, 3, 1
+    counts = jnp.array([4.0, 0.0, 0.0, 0.0])
+    s, c = updates.relocate_empty(sums, counts, far)
+    # Clusters 1 and 2 take (4, 0) and (3, 0); cluster 3 finds no other point and stays
+    # empty; the donor keeps (4, 0) and (1, 0).
+    np.testing.assert_allclose(np.asarray(s), [[5.0, 0.0], [4.0, 0.0], [3.0, 0.0], [0.0, 0.0]])
+    np.testing.assert_allclose(np.asarray(c), [2.0, 1.0, 1.0, 0.0])
+
+
 @pytest.mark.parametrize("metric", ["squared_euclidean", "cosine"])
 def test_empty_clusters_far_from_origin_never_nan_or_origin(metric):
     rng = np.random.default_rng(2)
