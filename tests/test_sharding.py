@@ -114,8 +114,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("nproc", [2, 3])
-def test_fit_over_processes_matches_single_process(nproc):
+def _launch(code: str, nproc: int, *args: str) -> list[dict]:
+    """Runs `code` in `nproc` processes joined by jax.distributed on loopback; returns
+    each one's last JSON line, ordered by process id."""
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
@@ -124,10 +125,11 @@ def test_fit_over_processes_matches_single_process(nproc):
             [
                 sys.executable,
                 "-c",
-                COMMON + textwrap.dedent(MP_CODE),
+                COMMON + textwrap.dedent(code),
                 str(i),
                 str(nproc),
                 str(port),
+                *args,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -146,6 +148,12 @@ def test_fit_over_processes_matches_single_process(nproc):
         for p in procs:
             if p.poll() is None:
                 p.kill()
+    return outs
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_fit_over_processes_matches_single_process(nproc):
+    outs = _launch(MP_CODE, nproc)
     ref = _reference("array")
     labels = []
     for o in sorted(outs, key=lambda o: o["pid"]):
@@ -214,32 +222,8 @@ jax.distributed.shutdown()
 
 
 def test_estimator_over_processes_matches_single_process(tmp_path):
-    nproc = 2
-    port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
     model_dir = str(tmp_path / "model")
-    code = COMMON + textwrap.dedent(MP_ESTIMATOR_CODE)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", code, str(i), str(nproc), str(port), model_dir],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for i in range(nproc)
-    ]
-    outs = []
-    try:
-        for p in procs:
-            out, err = p.communicate(timeout=180)
-            assert p.returncode == 0, err[-3000:]
-            outs.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    outs = _launch(MP_ESTIMATOR_CODE, 2, model_dir)
     ns: dict = {}
     exec(COMMON, ns)
     x = ns["data"]()
@@ -294,10 +278,12 @@ x = data(n=4000, d=7)
 xs, ws, n = sharding.shard_rows(x, None, mesh)
 out = {}
 for method in ["kmeans_plus_plus", "kmeans_parallel", "random", "kmc2"]:
-    f = jax.jit(lambda key, xs, ws: initializers.init_impl(key, xs, ws, 6, method, "squared_euclidean"))
+    f = jax.jit(lambda key, xs, ws: initializers.init_impl(key, xs, ws, 6, method,
+                                                          "squared_euclidean"))
     hlo = f.lower(jax.random.PRNGKey(0), xs, ws).compile().as_text()
     gathers = [l for l in hlo.splitlines() if "all-gather(" in l]
-    out[method] = [g for g in gathers if re.search(r"\\[\\d+,7\\]", g.split("=")[1].split("all-gather")[0])]
+    shapes = [g.split("=")[1].split("all-gather")[0] for g in gathers]
+    out[method] = [g for g in shapes if re.search(r"\\[\\d+,7\\]", g)]
 print(json.dumps(out))
 """
 
