@@ -142,17 +142,11 @@ def test_minibatch_step_matches_sklearn_partial_fit_float64(overlapping):
 # ------------------------------------------------------------------ fit
 
 
-def test_fit_toy():
-    x = jnp.array([[0.0], [1.0], [10.0], [11.0]])
-    r = jaxkmeans.fit(KEY, x, 2)
-    assert sorted(np.asarray(r.centers).ravel().tolist()) == [0.5, 10.5]
-    assert float(r.loss) == 1.0
-    assert r.labels.dtype == jnp.int32 and r.n_iter.dtype == jnp.int32
-    assert r.converged.dtype == jnp.bool_
-
-
 def test_fit_result_is_consistent(blobs):
     r = jaxkmeans.fit(KEY, blobs, 4)
+    assert r.centers.dtype == jnp.float32 and r.loss.shape == ()
+    assert r.labels.dtype == jnp.int32 and r.n_iter.dtype == jnp.int32
+    assert r.converged.dtype == jnp.bool_
     labels, dist = jaxkmeans.assign(blobs, r.centers)
     np.testing.assert_array_equal(np.asarray(r.labels), np.asarray(labels))
     np.testing.assert_allclose(float(r.loss), float(dist.sum()), rtol=1e-5)
@@ -197,14 +191,6 @@ def test_chunked_equals_unchunked(overlapping):
     assert int(a.n_iter) == int(b.n_iter)
     np.testing.assert_allclose(np.asarray(a.centers), np.asarray(b.centers), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(float(a.loss), float(b.loss), rtol=1e-5)
-
-
-def test_update_methods_agree_in_fit(overlapping):
-    c0 = overlapping[:6]
-    a = jaxkmeans.fit(KEY, overlapping, 6, init=c0, max_iter=20, update_method="onehot")
-    b = jaxkmeans.fit(KEY, overlapping, 6, init=c0, max_iter=20, update_method="segment_sum")
-    np.testing.assert_array_equal(np.asarray(a.labels), np.asarray(b.labels))
-    np.testing.assert_allclose(np.asarray(a.centers), np.asarray(b.centers), rtol=1e-5, atol=1e-5)
 
 
 def test_n_init_keeps_lowest_loss(overlapping):
