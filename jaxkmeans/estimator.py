@@ -484,7 +484,7 @@ class KMeans:
         key, init_key = jax.random.split(key)
         if self._init_array is not None:
             centers = self._init_array
-            if reader.dims is None:
+            if not seen:  # one batch read (not used up) for the frame origin
                 first = next(it, None)
                 if first is None:
                     raise ValueError("the input is empty: train() needs at least one row.")
@@ -555,7 +555,13 @@ class KMeans:
         self._dims = reader.dims
         if self._mesh is not None:  # every process starts from process 0's centers
             centers = jnp.asarray(sharding.broadcast_from_first(centers))
-        self._state = self._replicated(KMeansState.create(centers, key=key))
+        # The frame origin (fixed for the life of the model) is the mean of the rows
+        # seen so far, so distances stay accurate even if a center is far from the data.
+        sample = np.concatenate(seen) if seen else np.asarray(centers)
+        origin = sample.mean(axis=0, dtype=np.float64).astype(np.float32)
+        if self._mesh is not None:
+            origin = sharding.broadcast_from_first(origin)
+        self._state = self._replicated(KMeansState.create(centers, key=key, origin=origin))
         return itertools.chain(seen, it)
 
     def _distinct(self, sample: np.ndarray) -> int:
@@ -800,8 +806,8 @@ class KMeans:
         def gen():
             for batch in reader.batches():
                 b = batch.shape[0]
-                padded, _ = _pad_batch(batch, _bucket(b, None))
-                out = self._predict_jit(centers, padded)
+                padded, w = _pad_batch(batch, _bucket(b, None))
+                out = self._predict_jit(centers, padded, w)
                 yield batch, {k: np.asarray(v)[:b] for k, v in out.items()}
 
         return gen()

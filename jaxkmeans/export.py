@@ -37,9 +37,12 @@ def predict_fn(metric: str) -> Callable[[jax.Array, jax.Array], dict[str, jax.Ar
     """
     check_metric(metric)
 
-    def model_fn(centers: jax.Array, x: jax.Array) -> dict[str, jax.Array]:
+    def model_fn(
+        centers: jax.Array, x: jax.Array, weights: jax.Array | None = None
+    ) -> dict[str, jax.Array]:
+        # `weights` (n,) marks padding rows (0) so they do not move the frame origin.
         x = jnp.asarray(x, centers.dtype)
-        offset = metrics.default_offset(centers, metric)
+        offset = metrics.data_offset(x, metric, weights)
         cp, bias = metrics.prepare_centers(centers, metric, offset)
         xp, base = metrics.prepare_rows(x, metric, offset)
         score = metrics.score_block(xp, cp, bias, "float32")

@@ -656,7 +656,7 @@ def pass_end(
 
 @functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision"))
 def _weighted_inertia_impl(x, centers, w, metric, chunk, precision):
-    offset = metrics.default_offset(centers, metric)
+    offset = metrics.data_offset(x, metric, w)
     cp, bias = metrics.prepare_centers(centers, metric, offset)
     _, dist = assign_prepared(x, cp, bias, metric, offset, chunk, precision)
     return jnp.sum(dist) if w is None else jnp.sum(w * dist)

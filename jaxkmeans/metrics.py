@@ -103,15 +103,24 @@ def default_offset(centers: jax.Array, metric: str) -> jax.Array | None:
 def data_offset(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.Array | None:
     """The point subtracted before the Euclidean expansion: the (weighted) mean of the
     rows `x` (n, d), so that the shifted rows are small whatever the centers are. None
-    for cosine."""
+    for cosine.
+
+    Each component is rounded to 16 significant bits: any point near the data serves,
+    and the rounding makes the frame (and so every distance, to the last bit) the same
+    for batches whose means differ only by float rounding, e.g. a batch and the same
+    batch padded with zero-weight rows.
+    """
     if metric == COSINE_DISTANCE:
         return None
     mean = jnp.mean(x, axis=0)
-    if w is None:
-        return mean
-    total = jnp.sum(w)
-    safe = jnp.where(total > 0, total, jnp.ones_like(total))
-    return jnp.where(total > 0, jnp.sum(x * w[:, None], axis=0) / safe, mean)
+    if w is not None:
+        total = jnp.sum(w)
+        safe = jnp.where(total > 0, total, jnp.ones_like(total))
+        mean = jnp.where(total > 0, jnp.sum(x * w[:, None], axis=0) / safe, mean)
+    mag = jnp.abs(mean)
+    tiny = jnp.finfo(mean.dtype).tiny
+    step = jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(mag, tiny))) - 16.0)
+    return jnp.where(mag > 0, jnp.round(mean / step) * step, 0.0).astype(x.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "precision"))

@@ -246,7 +246,8 @@ def test_relative_tolerance_stops_full_batch(tmp_path):
     km2 = make(tmp_path, "m2", relative_tolerance=tol)
     km2.train(BATCHES)
     assert km2.global_step == n
-    np.testing.assert_allclose(km2.cluster_centers(), km.cluster_centers(), rtol=1e-6)
+    # (The frame origin is the mean of the first batch: float32 rounding differs.)
+    np.testing.assert_allclose(km2.cluster_centers(), km.cluster_centers(), rtol=1e-6, atol=1e-6)
     # Already converged: the next call stops after one more step.
     km2.train(BATCHES)
     assert km2.global_step == n + 1
