@@ -32,8 +32,10 @@ from jaxkmeans._validation import (
 __all__ = ["assign", "inertia", "auto_chunk_size"]
 
 # Elements of the (chunk, k) score block per backend: small enough to stay in cache on
-# CPU, large enough to fill an accelerator.
-_BLOCK_ELEMENTS = {"cpu": 1 << 18, "gpu": 1 << 25, "tpu": 1 << 25}
+# CPU, large enough to fill an accelerator. CPU: 2**19 measured best on a 2-core EPYC
+# (lloyd_step at N=2e5: D=128/K=256 0.19 s vs 0.24 s at 2**18 and 0.25 s at 2**20;
+# D=32/K=64 0.046 s vs 0.075 s at 2**18; D=2/K=16 0.022 s vs 0.032 s at 2**18).
+_BLOCK_ELEMENTS = {"cpu": 1 << 19, "gpu": 1 << 25, "tpu": 1 << 25}
 _MIN_CHUNK = 8
 
 
