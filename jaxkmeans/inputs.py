@@ -15,7 +15,7 @@ pass only.
 from __future__ import annotations
 
 import collections.abc
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -246,8 +246,3 @@ class InputReader:
             batch = self._check(to_matrix(item, self._names))
             if batch.shape[0]:
                 yield batch
-
-
-def as_input_fn(obj: Any) -> Callable[[], Any]:
-    """A callable returning `obj` (for APIs that want an input_fn)."""
-    return lambda: obj

@@ -32,6 +32,7 @@ from jaxkmeans.updates import (
     chunk_statistics,
     farthest,
     relocate_empty,
+    top_far,
 )
 
 __all__ = [
@@ -213,7 +214,7 @@ def sharded_farthest(x, w, labels, min_dist, k, metric, offset, mesh) -> Far:
     def local(xl, wl, ll, dl, off):
         far = farthest(xl, wl, ll, dl, k, metric, None if offset is None else off)
         gathered = jax.tree_util.tree_map(lambda a: lax.all_gather(a, axes, tiled=True), far)
-        return _top(gathered, k)
+        return top_far(gathered, k)
 
     return jax.shard_map(
         local,
@@ -222,11 +223,6 @@ def sharded_farthest(x, w, labels, min_dist, k, metric, offset, mesh) -> Far:
         out_specs=Far(rep, rep, rep, rep),
         check_vma=False,
     )(x, w, labels, min_dist, offset_arg)
-
-
-def _top(far: Far, m: int) -> Far:
-    d, idx = lax.top_k(far.dist, min(m, far.dist.shape[0]))
-    return Far(far.rows[idx], d, far.labels[idx], far.weights[idx])
 
 
 def sharded_lloyd_core(x, w, c, offset, metric, precision, update_method, mesh, chunk=None):

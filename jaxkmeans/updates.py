@@ -28,6 +28,7 @@ __all__ = [
     "centers_from_stats",
     "Far",
     "farthest",
+    "top_far",
     "merge_far",
     "empty_far",
     "relocate_empty",
@@ -198,11 +199,15 @@ def farthest(
     return Far(rows, far_d, labels[far_i], pw)
 
 
+def top_far(far: Far, m: int) -> Far:
+    """The `m` farthest candidates of one candidate set, farthest first."""
+    far_d, idx = lax.top_k(far.dist, min(m, far.dist.shape[0]))
+    return Far(far.rows[idx], far_d, far.labels[idx], far.weights[idx])
+
+
 def merge_far(a: Far, b: Far, m: int) -> Far:
     """The `m` farthest of two candidate sets."""
-    cat = jax.tree_util.tree_map(lambda u, v: jnp.concatenate([u, v]), a, b)
-    far_d, idx = lax.top_k(cat.dist, min(m, cat.dist.shape[0]))
-    return Far(cat.rows[idx], far_d, cat.labels[idx], cat.weights[idx])
+    return top_far(jax.tree_util.tree_map(lambda u, v: jnp.concatenate([u, v]), a, b), m)
 
 
 def empty_far(m: int, d: int, dtype: Any) -> Far:
