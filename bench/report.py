@@ -21,6 +21,7 @@ RESULTS_MD = BENCH_DIR / "RESULTS.md"
 LABELS = {
     "jaxkmeans": "jaxkmeans fit",
     "jaxkmeans_step": "jaxkmeans lloyd_step",
+    "jaxkmeans_xla": "lloyd_step, pure XLA",
     "sklearn": "scikit-learn",
     "faiss": "faiss-cpu",
     "numpy_gemm": "numpy GEMM",
@@ -118,6 +119,14 @@ def memory_line(row: dict[str, Any]) -> str:
         f"device input {_gib(row.get('device_input_peak_extra'))}; "
         f"naive n*k*4 would be {_gib(row.get('naive_nk_bytes'))}"
     )
+
+
+def _native_text(v: dict[str, Any]) -> str:
+    if "jaxkmeans_native" not in v:
+        return "not recorded"
+    if v["jaxkmeans_native"]:
+        return "used"
+    return f"not used ({v.get('jaxkmeans_native_error') or 'switched off'})"
 
 
 # --------------------------------------------------------------------------- tables
@@ -309,7 +318,8 @@ def render_markdown(result: dict[str, Any], json_rel: str, png_rel: str | None) 
         f"host `{m.get('hostname')}`",
         f"- Versions: jax {v.get('jax')}, jaxlib {v.get('jaxlib')}, jaxkmeans {v.get('jaxkmeans')} "
         f"({v.get('git_commit')}), scikit-learn {v.get('sklearn')}, faiss {v.get('faiss')}, "
-        f"numpy {v.get('numpy')}, Python {m.get('python')}",
+        f"numpy {v.get('numpy')}, Python {m.get('python')}; native CPU kernel: "
+        f"{_native_text(v)}",
         f"- Threads: {th.get('threads')} for every contestant (OMP/OPENBLAS/MKL_NUM_THREADS, "
         f"threadpoolctl limit, faiss omp {th.get('faiss_omp_max_threads')}, XLA: all available "
         f"cores); OPENBLAS_CORETYPE={th.get('openblas_coretype') or 'unset'}; "

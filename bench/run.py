@@ -82,7 +82,14 @@ if str(REPO_DIR) not in sys.path:
 
 import report  # noqa: E402
 
-LLOYD_CONTESTANTS = ("jaxkmeans", "jaxkmeans_step", "sklearn", "faiss", "numpy_gemm")
+LLOYD_CONTESTANTS = (
+    "jaxkmeans",
+    "jaxkmeans_step",
+    "jaxkmeans_xla",
+    "sklearn",
+    "faiss",
+    "numpy_gemm",
+)
 PEERS = ("sklearn", "faiss")  # real k-means peers; numpy_gemm is the hardware reference
 SECTIONS = ("memory", "lloyd", "init", "minibatch")
 
@@ -396,6 +403,10 @@ def versions(libs: Libs) -> dict[str, Any]:
 
         out["jaxkmeans"] = getattr(jaxkmeans, "__version__", "?")
         out["jaxkmeans_path"] = str(Path(jaxkmeans.__file__).parent)
+        from jaxkmeans import _native
+
+        out["jaxkmeans_native"] = _native.enabled()
+        out["jaxkmeans_native_error"] = _native.load_error()
     except Exception as exc:  # noqa: BLE001
         out["jaxkmeans"] = None
         out["jaxkmeans_error"] = _err(exc)
@@ -522,6 +533,10 @@ def lloyd_runners(
                 runners[name] = _jax_fit_runner(libs, xj, init, k, iters, seed)
             elif name == "jaxkmeans_step":
                 runners[name], notes[name] = _jax_step_runner(libs, xj, init, iters)
+            elif name == "jaxkmeans_xla":  # the pure-JAX path (GPU/TPU code) on this CPU
+                runners[name], notes[name] = _jax_step_runner(
+                    libs, xj, init, iters, update_method="segment_sum"
+                )
             elif name == "sklearn":
                 runners[name] = _sklearn_runner(libs, x, init, k, iters, seed)
             elif name == "faiss":
@@ -557,8 +572,10 @@ def _jax_fit_runner(libs: Libs, xj, init, k, iters, seed) -> Runner:
     return run
 
 
-def _jax_step_runner(libs: Libs, xj, init, iters) -> tuple[Runner, dict[str, Any]]:
-    """``iters`` x ``jaxkmeans.lloyd_step`` in one jitted ``fori_loop``.
+def _jax_step_runner(
+    libs: Libs, xj, init, iters, update_method: str = "auto"
+) -> tuple[Runner, dict[str, Any]]:
+    """``iters`` x ``jaxkmeans.lloyd_step(update_method=...)`` in one jitted ``fori_loop``.
 
     Falls back to a python loop of ``lloyd_step`` calls if it does not trace.
     """
@@ -569,7 +586,7 @@ def _jax_step_runner(libs: Libs, xj, init, iters) -> tuple[Runner, dict[str, Any
     def loop(x, c):
         def body(_, carry):
             c, _loss = carry
-            c_new, stats = jkm.lloyd_step(x, c)
+            c_new, stats = jkm.lloyd_step(x, c, update_method=update_method)
             return c_new.astype(c.dtype), jnp.asarray(stats.loss, jnp.float32)
 
         return lax.fori_loop(0, iters, body, (c, jnp.zeros((), jnp.float32)))
@@ -586,7 +603,7 @@ def _jax_step_runner(libs: Libs, xj, init, iters) -> tuple[Runner, dict[str, Any
         def call():
             c, loss = init_j, None
             for _ in range(iters):
-                c, stats = jkm.lloyd_step(xj, c)
+                c, stats = jkm.lloyd_step(xj, c, update_method=update_method)
                 loss = stats.loss
             return c, loss
 

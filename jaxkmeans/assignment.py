@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxkmeans import metrics
+from jaxkmeans import _native, metrics
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
@@ -137,8 +137,11 @@ def assign_prepared(
     offset: jax.Array | None,
     chunk: int,
     precision: str,
+    native: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-    """Chunked nearest center for all rows of `x` given prepared centers."""
+    """Chunked nearest center for all rows of `x` given prepared centers; with
+    ``native`` (squared Euclidean, float32) the fused native CPU kernel where the
+    program runs on CPU."""
     n, d = x.shape
 
     def step(carry, start, valid):
@@ -150,21 +153,30 @@ def assign_prepared(
         return labels, dist
 
     init = (jnp.zeros((n,), jnp.int32), jnp.zeros((n,), x.dtype))
-    return fold_chunks(n, chunk, step, init)
+
+    def pure():
+        return tuple(fold_chunks(n, chunk, step, init))
+
+    if native:
+        return _native.nearest(x, offset, cp, bias, pure)
+    return pure()
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision"))
-def _assign_impl(x, centers, metric, chunk, precision):
+@functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision", "native"))
+def _assign_impl(x, centers, metric, chunk, precision, native=False):
     offset = metrics.data_offset(x, metric)
     cp, bias = metrics.prepare_centers(centers, metric, offset)
-    return assign_prepared(x, cp, bias, metric, offset, chunk, precision)
+    return assign_prepared(x, cp, bias, metric, offset, chunk, precision, native)
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision"))
-def _inertia_impl(x, centers, w, metric, chunk, precision):
+@functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision", "native"))
+def _inertia_impl(x, centers, w, metric, chunk, precision, native=False):
     offset = metrics.data_offset(x, metric, w)
     cp, bias = metrics.prepare_centers(centers, metric, offset)
     n = x.shape[0]
+    if native:
+        _, dist = assign_prepared(x, cp, bias, metric, offset, chunk, precision, native)
+        return jnp.sum(dist) if w is None else jnp.sum(w * dist)
 
     def step(total, start, valid):
         rows = lax.dynamic_slice_in_dim(x, start, chunk)
@@ -210,7 +222,8 @@ def assign(
     centers = as_centers(centers, x.shape[1], x.dtype)
     n, d = x.shape
     chunk = resolve_chunk_size(chunk_size, n, centers.shape[0], d, x.dtype)
-    return _assign_impl(x, centers, metric, chunk, precision)
+    native = _native.usable(x.dtype, metric, precision)
+    return _assign_impl(x, centers, metric, chunk, precision, native)
 
 
 def inertia(
@@ -242,4 +255,5 @@ def inertia(
     n, d = x.shape
     w = as_weights(sample_weight, n, x.dtype)
     chunk = resolve_chunk_size(chunk_size, n, centers.shape[0], d, x.dtype)
-    return _inertia_impl(x, centers, w, metric, chunk, precision)
+    native = _native.usable(x.dtype, metric, precision)
+    return _inertia_impl(x, centers, w, metric, chunk, precision, native)

@@ -765,7 +765,7 @@ class KMeans:
                     self._metric,
                     self._chunk(x.shape[0]),
                     "float32",
-                    fitting.default_update_method(),
+                    fitting.default_update_method(x.dtype, self._metric),
                     self._steps_per_iteration,
                     self._mesh,
                 )

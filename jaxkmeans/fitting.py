@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxkmeans import metrics, sharding
+from jaxkmeans import _native, metrics, sharding
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
@@ -66,14 +66,31 @@ def relative_change(prev: jax.Array, loss: jax.Array) -> jax.Array:
     return jnp.abs(prev - loss) / (1.0 + jnp.abs(prev))
 
 
-def _check_update_method(update_method: Any) -> str:
+def _check_update_method(
+    update_method: Any,
+    dtype: Any = jnp.float32,
+    metric: str = "squared_euclidean",
+    precision: str = "float32",
+) -> str:
     """Validates `update_method` and resolves ``"auto"`` (so that ``"auto"`` and the
-    method it stands for share one compiled program)."""
+    method it stands for share one compiled program). ``"native"`` needs the native CPU
+    kernels, float32 data, squared Euclidean and float32/tf32 precision."""
     if not isinstance(update_method, str) or update_method not in UPDATE_METHODS:
         raise ValueError(
             f"`update_method` must be one of {list(UPDATE_METHODS)}; got {update_method!r}."
         )
-    return default_update_method() if update_method == "auto" else update_method
+    if update_method == "auto":
+        return default_update_method(dtype, metric, precision)
+    if update_method == "native" and not _native.usable(dtype, metric, precision):
+        why = _native.load_error() or (
+            "it needs the CPU backend, float32 data, metric 'squared_euclidean' and "
+            "precision 'float32' or 'tf32', and JAXKMEANS_NATIVE not set to 0"
+        )
+        raise ValueError(
+            f"`update_method`='native' is not usable here (dtype {jnp.dtype(dtype).name}, "
+            f"metric {metric!r}, precision {precision!r}): {why}."
+        )
+    return update_method
 
 
 def _frame_offset(x: jax.Array, w: jax.Array | None, metric: str) -> jax.Array | None:
@@ -149,8 +166,8 @@ def lloyd_step(
     """
     metric = check_metric(metric)
     precision = check_precision(precision)
-    update_method = _check_update_method(update_method)
     x = as_data(x, "x")
+    update_method = _check_update_method(update_method, x.dtype, metric, precision)
     centers = as_centers(centers, x.shape[1], x.dtype)
     n, d = x.shape
     w = as_weights(sample_weight, n, x.dtype)
@@ -212,9 +229,13 @@ def _fit_one(
     c, n_iter, _, converged = lax.while_loop(cond, body, (c, jnp.int32(0), inf, jnp.array(False)))
     if mesh is None:
         cp, bias = metrics.prepare_centers(c, metric, None)
-        labels, dist = assign_prepared(x, cp, bias, metric, offset, chunk, precision)
+        labels, dist = assign_prepared(
+            x, cp, bias, metric, offset, chunk, precision, update_method == "native"
+        )
     else:
-        labels, dist = sharding.sharded_assign(x, c, offset, metric, precision, mesh, chunk)
+        labels, dist = sharding.sharded_assign(
+            x, c, offset, metric, precision, mesh, chunk, update_method == "native"
+        )
     loss = jnp.sum(dist) if w is None else jnp.sum(w * dist)
     return FitResult(_from_frame(c, offset), labels, loss, n_iter, converged)
 
@@ -349,7 +370,6 @@ def fit(
     """
     metric = check_metric(metric)
     precision = check_precision(precision)
-    update_method = _check_update_method(update_method)
     k = check_positive_int(num_clusters, "num_clusters")
     max_iter = check_positive_int(max_iter, "max_iter", minimum=0)
     n_init = check_positive_int(n_init, "n_init")
@@ -357,6 +377,7 @@ def fit(
     if mesh is not None:
         mesh = sharding.auto_mesh(sharding.check_mesh(mesh))
     x = as_data(x, "x")
+    update_method = _check_update_method(update_method, x.dtype, metric, precision)
     n, d = x.shape
     w = as_weights(sample_weight, n, x.dtype)
     init_array = None
@@ -551,7 +572,6 @@ def minibatch_step(
         raise TypeError(f"`state` must be a KMeansState; got {type(state).__name__}.")
     metric = check_metric(metric)
     precision = check_precision(precision)
-    update_method = _check_update_method(update_method)
     steps_per_iteration = check_positive_int(steps_per_iteration, "steps_per_iteration")
     k, d = state.centers.shape
     x = as_data(batch, "batch")
@@ -560,6 +580,7 @@ def minibatch_step(
             f"`batch` must have {d} columns to match the centers; got shape {tuple(x.shape)}."
         )
     x = x.astype(state.centers.dtype)
+    update_method = _check_update_method(update_method, x.dtype, metric, precision)
     w = as_weights(sample_weight, x.shape[0], x.dtype)
     if smoothing is not None and not is_traced(smoothing):
         if not 0 < float(smoothing) <= 1:
@@ -624,7 +645,7 @@ def pass_add(
     memory streams through. With a `mesh` (Auto axes), `x` and `w` are row-sharded
     over it (see :func:`jaxkmeans.sharding.shard_rows`).
     """
-    update_method = _check_update_method(update_method)
+    update_method = _check_update_method(update_method, x.dtype, metric, precision)
     return _pass_add_impl(acc, centers, origin, x, w, metric, chunk, precision, update_method, mesh)
 
 
@@ -654,11 +675,11 @@ def pass_end(
     return _pass_end_impl(acc, centers, origin, metric)
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision"))
-def _weighted_inertia_impl(x, centers, w, metric, chunk, precision):
+@functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision", "native"))
+def _weighted_inertia_impl(x, centers, w, metric, chunk, precision, native=False):
     offset = metrics.data_offset(x, metric, w)
     cp, bias = metrics.prepare_centers(centers, metric, offset)
-    _, dist = assign_prepared(x, cp, bias, metric, offset, chunk, precision)
+    _, dist = assign_prepared(x, cp, bias, metric, offset, chunk, precision, native)
     return jnp.sum(dist) if w is None else jnp.sum(w * dist)
 
 
@@ -672,4 +693,5 @@ def weighted_inertia(
     precision: str = "float32",
 ) -> jax.Array:
     """Summed (weighted) distance of already-checked rows to their nearest center."""
-    return _weighted_inertia_impl(x, centers, w, metric, chunk, precision)
+    native = _native.usable(x.dtype, metric, precision)
+    return _weighted_inertia_impl(x, centers, w, metric, chunk, precision, native)

@@ -243,7 +243,7 @@ def sharded_lloyd_core(x, w, c, offset, metric, precision, update_method, mesh, 
     return new, StepStats(loss=loss, counts=counts, shift=shift)
 
 
-def sharded_assign(x, c, offset, metric, precision, mesh, chunk=None):
+def sharded_assign(x, c, offset, metric, precision, mesh, chunk=None, native=False):
     """Labels and distances of row-sharded `x` to centers `c` (in the frame)."""
     axes = data_axes(mesh)
     k = c.shape[0]
@@ -253,7 +253,7 @@ def sharded_assign(x, c, offset, metric, precision, mesh, chunk=None):
 
     def local(xl, cp, bias, off):
         return assign_prepared(
-            xl, cp, bias, metric, None if offset is None else off, chunk, precision
+            xl, cp, bias, metric, None if offset is None else off, chunk, precision, native
         )
 
     return jax.shard_map(

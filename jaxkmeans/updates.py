@@ -15,8 +15,8 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxkmeans import metrics
-from jaxkmeans._validation import COSINE_DISTANCE
+from jaxkmeans import _native, metrics
+from jaxkmeans._validation import COSINE_DISTANCE, SQUARED_EUCLIDEAN_DISTANCE
 from jaxkmeans.assignment import fold_chunks, nearest_block
 
 __all__ = [
@@ -37,7 +37,7 @@ __all__ = [
     "minibatch_optimizer",
 ]
 
-UPDATE_METHODS = ("auto", "segment_sum", "onehot")
+UPDATE_METHODS = ("auto", "segment_sum", "onehot", "native")
 
 
 class Stats(NamedTuple):
@@ -50,9 +50,15 @@ class Stats(NamedTuple):
     min_dist: jax.Array  # (n,) distance to it
 
 
-def default_update_method() -> str:
-    """``segment_sum`` on CPU; a one-hot matmul on GPU/TPU, where float32 scatter-add with
-    many rows per target is very slow."""
+def default_update_method(
+    dtype: Any = jnp.float32, metric: str = SQUARED_EUCLIDEAN_DISTANCE, precision: str = "float32"
+) -> str:
+    """What ``update_method="auto"`` means for this work: the fused native CPU kernel
+    where it applies (see :mod:`jaxkmeans._native`), else ``segment_sum`` on CPU and a
+    one-hot matmul on GPU/TPU, where float32 scatter-add with many rows per target is
+    very slow."""
+    if _native.usable(dtype, metric, precision):
+        return "native"
     return "segment_sum" if jax.default_backend() == "cpu" else "onehot"
 
 
@@ -60,8 +66,8 @@ def accumulate(
     xp: jax.Array, labels: jax.Array, w: jax.Array, k: int, method: str
 ) -> tuple[jax.Array, jax.Array]:
     """Weighted per-label sums (k, d) and weights (k,) of the rows `xp` (m, d)."""
-    if method == "auto":
-        method = default_update_method()
+    if method in ("auto", "native"):
+        method = "segment_sum" if jax.default_backend() == "cpu" else "onehot"
     if method == "onehot":
         onehot = (labels[:, None] == jnp.arange(k, dtype=labels.dtype)[None, :]).astype(xp.dtype)
         onehot = onehot * w[:, None]
@@ -113,7 +119,13 @@ def chunk_statistics(
         jnp.zeros((n,), jnp.int32),
         jnp.zeros((n,), dtype),
     )
-    return Stats(*fold_chunks(n, chunk, step, init))
+
+    def pure():
+        return tuple(fold_chunks(n, chunk, step, init))
+
+    if update_method == "native":
+        return Stats(*_native.statistics(x, w, offset, cp, bias, pure))
+    return Stats(*pure())
 
 
 def centers_from_stats(

@@ -177,11 +177,14 @@ ESTIMATOR_CODE = """
 import jax, jaxkmeans, tempfile
 mesh = jax.make_mesh((jax.device_count(),), ("data",)) if jax.device_count() > 1 else None
 x = data(spread=40.0)  # separated blobs: no label flips from float reduction order
+init = [0]  # farthest-first: one initial center per blob (no center splits a blob)
+for _ in range(5):
+    init.append(int(((x[:, None] - x[init][None]) ** 2).sum(-1).min(1).argmax()))
 batches = np.array_split(x, 4)
 out = {}
 for mode in ["full", "mini"]:
     d = tempfile.mkdtemp()
-    km = jaxkmeans.KMeans(6, model_dir=d, initial_clusters=x[:6], use_mini_batch=(mode == "mini"),
+    km = jaxkmeans.KMeans(6, model_dir=d, initial_clusters=x[init], use_mini_batch=(mode == "mini"),
                           seed=0, config=jaxkmeans.RunConfig(mesh=mesh))
     km.train(batches, steps=6)
     again = jaxkmeans.KMeans(6, model_dir=d, config=jaxkmeans.RunConfig(mesh=mesh))

@@ -39,7 +39,15 @@ def test_accumulate_segment_sum_equals_onehot():
 
 
 def test_default_update_method_on_cpu():
-    assert updates.default_update_method() == "segment_sum"
+    from jaxkmeans import _native
+
+    expect = "native" if _native.enabled() else "segment_sum"
+    assert updates.default_update_method() == expect
+    assert updates.default_update_method(np.float64) == "segment_sum"
+    assert updates.default_update_method(np.float32, "cosine") == "segment_sum"
+    assert updates.default_update_method(np.float32, "squared_euclidean", "bfloat16") == (
+        "segment_sum"
+    )
 
 
 @pytest.mark.parametrize("metric", ["squared_euclidean", "cosine"])

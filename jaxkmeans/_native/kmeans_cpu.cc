@@ -1,0 +1,471 @@
+// Native CPU kernels for jaxkmeans, registered with XLA through the FFI.
+//
+// jaxkmeans_assign_f32: nearest center of every row (labels, squared distance).
+// jaxkmeans_lloyd_f32:  the same, plus per-center weighted sums, weights and the loss.
+//
+// The distance search never forms the (n, k) matrix: a register-blocked micro-kernel
+// computes a 6 x 16 tile of <x', c'> + bias and folds it at once into a running
+// (min, first index) per row, lane by lane. Centers are packed once per call into
+// 16-wide panels; rows are shifted by `offset` (the data frame) while being packed.
+// The nearest distance is then recomputed directly as ||x' - c||^2, as the pure-JAX
+// path does. Per-center sums are formed by a second pass partitioned by center, so
+// every sum adds its rows in row order: the results do not depend on the number of
+// threads or on scheduling (bit-reproducible).
+//
+// An AVX2+FMA micro-kernel is chosen at run time when the CPU has it; otherwise a
+// portable one (same results up to float rounding of the dot products).
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define JKM_X86 1
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kMR = 6;   // rows per micro-tile
+constexpr int64_t kNR = 16;  // centers per micro-tile (two 8-float vectors)
+constexpr int64_t kRowsPerBlock = 16 * kMR;  // rows per parallel work item
+
+// Runs f(block) for block in [0, num_blocks) on the caller and up to
+// `pool.num_threads()` pool threads. Blocks are claimed from a shared counter; the
+// caller only waits for blocks that another thread has claimed, so it never waits on
+// a task that has not started (no deadlock when the pool is busy).
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t num_blocks, const F& f) {
+  if (num_blocks <= 0) return;
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, num_blocks, &f]() {
+    while (true) {
+      int64_t b = state->next.fetch_add(1);
+      if (b >= num_blocks) return;
+      f(b);
+      if (state->done.fetch_add(1) + 1 == num_blocks) {
+        std::lock_guard<std::mutex> lock(state->mu);
+        state->cv.notify_all();
+      }
+    }
+  };
+  int64_t helpers = std::min<int64_t>(pool.num_threads(), num_blocks - 1);
+  for (int64_t h = 0; h < helpers; ++h) pool.Schedule([work]() { work(); });
+  work();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done.load() == num_blocks; });
+}
+
+struct Problem {
+  const float* x;       // (n, d) raw rows
+  const float* offset;  // (d,) frame origin
+  const float* cp;      // (k, d) prepared centers, -2 (c - offset)
+  const float* bias;    // (kpad,) ||c - offset||^2, +inf for padding
+  const float* packed;  // (kpad / 16, d, 16) panels of cp
+  int64_t n, d, k, kpad;
+  int32_t* labels;  // (n,)
+  float* dist;      // (n,)
+};
+
+// Packs `m` rows starting at `row` into xs (kMR, d), shifted to the frame; missing
+// rows are zero.
+inline void PackRows(const Problem& p, int64_t row, int64_t m, float* xs) {
+  for (int64_t r = 0; r < kMR; ++r) {
+    float* dst = xs + r * p.d;
+    if (r < m) {
+      const float* src = p.x + (row + r) * p.d;
+      for (int64_t j = 0; j < p.d; ++j) dst[j] = src[j] - p.offset[j];
+    } else {
+      std::memset(dst, 0, sizeof(float) * p.d);
+    }
+  }
+}
+
+// Lowest index among the lanes holding the minimum value.
+inline void ReduceLanes(const float* v, const int32_t* ix, int lanes, float* best,
+                        int32_t* arg) {
+  float bv = v[0];
+  int32_t bi = ix[0];
+  for (int l = 1; l < lanes; ++l) {
+    if (v[l] < bv || (v[l] == bv && ix[l] < bi)) {
+      bv = v[l];
+      bi = ix[l];
+    }
+  }
+  *best = bv;
+  *arg = bi;
+}
+
+// ||x' - c||^2 with c = -cp / 2, for the rows of one packed tile.
+inline void FinishRows(const Problem& p, int64_t row, int64_t m, const float* xs,
+                       const int32_t* arg) {
+  for (int64_t r = 0; r < m; ++r) {
+    const float* c = p.cp + static_cast<int64_t>(arg[r]) * p.d;
+    const float* xr = xs + r * p.d;
+    float s = 0.0f;
+    for (int64_t j = 0; j < p.d; ++j) {
+      float diff = xr[j] + 0.5f * c[j];
+      s += diff * diff;
+    }
+    p.labels[row + r] = arg[r];
+    p.dist[row + r] = s;
+  }
+}
+
+// Portable micro-kernel: same blocking, scalar code the compiler may vectorize.
+void NearestRowsGeneric(const Problem& p, int64_t r0, int64_t r1, float* xs) {
+  const int64_t d = p.d;
+  for (int64_t row = r0; row < r1; row += kMR) {
+    const int64_t m = std::min(kMR, r1 - row);
+    PackRows(p, row, m, xs);
+    float bestv[kMR][kNR];
+    int32_t besti[kMR][kNR];
+    for (int64_t r = 0; r < kMR; ++r)
+      for (int64_t l = 0; l < kNR; ++l) {
+        bestv[r][l] = std::numeric_limits<float>::infinity();
+        besti[r][l] = static_cast<int32_t>(l);
+      }
+    for (int64_t q = 0; q < p.kpad / kNR; ++q) {
+      const float* panel = p.packed + q * d * kNR;
+      float acc[kMR][kNR] = {};
+      for (int64_t j = 0; j < d; ++j) {
+        const float* b = panel + j * kNR;
+        for (int64_t r = 0; r < kMR; ++r) {
+          const float a = xs[r * d + j];
+          for (int64_t l = 0; l < kNR; ++l) acc[r][l] += a * b[l];
+        }
+      }
+      for (int64_t r = 0; r < kMR; ++r)
+        for (int64_t l = 0; l < kNR; ++l) {
+          const float v = acc[r][l] + p.bias[q * kNR + l];
+          if (v < bestv[r][l]) {
+            bestv[r][l] = v;
+            besti[r][l] = static_cast<int32_t>(q * kNR + l);
+          }
+        }
+    }
+    int32_t arg[kMR];
+    for (int64_t r = 0; r < m; ++r) {
+      float best;
+      ReduceLanes(bestv[r], besti[r], kNR, &best, &arg[r]);
+    }
+    FinishRows(p, row, m, xs, arg);
+  }
+}
+
+#ifdef JKM_X86
+__attribute__((target("avx2,fma"))) void NearestRowsAvx2(const Problem& p, int64_t r0,
+                                                         int64_t r1, float* xs) {
+  const int64_t d = p.d;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i eight = _mm256_set1_epi32(8);
+  const __m256i sixteen = _mm256_set1_epi32(16);
+  for (int64_t row = r0; row < r1; row += kMR) {
+    const int64_t m = std::min(kMR, r1 - row);
+    PackRows(p, row, m, xs);
+    const float* x0 = xs;
+    const float* x1 = xs + d;
+    const float* x2 = xs + 2 * d;
+    const float* x3 = xs + 3 * d;
+    const float* x4 = xs + 4 * d;
+    const float* x5 = xs + 5 * d;
+    __m256 bv[kMR][2];
+    __m256i bi[kMR][2];
+    const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+    for (int r = 0; r < kMR; ++r) {
+      bv[r][0] = inf;
+      bv[r][1] = inf;
+      bi[r][0] = lane;
+      bi[r][1] = _mm256_add_epi32(lane, eight);
+    }
+    __m256i idx0 = lane;
+    __m256i idx1 = _mm256_add_epi32(lane, eight);
+    for (int64_t q = 0; q < p.kpad / kNR; ++q) {
+      const float* b = p.packed + q * d * kNR;
+      __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+      __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+      __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+      __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+      __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+      __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+      for (int64_t j = 0; j < d; ++j, b += kNR) {
+        const __m256 b0 = _mm256_loadu_ps(b);
+        const __m256 b1 = _mm256_loadu_ps(b + 8);
+        __m256 a = _mm256_broadcast_ss(x0 + j);
+        c00 = _mm256_fmadd_ps(a, b0, c00);
+        c01 = _mm256_fmadd_ps(a, b1, c01);
+        a = _mm256_broadcast_ss(x1 + j);
+        c10 = _mm256_fmadd_ps(a, b0, c10);
+        c11 = _mm256_fmadd_ps(a, b1, c11);
+        a = _mm256_broadcast_ss(x2 + j);
+        c20 = _mm256_fmadd_ps(a, b0, c20);
+        c21 = _mm256_fmadd_ps(a, b1, c21);
+        a = _mm256_broadcast_ss(x3 + j);
+        c30 = _mm256_fmadd_ps(a, b0, c30);
+        c31 = _mm256_fmadd_ps(a, b1, c31);
+        a = _mm256_broadcast_ss(x4 + j);
+        c40 = _mm256_fmadd_ps(a, b0, c40);
+        c41 = _mm256_fmadd_ps(a, b1, c41);
+        a = _mm256_broadcast_ss(x5 + j);
+        c50 = _mm256_fmadd_ps(a, b0, c50);
+        c51 = _mm256_fmadd_ps(a, b1, c51);
+      }
+      const __m256 bias0 = _mm256_loadu_ps(p.bias + q * kNR);
+      const __m256 bias1 = _mm256_loadu_ps(p.bias + q * kNR + 8);
+#define JKM_UPDATE(r, acc, h, biasv, idxv)                                     \
+  {                                                                            \
+    const __m256 v = _mm256_add_ps(acc, biasv);                                \
+    const __m256 lt = _mm256_cmp_ps(v, bv[r][h], _CMP_LT_OQ);                  \
+    bv[r][h] = _mm256_blendv_ps(bv[r][h], v, lt);                              \
+    bi[r][h] = _mm256_castps_si256(_mm256_blendv_ps(                           \
+        _mm256_castsi256_ps(bi[r][h]), _mm256_castsi256_ps(idxv), lt));        \
+  }
+      JKM_UPDATE(0, c00, 0, bias0, idx0) JKM_UPDATE(0, c01, 1, bias1, idx1)
+      JKM_UPDATE(1, c10, 0, bias0, idx0) JKM_UPDATE(1, c11, 1, bias1, idx1)
+      JKM_UPDATE(2, c20, 0, bias0, idx0) JKM_UPDATE(2, c21, 1, bias1, idx1)
+      JKM_UPDATE(3, c30, 0, bias0, idx0) JKM_UPDATE(3, c31, 1, bias1, idx1)
+      JKM_UPDATE(4, c40, 0, bias0, idx0) JKM_UPDATE(4, c41, 1, bias1, idx1)
+      JKM_UPDATE(5, c50, 0, bias0, idx0) JKM_UPDATE(5, c51, 1, bias1, idx1)
+#undef JKM_UPDATE
+      idx0 = _mm256_add_epi32(idx0, sixteen);
+      idx1 = _mm256_add_epi32(idx1, sixteen);
+    }
+    int32_t arg[kMR];
+    const __m256i big = _mm256_set1_epi32(std::numeric_limits<int32_t>::max());
+    for (int64_t r = 0; r < m; ++r) {
+      // Minimum over the 16 lanes, then the lowest index among lanes holding it.
+      __m256 mv = _mm256_min_ps(bv[r][0], bv[r][1]);
+      mv = _mm256_min_ps(mv, _mm256_permute2f128_ps(mv, mv, 1));
+      mv = _mm256_min_ps(mv, _mm256_shuffle_ps(mv, mv, _MM_SHUFFLE(1, 0, 3, 2)));
+      mv = _mm256_min_ps(mv, _mm256_shuffle_ps(mv, mv, _MM_SHUFFLE(2, 3, 0, 1)));
+      const __m256 e0 = _mm256_cmp_ps(bv[r][0], mv, _CMP_EQ_OQ);
+      const __m256 e1 = _mm256_cmp_ps(bv[r][1], mv, _CMP_EQ_OQ);
+      __m256i i0 = _mm256_castps_si256(_mm256_blendv_ps(
+          _mm256_castsi256_ps(big), _mm256_castsi256_ps(bi[r][0]), e0));
+      __m256i i1 = _mm256_castps_si256(_mm256_blendv_ps(
+          _mm256_castsi256_ps(big), _mm256_castsi256_ps(bi[r][1]), e1));
+      __m256i mi = _mm256_min_epi32(i0, i1);
+      mi = _mm256_min_epi32(mi, _mm256_permute2x128_si256(mi, mi, 1));
+      mi = _mm256_min_epi32(mi, _mm256_shuffle_epi32(mi, _MM_SHUFFLE(1, 0, 3, 2)));
+      mi = _mm256_min_epi32(mi, _mm256_shuffle_epi32(mi, _MM_SHUFFLE(2, 3, 0, 1)));
+      const int32_t a = _mm256_cvtsi256_si32(mi);
+      // No lane compares equal only if every value is NaN (not valid input).
+      arg[r] = a == std::numeric_limits<int32_t>::max() ? 0 : a;
+    }
+    FinishRows(p, row, m, xs, arg);
+  }
+}
+
+bool HasAvx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+// Fills labels and dist for all rows. `packed` and `bias` are built here.
+void Nearest(ffi::ThreadPool& pool, const float* x, const float* offset, const float* cp,
+             const float* cbias, int64_t n, int64_t d, int64_t k, int32_t* labels,
+             float* dist) {
+  const int64_t kpad = (k + kNR - 1) / kNR * kNR;
+  std::vector<float> packed(static_cast<size_t>(kpad * d), 0.0f);
+  std::vector<float> bias(static_cast<size_t>(kpad),
+                          std::numeric_limits<float>::infinity());
+  for (int64_t c = 0; c < k; ++c) {
+    bias[c] = cbias[c];
+    const int64_t q = c / kNR, l = c % kNR;
+    for (int64_t j = 0; j < d; ++j) packed[(q * d + j) * kNR + l] = cp[c * d + j];
+  }
+  Problem p{x, offset, cp, bias.data(), packed.data(), n, d, k, kpad, labels, dist};
+  const int64_t blocks = (n + kRowsPerBlock - 1) / kRowsPerBlock;
+  ParallelFor(pool, blocks, [&](int64_t b) {
+    std::vector<float> xs(static_cast<size_t>(kMR * d));
+    const int64_t r0 = b * kRowsPerBlock;
+    const int64_t r1 = std::min(n, r0 + kRowsPerBlock);
+#ifdef JKM_X86
+    if (HasAvx2()) {
+      NearestRowsAvx2(p, r0, r1, xs.data());
+      return;
+    }
+#endif
+    NearestRowsGeneric(p, r0, r1, xs.data());
+  });
+}
+
+// acc[j] += w * (x[j] - offset[j]) in float64.
+inline void AccumulateRowGeneric(double* acc, const float* xi, const float* offset,
+                                 double wi, int64_t d) {
+  for (int64_t j = 0; j < d; ++j) acc[j] += wi * static_cast<double>(xi[j] - offset[j]);
+}
+
+#ifdef JKM_X86
+__attribute__((target("avx2,fma"))) void AccumulateRowAvx2(double* acc, const float* xi,
+                                                           const float* offset, double wi,
+                                                           int64_t d) {
+  const __m256d wv = _mm256_set1_pd(wi);
+  int64_t j = 0;
+  for (; j + 4 <= d; j += 4) {
+    const __m128 diff = _mm_sub_ps(_mm_loadu_ps(xi + j), _mm_loadu_ps(offset + j));
+    _mm256_storeu_pd(acc + j,
+                     _mm256_fmadd_pd(wv, _mm256_cvtps_pd(diff), _mm256_loadu_pd(acc + j)));
+  }
+  for (; j < d; ++j) acc[j] += wi * static_cast<double>(xi[j] - offset[j]);
+}
+#endif
+
+// Number of fixed row partitions for the per-center sums: it depends only on the
+// problem size (never on the thread count), so the float64 partial sums, added in
+// partition order, give the same result on any machine and any scheduling.
+int64_t NumPartitions(int64_t n, int64_t k, int64_t d) {
+  constexpr int64_t kRowsPerPartition = 8192;
+  constexpr int64_t kBudgetBytes = int64_t{64} << 20;
+  const int64_t by_rows = (n + kRowsPerPartition - 1) / kRowsPerPartition;
+  const int64_t by_memory = kBudgetBytes / (8 * (k * d + 2 * k));
+  return std::max<int64_t>(1, std::min<int64_t>({by_rows, by_memory, 64}));
+}
+
+// Per-center sums of w * (x - offset), weights and weighted distances: each fixed row
+// partition accumulates its rows in row order in float64, then the partitions are
+// added in order (in parallel over centers).
+void CenterSums(ffi::ThreadPool& pool, const float* x, const float* w, const float* offset,
+                const int32_t* labels, const float* dist, int64_t n, int64_t d, int64_t k,
+                float* sums, float* counts, float* loss) {
+  const int64_t parts = NumPartitions(n, k, d);
+  const int64_t stride = k * d + 2 * k;  // sums, counts, weighted distances
+  std::vector<double> acc(static_cast<size_t>(parts * stride));
+#ifdef JKM_X86
+  const bool avx2 = HasAvx2();
+#endif
+  ParallelFor(pool, parts, [&](int64_t part) {
+    double* a = acc.data() + part * stride;
+    std::fill(a, a + stride, 0.0);
+    double* cnt = a + k * d;
+    double* cl = cnt + k;
+    const int64_t r0 = n * part / parts, r1 = n * (part + 1) / parts;
+    for (int64_t i = r0; i < r1; ++i) {
+      const int64_t c = labels[i];
+      const double wi = w ? static_cast<double>(w[i]) : 1.0;
+#ifdef JKM_X86
+      if (avx2) {
+        AccumulateRowAvx2(a + c * d, x + i * d, offset, wi, d);
+      } else {
+        AccumulateRowGeneric(a + c * d, x + i * d, offset, wi, d);
+      }
+#else
+      AccumulateRowGeneric(a + c * d, x + i * d, offset, wi, d);
+#endif
+      cnt[c] += wi;
+      cl[c] += wi * static_cast<double>(dist[i]);
+    }
+  });
+  const int64_t per = 16;
+  const int64_t blocks = (k + per - 1) / per;
+  std::vector<double> closs(static_cast<size_t>(k));
+  ParallelFor(pool, blocks, [&](int64_t b) {
+    const int64_t c0 = b * per, c1 = std::min(k, c0 + per);
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t j = 0; j < d; ++j) {
+        double s = 0.0;
+        for (int64_t part = 0; part < parts; ++part) s += acc[part * stride + c * d + j];
+        sums[c * d + j] = static_cast<float>(s);
+      }
+      double cnt = 0.0, cl = 0.0;
+      for (int64_t part = 0; part < parts; ++part) {
+        cnt += acc[part * stride + k * d + c];
+        cl += acc[part * stride + k * d + k + c];
+      }
+      counts[c] = static_cast<float>(cnt);
+      closs[c] = cl;
+    }
+  });
+  double total = 0.0;
+  for (int64_t c = 0; c < k; ++c) total += closs[c];
+  *loss = static_cast<float>(total);
+}
+
+ffi::Error CheckShapes(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& offset,
+                       ffi::Buffer<ffi::F32>& cp, ffi::Buffer<ffi::F32>& bias) {
+  auto xd = x.dimensions();
+  auto cd = cp.dimensions();
+  if (xd.size() != 2 || cd.size() != 2 || xd[1] != cd[1] ||
+      offset.element_count() != static_cast<size_t>(xd[1]) ||
+      bias.element_count() != static_cast<size_t>(cd[0]) || cd[0] < 1) {
+    return ffi::Error::InvalidArgument("jaxkmeans native kernel: inconsistent shapes");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error AssignImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                      ffi::Buffer<ffi::F32> offset, ffi::Buffer<ffi::F32> cp,
+                      ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::S32> labels,
+                      ffi::ResultBuffer<ffi::F32> dist) {
+  if (auto err = CheckShapes(x, offset, cp, bias); err.failure()) return err;
+  const int64_t n = x.dimensions()[0], d = x.dimensions()[1], k = cp.dimensions()[0];
+  Nearest(pool, x.typed_data(), offset.typed_data(), cp.typed_data(), bias.typed_data(), n,
+          d, k, labels->typed_data(), dist->typed_data());
+  return ffi::Error::Success();
+}
+
+ffi::Error LloydImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                     ffi::Buffer<ffi::F32> offset, ffi::Buffer<ffi::F32> cp,
+                     ffi::Buffer<ffi::F32> bias, bool weighted,
+                     ffi::ResultBuffer<ffi::S32> labels, ffi::ResultBuffer<ffi::F32> dist,
+                     ffi::ResultBuffer<ffi::F32> sums, ffi::ResultBuffer<ffi::F32> counts,
+                     ffi::ResultBuffer<ffi::F32> loss) {
+  if (auto err = CheckShapes(x, offset, cp, bias); err.failure()) return err;
+  const int64_t n = x.dimensions()[0], d = x.dimensions()[1], k = cp.dimensions()[0];
+  if (weighted && w.element_count() != static_cast<size_t>(n)) {
+    return ffi::Error::InvalidArgument("jaxkmeans native kernel: weights must be (n,)");
+  }
+  Nearest(pool, x.typed_data(), offset.typed_data(), cp.typed_data(), bias.typed_data(), n,
+          d, k, labels->typed_data(), dist->typed_data());
+  CenterSums(pool, x.typed_data(), weighted ? w.typed_data() : nullptr, offset.typed_data(),
+             labels->typed_data(), dist->typed_data(), n, d, k, sums->typed_data(),
+             counts->typed_data(), loss->typed_data());
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansAssignF32, AssignImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // offset
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cp
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // labels
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dist
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansLloydF32, LloydImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // offset
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cp
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Attr<bool>("weighted")
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // labels
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dist
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // sums
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // counts
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // loss
+);

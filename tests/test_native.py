@@ -1,0 +1,208 @@
+"""The native CPU kernels (jax.ffi) against the pure-JAX path and numpy references."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxkmeans
+from jaxkmeans import _native, assignment, fitting, metrics, updates
+
+needs_native = pytest.mark.skipif(
+    not _native.available(), reason=f"native kernels not built: {_native.load_error()}"
+)
+
+
+def _headers_present() -> bool:
+    import jaxlib
+
+    inc = pathlib.Path(jaxlib.__file__).parent / "include" / "xla" / "ffi" / "api" / "ffi.h"
+    return inc.is_file()
+
+
+def test_native_built_where_a_compiler_exists():
+    """A machine with a C++ compiler and jaxlib's FFI headers must have built the
+    extension; this catches a silently failing optional build."""
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler here")
+    if not _headers_present():
+        pytest.skip("jaxlib ships no FFI headers")
+    assert _native.available(), _native.load_error()
+
+
+def _ref_nearest(x, c):
+    d = ((x[:, None, :].astype(np.float64) - c[None, :, :]) ** 2).sum(-1)
+    return d.argmin(1), d.min(1)
+
+
+def _data(n, d, k, seed=0, shift=0.0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, d)) + shift).astype(np.float32)
+    c = (rng.standard_normal((k, d)) + shift).astype(np.float32)
+    return x, c
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "n,d,k",
+    [(1, 1, 1), (5, 3, 2), (7, 2, 17), (97, 1, 16), (200, 5, 33), (1000, 130, 40), (61, 300, 7)],
+)
+def test_nearest_matches_reference(n, d, k):
+    x, c = _data(n, d, k, seed=n + d + k, shift=50.0)
+    off = metrics.data_offset(jnp.asarray(x), "squared_euclidean")
+    cp, bias = metrics.prepare_centers(jnp.asarray(c), "squared_euclidean", off)
+
+    def pure():  # traced too; a -1 label would show that the CPU ran this branch
+        return jnp.full((n,), -1, jnp.int32), jnp.full((n,), -1.0, jnp.float32)
+
+    labels, dist = jax.jit(lambda *a: _native.nearest(*a, pure))(jnp.asarray(x), off, cp, bias)
+    ref_l, ref_d = _ref_nearest(x, c)
+    labels, dist = np.asarray(labels), np.asarray(dist)
+    # Labels may differ only where two centers are (numerically) equally near.
+    exact = np.take_along_axis(
+        ((x[:, None, :].astype(np.float64) - c[None]) ** 2).sum(-1), labels[:, None], 1
+    )[:, 0]
+    np.testing.assert_allclose(exact, ref_d, rtol=1e-5, atol=1e-3)
+    assert np.mean(labels == ref_l) > 0.99
+    np.testing.assert_allclose(dist, exact, rtol=1e-4, atol=1e-3)
+    assert labels.dtype == np.int32 and dist.dtype == np.float32
+
+
+@needs_native
+def test_ties_go_to_the_lowest_index():
+    x = np.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]], np.float32)
+    # Centers 3, 19 and 35 are copies (same lane in different panels; other lanes too).
+    c = np.full((40, 2), 100.0, np.float32)
+    c[[3, 19, 35, 4]] = [1.0, 1.0]
+    c[[21, 37]] = [5.0, 5.0]
+    c[[2, 18]] = [0.0, 0.0]
+    labels, dist = jaxkmeans.assign(x, c)
+    assert np.asarray(labels).tolist() == [2, 3, 21]
+    assert np.asarray(dist).tolist() == [0.0, 0.0, 0.0]
+
+
+@needs_native
+@pytest.mark.parametrize("weighted", [False, True])
+def test_statistics_match_pure_path(weighted):
+    x, c = _data(3001, 19, 37, seed=3, shift=-20.0)
+    w = np.random.default_rng(4).uniform(0, 3, size=len(x)).astype(np.float32) if weighted else None
+    xj, cj = jnp.asarray(x), jnp.asarray(c)
+    wj = None if w is None else jnp.asarray(w)
+    off = metrics.data_offset(xj, "squared_euclidean", wj)
+    cp, bias = metrics.prepare_centers(cj, "squared_euclidean", off)
+    args = (xj, wj, cp, bias, "squared_euclidean", off, 512, "float32")
+    nat = updates.chunk_statistics(*args, "native")
+    ref = updates.chunk_statistics(*args, "segment_sum")
+    np.testing.assert_array_equal(np.asarray(nat.labels), np.asarray(ref.labels))
+    np.testing.assert_allclose(np.asarray(nat.min_dist), np.asarray(ref.min_dist), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(nat.counts), np.asarray(ref.counts), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(nat.sums), np.asarray(ref.sums), rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(float(nat.loss), float(ref.loss), rtol=1e-5)
+    # float64 reference for the sums: accumulated in float64 natively.
+    lab = np.asarray(nat.labels)
+    ww = np.ones(len(x)) if w is None else w.astype(np.float64)
+    exp = np.zeros((37, 19))
+    np.add.at(exp, lab, ww[:, None] * (x.astype(np.float64) - np.asarray(off, np.float64)))
+    np.testing.assert_allclose(np.asarray(nat.sums), exp, rtol=1e-6, atol=1e-4)
+
+
+@needs_native
+def test_lloyd_and_fit_agree_with_pure_path(blobs):
+    c0 = np.concatenate([blobs[:4], [[1e3, 1e3]]]).astype(np.float32)  # one empty cluster
+    w = np.random.default_rng(1).uniform(0.5, 2, size=len(blobs)).astype(np.float32)
+    a = jaxkmeans.lloyd_step(blobs, c0, sample_weight=w, update_method="native")
+    b = jaxkmeans.lloyd_step(blobs, c0, sample_weight=w, update_method="segment_sum")
+    np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(a[1].counts), np.asarray(b[1].counts), rtol=1e-6)
+    key = jax.random.PRNGKey(0)
+    fa = jaxkmeans.fit(key, blobs, 4, update_method="native")
+    fb = jaxkmeans.fit(key, blobs, 4, update_method="segment_sum")
+    np.testing.assert_allclose(np.asarray(fa.centers), np.asarray(fb.centers), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(fa.labels), np.asarray(fb.labels))
+    assert int(fa.n_iter) == int(fb.n_iter)
+
+
+@needs_native
+def test_bit_reproducible_and_vmappable():
+    x, c = _data(20000, 24, 70, seed=5)
+    a = jaxkmeans.lloyd_step(x, c)
+    b = jaxkmeans.lloyd_step(x, c)
+    np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+    cs = jnp.stack([c, c[::-1]])
+    batched = jax.vmap(lambda cc: jaxkmeans.lloyd_step(x, cc)[0])(cs)
+    np.testing.assert_allclose(np.asarray(batched[0]), np.asarray(a[0]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(batched[1]),
+        np.asarray(jaxkmeans.lloyd_step(x, c[::-1])[0]),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+@needs_native
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+def test_result_does_not_depend_on_thread_count(tmp_path):
+    """Sums are formed in fixed partitions: one intra-op thread or many, same bits."""
+    code = (
+        "import os, sys\n"
+        "if sys.argv[1] == '1': os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})\n"
+        "import numpy as np, jaxkmeans\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.standard_normal((50000, 16)).astype(np.float32)\n"
+        "c, st = jaxkmeans.lloyd_step(x, x[:50])\n"
+        "np.save(r'{out}', np.asarray(c))\n"
+    )
+    outs = []
+    for one_cpu in ("0", "1"):
+        out = tmp_path / f"c{one_cpu}.npy"
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        subprocess.run(
+            [sys.executable, "-c", code.format(out=out), one_cpu], env=env, check=True, timeout=120
+        )
+        outs.append(np.load(out))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@needs_native
+def test_switching_off_uses_the_pure_path():
+    x, c = _data(500, 3, 5, seed=6)
+    assert fitting._check_update_method("auto", jnp.float32) == "native"
+    old = _native.set_enabled(False)
+    try:
+        assert fitting._check_update_method("auto", jnp.float32) == "segment_sum"
+        with pytest.raises(ValueError, match="update_method.*native"):
+            jaxkmeans.lloyd_step(x, c, update_method="native")
+        la, da = jaxkmeans.assign(x, c)
+    finally:
+        _native.set_enabled(old)
+    lb, db = jaxkmeans.assign(x, c)
+    np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
+    np.testing.assert_allclose(np.asarray(da), np.asarray(db), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="flag"):
+        _native.set_enabled(1)
+
+
+def test_native_refused_where_it_does_not_apply(blobs):
+    for kwargs in ({"metric": "cosine"}, {"precision": "bfloat16"}):
+        with pytest.raises(ValueError, match="update_method"):
+            jaxkmeans.lloyd_step(blobs, blobs[:3], update_method="native", **kwargs)
+
+
+def test_pure_assign_path_still_exact(blobs):
+    """The chunked pure-JAX path (GPU/TPU, float64, disabled native) on CPU."""
+    c = blobs[:7]
+    xj = jnp.asarray(blobs)
+    off = metrics.data_offset(xj, "squared_euclidean")
+    cp, bias = metrics.prepare_centers(jnp.asarray(c), "squared_euclidean", off)
+    labels, dist = assignment.assign_prepared(
+        xj, cp, bias, "squared_euclidean", off, 64, "float32", False
+    )
+    ref_l, ref_d = _ref_nearest(blobs, c)
+    np.testing.assert_array_equal(np.asarray(labels), ref_l)
+    np.testing.assert_allclose(np.asarray(dist), ref_d, rtol=1e-5, atol=1e-5)
