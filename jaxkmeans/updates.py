@@ -194,21 +194,58 @@ def farthest(
 ) -> Far:
     """The (up to) `m` rows of `x` with positive weight farthest from their centers.
 
-    With ``distinct=True`` copies of one point count once (an O(n log n) sort), so with
-    duplicated data the candidates still are `m` different points.
+    With ``distinct=True`` copies of one point count once, so with duplicated data the
+    candidates still are `m` different points.
     """
     n = x.shape[0]
     dist = min_dist if w is None else jnp.where(w > 0, min_dist, -1.0)
-    if distinct:
-        h1, h2 = row_hashes(x)
-        s1, s2, _, perm = lax.sort((h1, h2, -dist, jnp.arange(n, dtype=jnp.int32)), num_keys=3)
-        first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
-        dist = jnp.where(jnp.zeros((n,), bool).at[perm].set(first), dist, -1.0)
     m = min(m, n)
-    far_d, far_i = lax.top_k(dist, m)
+    if distinct:
+        far_d, far_i = _farthest_distinct(x, dist, m)
+    else:
+        far_d, far_i = lax.top_k(dist, m)
     rows, _ = metrics.prepare_rows(x[far_i], metric, offset)
     pw = jnp.ones((m,), x.dtype) if w is None else w[far_i]
     return Far(rows, far_d, labels[far_i], pw)
+
+
+def first_copies(rows: jax.Array) -> jax.Array:
+    """(m,) bool: True for the first row of each set of identical rows (by row hash)."""
+    m = rows.shape[0]
+    h1, h2 = row_hashes(rows)
+    s1, s2, perm = lax.sort((h1, h2, jnp.arange(m, dtype=jnp.int32)), num_keys=3)
+    first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
+    return jnp.zeros((m,), bool).at[perm].set(first)
+
+
+def _farthest_distinct(x: jax.Array, dist: jax.Array, m: int) -> tuple[jax.Array, jax.Array]:
+    """Top `m` of `dist` where copies of one point count once (the farthest copy, lowest
+    index on ties); other copies get -1.
+
+    Usually exact from a pool of the ``2 m`` farthest rows: walking down that pool, the
+    first copy of each point is that point's farthest copy, so once the pool holds `m`
+    distinct points they are the answer. Only when it does not (heavily duplicated
+    data) are all n rows hashed and sorted.
+    """
+    n = x.shape[0]
+    pool = min(n, 2 * m)
+    pool_d, pool_i = lax.top_k(dist, pool)  # ties: lower index first
+    keep = first_copies(x[pool_i])
+
+    def from_pool(_):
+        d, j = lax.top_k(jnp.where(keep, pool_d, -1.0), m)
+        return d, pool_i[j]
+
+    def from_all(_):
+        h1, h2 = row_hashes(x)
+        s1, s2, _, perm = lax.sort((h1, h2, -dist, jnp.arange(n, dtype=jnp.int32)), num_keys=3)
+        first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
+        d, i = lax.top_k(jnp.where(jnp.zeros((n,), bool).at[perm].set(first), dist, -1.0), m)
+        return d, i
+
+    if pool == n:
+        return from_pool(None)
+    return lax.cond(jnp.sum(keep) >= m, from_pool, from_all, None)
 
 
 def top_far(far: Far, m: int) -> Far:
@@ -250,11 +287,8 @@ def relocate_empty(sums: jax.Array, counts: jax.Array, far: Far) -> tuple[jax.Ar
     # Usable candidates, farthest first: positive distance and not a copy of a farther
     # candidate (with duplicated data the farthest points can be copies of one point;
     # two empty clusters must not land on the same spot).
-    h1, h2 = row_hashes(far.rows)
     idx = jnp.arange(m, dtype=jnp.int32)
-    s1, s2, perm = lax.sort((h1, h2, idx), num_keys=3)
-    first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
-    usable = jnp.zeros((m,), bool).at[perm].set(first) & (far.dist > 0)
+    usable = first_copies(far.rows) & (far.dist > 0)
     slot = jnp.where(usable, jnp.cumsum(usable.astype(jnp.int32)) - 1, m)
     order = jnp.zeros((m,), jnp.int32).at[slot].set(idx, mode="drop")
     rank = jnp.cumsum(empty.astype(jnp.int32)) - 1  # rank of each empty cluster

@@ -206,3 +206,33 @@ def test_pure_assign_path_still_exact(blobs):
     ref_l, ref_d = _ref_nearest(blobs, c)
     np.testing.assert_array_equal(np.asarray(labels), ref_l)
     np.testing.assert_allclose(np.asarray(dist), ref_d, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_portable_kernel_matches_reference(tmp_path):
+    """The non-AVX2 kernels (forced by JAXKMEANS_NATIVE_PORTABLE) in a subprocess."""
+    code = (
+        "import numpy as np, jaxkmeans\n"
+        "rng = np.random.default_rng(1)\n"
+        "x = (rng.standard_normal((3001, 37)) + 9).astype(np.float32)\n"
+        "c = x[:45].copy(); c[7] = c[3]\n"
+        "labels, dist = jaxkmeans.assign(x, c)\n"
+        "new, st = jaxkmeans.lloyd_step(x, c, update_method='native')\n"
+        "np.savez(r'{out}', labels=np.asarray(labels), dist=np.asarray(dist),\n"
+        "         new=np.asarray(new), loss=float(st.loss))\n"
+    )
+    out = tmp_path / "portable.npz"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAXKMEANS_NATIVE_PORTABLE="1")
+    subprocess.run([sys.executable, "-c", code.format(out=out)], env=env, check=True, timeout=120)
+    got = np.load(out)
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((3001, 37)) + 9).astype(np.float32)
+    c = x[:45].copy()
+    c[7] = c[3]
+    ref_l, ref_d = _ref_nearest(x, c)
+    assert np.mean(got["labels"] == ref_l) > 0.999
+    assert not np.any(got["labels"] == 7)  # the copy of center 3 never wins a tie
+    np.testing.assert_allclose(got["dist"], ref_d, rtol=1e-4, atol=1e-3)
+    ref_new, ref_st = jaxkmeans.lloyd_step(x, c, update_method="segment_sum")
+    np.testing.assert_allclose(got["new"], np.asarray(ref_new), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(float(got["loss"]), float(ref_st.loss), rtol=1e-5)

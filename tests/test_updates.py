@@ -245,3 +245,42 @@ def test_minibatch_optimizer_matches_sklearn_rule():
         got = np.asarray(optax.apply_updates(jnp.asarray(c), u))
     np.testing.assert_allclose(got, expect, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.asarray(state.counts), counts + bc, rtol=1e-12)
+
+
+def _ref_farthest_distinct(x, dist, m):
+    best = {}
+    for i, (row, dd) in enumerate(zip(x, dist, strict=True)):
+        key = (row + 0.0).tobytes()  # -0.0 counts as 0.0
+        if key not in best or dd > dist[best[key]]:
+            best[key] = i
+    cand = sorted(best.values(), key=lambda i: (-dist[i], i))[:m]
+    return [float(dist[i]) for i in cand], cand
+
+
+@pytest.mark.parametrize("case", ["few_copies", "copies_beyond_pool", "mostly_copies", "small_n"])
+def test_farthest_distinct_pool_matches_full_definition(case):
+    rng = np.random.default_rng(7)
+    n, m = (12, 5) if case == "small_n" else (400, 10)
+    x = rng.integers(0, 50, size=(n, 2)).astype(np.float32)
+    dist = rng.integers(0, 30, size=n).astype(np.float32)  # many equal distances
+    if case == "copies_beyond_pool":
+        top = np.argsort(-dist, kind="stable")[:15]
+        x[top] = x[top[0]]  # the 15 farthest rows are one point: the pool of 2m has < m
+    if case == "mostly_copies":
+        x[: n - 3] = x[0]
+    w = np.ones(n, np.float32)
+    far = updates.farthest(
+        jnp.asarray(x),
+        jnp.asarray(w),
+        jnp.zeros(n, jnp.int32),
+        jnp.asarray(dist),
+        m,
+        "squared_euclidean",
+        jnp.zeros(2, jnp.float32),
+        distinct=True,
+    )
+    ref_d, ref_i = _ref_farthest_distinct(x, dist, m)
+    got_d = np.asarray(far.dist).tolist()
+    assert got_d[: len(ref_d)] == ref_d
+    assert all(v == -1.0 for v in got_d[len(ref_d) :])
+    np.testing.assert_array_equal(np.asarray(far.rows)[: len(ref_i)], x[ref_i])

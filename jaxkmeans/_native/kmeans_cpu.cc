@@ -20,6 +20,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -144,7 +145,9 @@ void NearestRowsGeneric(const Problem& p, int64_t r0, int64_t r1, float* xs) {
       }
     for (int64_t q = 0; q < p.kpad / kNR; ++q) {
       const float* panel = p.packed + q * d * kNR;
-      float acc[kMR][kNR] = {};
+      float acc[kMR][kNR];
+      for (int64_t r = 0; r < kMR; ++r)
+        for (int64_t l = 0; l < kNR; ++l) acc[r][l] = p.bias[q * kNR + l];
       for (int64_t j = 0; j < d; ++j) {
         const float* b = panel + j * kNR;
         for (int64_t r = 0; r < kMR; ++r) {
@@ -154,7 +157,7 @@ void NearestRowsGeneric(const Problem& p, int64_t r0, int64_t r1, float* xs) {
       }
       for (int64_t r = 0; r < kMR; ++r)
         for (int64_t l = 0; l < kNR; ++l) {
-          const float v = acc[r][l] + p.bias[q * kNR + l];
+          const float v = acc[r][l];
           if (v < bestv[r][l]) {
             bestv[r][l] = v;
             besti[r][l] = static_cast<int32_t>(q * kNR + l);
@@ -199,12 +202,11 @@ __attribute__((target("avx2,fma"))) void NearestRowsAvx2(const Problem& p, int64
     __m256i idx1 = _mm256_add_epi32(lane, eight);
     for (int64_t q = 0; q < p.kpad / kNR; ++q) {
       const float* b = p.packed + q * d * kNR;
-      __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
-      __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
-      __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
-      __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
-      __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
-      __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+      // The accumulators start at the bias, so they end at <x', c'> + bias.
+      const __m256 bias0 = _mm256_loadu_ps(p.bias + q * kNR);
+      const __m256 bias1 = _mm256_loadu_ps(p.bias + q * kNR + 8);
+      __m256 c00 = bias0, c01 = bias1, c10 = bias0, c11 = bias1, c20 = bias0, c21 = bias1;
+      __m256 c30 = bias0, c31 = bias1, c40 = bias0, c41 = bias1, c50 = bias0, c51 = bias1;
       for (int64_t j = 0; j < d; ++j, b += kNR) {
         const __m256 b0 = _mm256_loadu_ps(b);
         const __m256 b1 = _mm256_loadu_ps(b + 8);
@@ -227,22 +229,19 @@ __attribute__((target("avx2,fma"))) void NearestRowsAvx2(const Problem& p, int64
         c50 = _mm256_fmadd_ps(a, b0, c50);
         c51 = _mm256_fmadd_ps(a, b1, c51);
       }
-      const __m256 bias0 = _mm256_loadu_ps(p.bias + q * kNR);
-      const __m256 bias1 = _mm256_loadu_ps(p.bias + q * kNR + 8);
-#define JKM_UPDATE(r, acc, h, biasv, idxv)                                     \
+#define JKM_UPDATE(r, v, h, idxv)                                              \
   {                                                                            \
-    const __m256 v = _mm256_add_ps(acc, biasv);                                \
     const __m256 lt = _mm256_cmp_ps(v, bv[r][h], _CMP_LT_OQ);                  \
-    bv[r][h] = _mm256_blendv_ps(bv[r][h], v, lt);                              \
+    bv[r][h] = _mm256_min_ps(v, bv[r][h]);                                     \
     bi[r][h] = _mm256_castps_si256(_mm256_blendv_ps(                           \
         _mm256_castsi256_ps(bi[r][h]), _mm256_castsi256_ps(idxv), lt));        \
   }
-      JKM_UPDATE(0, c00, 0, bias0, idx0) JKM_UPDATE(0, c01, 1, bias1, idx1)
-      JKM_UPDATE(1, c10, 0, bias0, idx0) JKM_UPDATE(1, c11, 1, bias1, idx1)
-      JKM_UPDATE(2, c20, 0, bias0, idx0) JKM_UPDATE(2, c21, 1, bias1, idx1)
-      JKM_UPDATE(3, c30, 0, bias0, idx0) JKM_UPDATE(3, c31, 1, bias1, idx1)
-      JKM_UPDATE(4, c40, 0, bias0, idx0) JKM_UPDATE(4, c41, 1, bias1, idx1)
-      JKM_UPDATE(5, c50, 0, bias0, idx0) JKM_UPDATE(5, c51, 1, bias1, idx1)
+      JKM_UPDATE(0, c00, 0, idx0) JKM_UPDATE(0, c01, 1, idx1)
+      JKM_UPDATE(1, c10, 0, idx0) JKM_UPDATE(1, c11, 1, idx1)
+      JKM_UPDATE(2, c20, 0, idx0) JKM_UPDATE(2, c21, 1, idx1)
+      JKM_UPDATE(3, c30, 0, idx0) JKM_UPDATE(3, c31, 1, idx1)
+      JKM_UPDATE(4, c40, 0, idx0) JKM_UPDATE(4, c41, 1, idx1)
+      JKM_UPDATE(5, c50, 0, idx0) JKM_UPDATE(5, c51, 1, idx1)
 #undef JKM_UPDATE
       idx0 = _mm256_add_epi32(idx0, sixteen);
       idx1 = _mm256_add_epi32(idx1, sixteen);
@@ -273,8 +272,10 @@ __attribute__((target("avx2,fma"))) void NearestRowsAvx2(const Problem& p, int64
   }
 }
 
+// JAXKMEANS_NATIVE_PORTABLE=1 forces the portable kernels (to test them on any CPU).
 bool HasAvx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = std::getenv("JAXKMEANS_NATIVE_PORTABLE") == nullptr &&
+                          __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 }
 #endif
