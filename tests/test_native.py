@@ -75,13 +75,17 @@ def test_nearest_matches_reference(n, d, k):
 
 
 @needs_native
-def test_ties_go_to_the_lowest_index():
+@pytest.mark.parametrize("extra", [0, 30])  # the narrow (d <= 16) and the wide kernel
+def test_ties_go_to_the_lowest_index(extra):
     x = np.array([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]], np.float32)
-    # Centers 3, 19 and 35 are copies (same lane in different panels; other lanes too).
+    # Centers 3, 19 and 35 are copies (same lane in different panels; other lanes too;
+    # 2 and 10 share a lane in the two halves of one 16-center panel).
     c = np.full((40, 2), 100.0, np.float32)
     c[[3, 19, 35, 4]] = [1.0, 1.0]
     c[[21, 37]] = [5.0, 5.0]
-    c[[2, 18]] = [0.0, 0.0]
+    c[[2, 18, 10]] = [0.0, 0.0]
+    x = np.pad(x, ((0, 0), (0, extra)))
+    c = np.pad(c, ((0, 0), (0, extra)))
     labels, dist = jaxkmeans.assign(x, c)
     assert np.asarray(labels).tolist() == [2, 3, 21]
     assert np.asarray(dist).tolist() == [0.0, 0.0, 0.0]

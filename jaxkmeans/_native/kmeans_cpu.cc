@@ -41,6 +41,11 @@ namespace {
 constexpr int64_t kMR = 6;   // rows per micro-tile
 constexpr int64_t kNR = 16;  // centers per micro-tile (two 8-float vectors)
 constexpr int64_t kRowsPerBlock = 16 * kMR;  // rows per parallel work item
+// Features up to which the narrow (3-row, register-resident state) kernel is used.
+static int64_t kNarrowMaxD = [] {
+  const char* s = std::getenv("JAXKMEANS_NATIVE_NARROW_MAX_D");
+  return s ? std::atoll(s) : int64_t{16};
+}();
 
 // Runs f(block) for block in [0, num_blocks) on the caller and up to
 // `pool.num_threads()` pool threads. Blocks are claimed from a shared counter; the
@@ -272,6 +277,90 @@ __attribute__((target("avx2,fma"))) void NearestRowsAvx2(const Problem& p, int64
   }
 }
 
+// Lowest index among the lanes of `bi` whose `bv` equals the minimum of `bv`.
+__attribute__((target("avx2,fma"))) inline int32_t ArgMin8(__m256 bv, __m256i bi) {
+  __m256 mv = _mm256_min_ps(bv, _mm256_permute2f128_ps(bv, bv, 1));
+  mv = _mm256_min_ps(mv, _mm256_shuffle_ps(mv, mv, _MM_SHUFFLE(1, 0, 3, 2)));
+  mv = _mm256_min_ps(mv, _mm256_shuffle_ps(mv, mv, _MM_SHUFFLE(2, 3, 0, 1)));
+  const __m256i big = _mm256_set1_epi32(std::numeric_limits<int32_t>::max());
+  __m256i mi = _mm256_castps_si256(_mm256_blendv_ps(
+      _mm256_castsi256_ps(big), _mm256_castsi256_ps(bi), _mm256_cmp_ps(bv, mv, _CMP_EQ_OQ)));
+  mi = _mm256_min_epi32(mi, _mm256_permute2x128_si256(mi, mi, 1));
+  mi = _mm256_min_epi32(mi, _mm256_shuffle_epi32(mi, _MM_SHUFFLE(1, 0, 3, 2)));
+  mi = _mm256_min_epi32(mi, _mm256_shuffle_epi32(mi, _MM_SHUFFLE(2, 3, 0, 1)));
+  const int32_t a = _mm256_cvtsi256_si32(mi);
+  return a == std::numeric_limits<int32_t>::max() ? 0 : a;  // all-NaN rows only
+}
+
+// Narrow-feature variant: two 3-row tiles per packed 6-row block. Each 16-center tile
+// row is first folded to 8 lanes (min of the two halves, lower index on ties), so
+// the running (min, index) state of 3 rows stays in registers with the accumulators:
+// for small d, where the state updates rather than the FMAs dominate, this avoids the
+// spills of the 6-row kernel.
+__attribute__((target("avx2,fma"))) void NearestRowsAvx2Narrow(const Problem& p, int64_t r0,
+                                                               int64_t r1, float* xs) {
+  const int64_t d = p.d;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i eight = _mm256_set1_epi32(8);
+  const __m256i sixteen = _mm256_set1_epi32(16);
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  for (int64_t row = r0; row < r1; row += kMR) {
+    const int64_t m = std::min(kMR, r1 - row);
+    PackRows(p, row, m, xs);
+    int32_t arg[kMR];
+    for (int64_t half = 0; half < 2; ++half) {
+      if (3 * half >= m) break;
+      const float* x0 = xs + (3 * half) * d;
+      const float* x1 = x0 + d;
+      const float* x2 = x1 + d;
+      __m256 bv0 = inf, bv1 = inf, bv2 = inf;
+      __m256i bi0 = lane, bi1 = lane, bi2 = lane;
+      __m256i idx0 = lane;
+      __m256i idx1 = _mm256_add_epi32(lane, eight);
+      for (int64_t q = 0; q < p.kpad / kNR; ++q) {
+        const float* b = p.packed + q * d * kNR;
+        const __m256 bias0 = _mm256_loadu_ps(p.bias + q * kNR);
+        const __m256 bias1 = _mm256_loadu_ps(p.bias + q * kNR + 8);
+        __m256 c00 = bias0, c01 = bias1, c10 = bias0, c11 = bias1, c20 = bias0, c21 = bias1;
+        for (int64_t j = 0; j < d; ++j, b += kNR) {
+          const __m256 b0 = _mm256_loadu_ps(b);
+          const __m256 b1 = _mm256_loadu_ps(b + 8);
+          __m256 a = _mm256_broadcast_ss(x0 + j);
+          c00 = _mm256_fmadd_ps(a, b0, c00);
+          c01 = _mm256_fmadd_ps(a, b1, c01);
+          a = _mm256_broadcast_ss(x1 + j);
+          c10 = _mm256_fmadd_ps(a, b0, c10);
+          c11 = _mm256_fmadd_ps(a, b1, c11);
+          a = _mm256_broadcast_ss(x2 + j);
+          c20 = _mm256_fmadd_ps(a, b0, c20);
+          c21 = _mm256_fmadd_ps(a, b1, c21);
+        }
+#define JKM_FOLD(v0, v1, bv, bi)                                                  \
+  {                                                                               \
+    const __m256 hi = _mm256_cmp_ps(v1, v0, _CMP_LT_OQ);                          \
+    const __m256 mv = _mm256_min_ps(v1, v0);                                      \
+    const __m256i iv = _mm256_castps_si256(_mm256_blendv_ps(                      \
+        _mm256_castsi256_ps(idx0), _mm256_castsi256_ps(idx1), hi));               \
+    const __m256 lt = _mm256_cmp_ps(mv, bv, _CMP_LT_OQ);                          \
+    bv = _mm256_min_ps(mv, bv);                                                   \
+    bi = _mm256_castps_si256(                                                     \
+        _mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(iv), lt));  \
+  }
+        JKM_FOLD(c00, c01, bv0, bi0)
+        JKM_FOLD(c10, c11, bv1, bi1)
+        JKM_FOLD(c20, c21, bv2, bi2)
+#undef JKM_FOLD
+        idx0 = _mm256_add_epi32(idx0, sixteen);
+        idx1 = _mm256_add_epi32(idx1, sixteen);
+      }
+      arg[3 * half] = ArgMin8(bv0, bi0);
+      arg[3 * half + 1] = ArgMin8(bv1, bi1);
+      arg[3 * half + 2] = ArgMin8(bv2, bi2);
+    }
+    FinishRows(p, row, m, xs, arg);
+  }
+}
+
 // JAXKMEANS_NATIVE_PORTABLE=1 forces the portable kernels (to test them on any CPU).
 bool HasAvx2() {
   static const bool has = std::getenv("JAXKMEANS_NATIVE_PORTABLE") == nullptr &&
@@ -301,7 +390,11 @@ void Nearest(ffi::ThreadPool& pool, const float* x, const float* offset, const f
     const int64_t r1 = std::min(n, r0 + kRowsPerBlock);
 #ifdef JKM_X86
     if (HasAvx2()) {
-      NearestRowsAvx2(p, r0, r1, xs.data());
+      if (d <= kNarrowMaxD) {
+        NearestRowsAvx2Narrow(p, r0, r1, xs.data());
+      } else {
+        NearestRowsAvx2(p, r0, r1, xs.data());
+      }
       return;
     }
 #endif
