@@ -86,10 +86,10 @@ def enabled() -> bool:
 
 
 def set_enabled(flag: bool) -> bool:
-    """Switches the native kernels on or off for programs traced from now on (programs
-    already compiled keep their choice only if called with the same static options;
-    the choice is part of every cache key, so switching is safe). Returns the previous
-    setting."""
+    """Switches the native kernels on or off for calls made from now on. The public
+    functions resolve the choice before their jitted core (as a static argument), so
+    switching never reuses a program compiled with the other choice; code that calls
+    them inside its own ``jit`` keeps what it traced. Returns the previous setting."""
     global _enabled
     if not isinstance(flag, bool):
         raise TypeError(f"`flag` must be a bool; got {type(flag).__name__}.")
