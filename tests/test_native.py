@@ -240,4 +240,3 @@ def test_portable_kernel_matches_reference(tmp_path):
     ref_new, ref_st = jaxkmeans.lloyd_step(x, c, update_method="segment_sum")
     np.testing.assert_allclose(got["new"], np.asarray(ref_new), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(float(got["loss"]), float(ref_st.loss), rtol=1e-5)
-
