@@ -326,9 +326,12 @@ __attribute__((target("avx2,fma"))) inline int32_t ArgMin8(__m256 bv, __m256i bi
 // the running (min, index) state of 3 rows stays in registers with the accumulators:
 // for small d, where the state updates rather than the FMAs dominate, this avoids the
 // spills of the 6-row kernel.
+// kD > 0 fixes d at compile time (the feature loop is then fully unrolled: for d <= 4
+// its loop overhead is comparable to the work).
+template <int kD>
 __attribute__((target("avx2,fma"))) void NearestRowsAvx2Narrow(const Problem& p, int64_t r0,
                                                                int64_t r1, float* xs) {
-  const int64_t d = p.d;
+  const int64_t d = kD > 0 ? kD : p.d;
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i eight = _mm256_set1_epi32(8);
   const __m256i sixteen = _mm256_set1_epi32(16);
@@ -423,7 +426,22 @@ void NearestRange(const Problem& p, int64_t r0, int64_t r1, float* xs) {
 #ifdef JKM_X86
   if (HasAvx2()) {
     if (p.d <= kNarrowMaxD) {
-      NearestRowsAvx2Narrow(p, r0, r1, xs);
+      switch (p.d) {
+        case 1:
+          NearestRowsAvx2Narrow<1>(p, r0, r1, xs);
+          break;
+        case 2:
+          NearestRowsAvx2Narrow<2>(p, r0, r1, xs);
+          break;
+        case 3:
+          NearestRowsAvx2Narrow<3>(p, r0, r1, xs);
+          break;
+        case 4:
+          NearestRowsAvx2Narrow<4>(p, r0, r1, xs);
+          break;
+        default:
+          NearestRowsAvx2Narrow<0>(p, r0, r1, xs);
+      }
     } else {
       NearestRowsAvx2(p, r0, r1, xs);
     }
