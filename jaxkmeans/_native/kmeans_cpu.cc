@@ -179,6 +179,34 @@ void NearestRowsGeneric(const Problem& p, int64_t r0, int64_t r1, float* xs) {
 }
 
 #ifdef JKM_X86
+// Lowest index among the lanes of `bi` whose `bv` equals the minimum of `bv`.
+__attribute__((target("avx2,fma"))) inline int32_t ArgMin8(__m256 bv, __m256i bi) {
+  __m256 mv = _mm256_min_ps(bv, _mm256_permute2f128_ps(bv, bv, 1));
+  mv = _mm256_min_ps(mv, _mm256_shuffle_ps(mv, mv, _MM_SHUFFLE(1, 0, 3, 2)));
+  mv = _mm256_min_ps(mv, _mm256_shuffle_ps(mv, mv, _MM_SHUFFLE(2, 3, 0, 1)));
+  const __m256i big = _mm256_set1_epi32(std::numeric_limits<int32_t>::max());
+  __m256i mi = _mm256_castps_si256(_mm256_blendv_ps(
+      _mm256_castsi256_ps(big), _mm256_castsi256_ps(bi), _mm256_cmp_ps(bv, mv, _CMP_EQ_OQ)));
+  mi = _mm256_min_epi32(mi, _mm256_permute2x128_si256(mi, mi, 1));
+  mi = _mm256_min_epi32(mi, _mm256_shuffle_epi32(mi, _MM_SHUFFLE(1, 0, 3, 2)));
+  mi = _mm256_min_epi32(mi, _mm256_shuffle_epi32(mi, _MM_SHUFFLE(2, 3, 0, 1)));
+  const int32_t a = _mm256_cvtsi256_si32(mi);
+  return a == std::numeric_limits<int32_t>::max() ? 0 : a;  // all-NaN rows only
+}
+
+// The same over two vectors of lanes (`bi1` need not hold the larger indices).
+__attribute__((target("avx2,fma"))) inline int32_t ArgMin16(__m256 bv0, __m256 bv1, __m256i bi0,
+                                                           __m256i bi1) {
+  const __m256 lt = _mm256_cmp_ps(bv1, bv0, _CMP_LT_OQ);
+  const __m256 eq = _mm256_cmp_ps(bv1, bv0, _CMP_EQ_OQ);
+  const __m256 lower = _mm256_castsi256_ps(_mm256_cmpgt_epi32(bi0, bi1));
+  const __m256 take1 = _mm256_or_ps(lt, _mm256_and_ps(eq, lower));
+  const __m256 bv = _mm256_blendv_ps(bv0, bv1, take1);
+  const __m256i bi = _mm256_castps_si256(
+      _mm256_blendv_ps(_mm256_castsi256_ps(bi0), _mm256_castsi256_ps(bi1), take1));
+  return ArgMin8(bv, bi);
+}
+
 // FinishRows with 8-lane partial sums (a scalar sum is one long dependency chain,
 // which dominates when k is small and d large).
 __attribute__((target("avx2,fma"))) void FinishRowsAvx2(const Problem& p, int64_t row,
@@ -281,44 +309,9 @@ __attribute__((target("avx2,fma"))) void NearestRowsAvx2(const Problem& p, int64
       idx1 = _mm256_add_epi32(idx1, sixteen);
     }
     int32_t arg[kMR];
-    const __m256i big = _mm256_set1_epi32(std::numeric_limits<int32_t>::max());
-    for (int64_t r = 0; r < m; ++r) {
-      // Minimum over the 16 lanes, then the lowest index among lanes holding it.
-      __m256 mv = _mm256_min_ps(bv[r][0], bv[r][1]);
-      mv = _mm256_min_ps(mv, _mm256_permute2f128_ps(mv, mv, 1));
-      mv = _mm256_min_ps(mv, _mm256_shuffle_ps(mv, mv, _MM_SHUFFLE(1, 0, 3, 2)));
-      mv = _mm256_min_ps(mv, _mm256_shuffle_ps(mv, mv, _MM_SHUFFLE(2, 3, 0, 1)));
-      const __m256 e0 = _mm256_cmp_ps(bv[r][0], mv, _CMP_EQ_OQ);
-      const __m256 e1 = _mm256_cmp_ps(bv[r][1], mv, _CMP_EQ_OQ);
-      __m256i i0 = _mm256_castps_si256(_mm256_blendv_ps(
-          _mm256_castsi256_ps(big), _mm256_castsi256_ps(bi[r][0]), e0));
-      __m256i i1 = _mm256_castps_si256(_mm256_blendv_ps(
-          _mm256_castsi256_ps(big), _mm256_castsi256_ps(bi[r][1]), e1));
-      __m256i mi = _mm256_min_epi32(i0, i1);
-      mi = _mm256_min_epi32(mi, _mm256_permute2x128_si256(mi, mi, 1));
-      mi = _mm256_min_epi32(mi, _mm256_shuffle_epi32(mi, _MM_SHUFFLE(1, 0, 3, 2)));
-      mi = _mm256_min_epi32(mi, _mm256_shuffle_epi32(mi, _MM_SHUFFLE(2, 3, 0, 1)));
-      const int32_t a = _mm256_cvtsi256_si32(mi);
-      // No lane compares equal only if every value is NaN (not valid input).
-      arg[r] = a == std::numeric_limits<int32_t>::max() ? 0 : a;
-    }
+    for (int64_t r = 0; r < m; ++r) arg[r] = ArgMin16(bv[r][0], bv[r][1], bi[r][0], bi[r][1]);
     FinishRowsAvx2(p, row, m, xs, arg);
   }
-}
-
-// Lowest index among the lanes of `bi` whose `bv` equals the minimum of `bv`.
-__attribute__((target("avx2,fma"))) inline int32_t ArgMin8(__m256 bv, __m256i bi) {
-  __m256 mv = _mm256_min_ps(bv, _mm256_permute2f128_ps(bv, bv, 1));
-  mv = _mm256_min_ps(mv, _mm256_shuffle_ps(mv, mv, _MM_SHUFFLE(1, 0, 3, 2)));
-  mv = _mm256_min_ps(mv, _mm256_shuffle_ps(mv, mv, _MM_SHUFFLE(2, 3, 0, 1)));
-  const __m256i big = _mm256_set1_epi32(std::numeric_limits<int32_t>::max());
-  __m256i mi = _mm256_castps_si256(_mm256_blendv_ps(
-      _mm256_castsi256_ps(big), _mm256_castsi256_ps(bi), _mm256_cmp_ps(bv, mv, _CMP_EQ_OQ)));
-  mi = _mm256_min_epi32(mi, _mm256_permute2x128_si256(mi, mi, 1));
-  mi = _mm256_min_epi32(mi, _mm256_shuffle_epi32(mi, _MM_SHUFFLE(1, 0, 3, 2)));
-  mi = _mm256_min_epi32(mi, _mm256_shuffle_epi32(mi, _MM_SHUFFLE(2, 3, 0, 1)));
-  const int32_t a = _mm256_cvtsi256_si32(mi);
-  return a == std::numeric_limits<int32_t>::max() ? 0 : a;  // all-NaN rows only
 }
 
 // Narrow-feature variant: two 3-row tiles per packed 6-row block. Each 16-center tile
