@@ -170,7 +170,7 @@ def _assign_impl(x, centers, metric, chunk, precision, native=False):
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision", "native"))
-def _inertia_impl(x, centers, w, metric, chunk, precision, native=False):
+def inertia_impl(x, centers, w, metric, chunk, precision, native=False):
     offset = metrics.data_offset(x, metric, w)
     cp, bias = metrics.prepare_centers(centers, metric, offset)
     n = x.shape[0]
@@ -256,4 +256,4 @@ def inertia(
     w = as_weights(sample_weight, n, x.dtype)
     chunk = resolve_chunk_size(chunk_size, n, centers.shape[0], d, x.dtype)
     native = _native.usable(x.dtype, metric, precision)
-    return _inertia_impl(x, centers, w, metric, chunk, precision, native)
+    return inertia_impl(x, centers, w, metric, chunk, precision, native)

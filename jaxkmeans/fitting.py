@@ -26,7 +26,7 @@ from jaxkmeans._validation import (
     check_precision,
     is_traced,
 )
-from jaxkmeans.assignment import assign_prepared, resolve_chunk_size
+from jaxkmeans.assignment import assign_prepared, inertia_impl, resolve_chunk_size
 from jaxkmeans.initializers import (
     INIT_METHODS,
     KMEANS_PLUS_PLUS_INIT,
@@ -675,14 +675,6 @@ def pass_end(
     return _pass_end_impl(acc, centers, origin, metric)
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "chunk", "precision", "native"))
-def _weighted_inertia_impl(x, centers, w, metric, chunk, precision, native=False):
-    offset = metrics.data_offset(x, metric, w)
-    cp, bias = metrics.prepare_centers(centers, metric, offset)
-    _, dist = assign_prepared(x, cp, bias, metric, offset, chunk, precision, native)
-    return jnp.sum(dist) if w is None else jnp.sum(w * dist)
-
-
 def weighted_inertia(
     x: jax.Array,
     centers: jax.Array,
@@ -692,6 +684,7 @@ def weighted_inertia(
     chunk: int,
     precision: str = "float32",
 ) -> jax.Array:
-    """Summed (weighted) distance of already-checked rows to their nearest center."""
+    """Summed (weighted) distance of already-checked rows to their nearest center
+    (:func:`jaxkmeans.inertia` without the argument checks)."""
     native = _native.usable(x.dtype, metric, precision)
-    return _weighted_inertia_impl(x, centers, w, metric, chunk, precision, native)
+    return inertia_impl(x, centers, w, metric, chunk, precision, native)

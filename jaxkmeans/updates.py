@@ -59,6 +59,10 @@ def default_update_method(
     very slow."""
     if _native.usable(dtype, metric, precision):
         return "native"
+    return _xla_update_method()
+
+
+def _xla_update_method() -> str:
     return "segment_sum" if jax.default_backend() == "cpu" else "onehot"
 
 
@@ -66,8 +70,8 @@ def accumulate(
     xp: jax.Array, labels: jax.Array, w: jax.Array, k: int, method: str
 ) -> tuple[jax.Array, jax.Array]:
     """Weighted per-label sums (k, d) and weights (k,) of the rows `xp` (m, d)."""
-    if method in ("auto", "native"):
-        method = "segment_sum" if jax.default_backend() == "cpu" else "onehot"
+    if method in ("auto", "native"):  # "native" here: its pure-JAX fallback
+        method = _xla_update_method()
     if method == "onehot":
         onehot = (labels[:, None] == jnp.arange(k, dtype=labels.dtype)[None, :]).astype(xp.dtype)
         onehot = onehot * w[:, None]
@@ -209,11 +213,16 @@ def farthest(
     return Far(rows, far_d, labels[far_i], pw)
 
 
-def first_copies(rows: jax.Array) -> jax.Array:
-    """(m,) bool: True for the first row of each set of identical rows (by row hash)."""
+def first_copies(rows: jax.Array, priority: jax.Array | None = None) -> jax.Array:
+    """(m,) bool: True for one row of each set of identical rows (by row hash): the one
+    with the smallest `priority` (default: none), then the lowest index."""
     m = rows.shape[0]
     h1, h2 = row_hashes(rows)
-    s1, s2, perm = lax.sort((h1, h2, jnp.arange(m, dtype=jnp.int32)), num_keys=3)
+    idx = jnp.arange(m, dtype=jnp.int32)
+    if priority is None:
+        s1, s2, perm = lax.sort((h1, h2, idx), num_keys=3)
+    else:
+        s1, s2, _, perm = lax.sort((h1, h2, priority, idx), num_keys=4)
     first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
     return jnp.zeros((m,), bool).at[perm].set(first)
 
@@ -237,10 +246,7 @@ def _farthest_distinct(x: jax.Array, dist: jax.Array, m: int) -> tuple[jax.Array
         return d, pool_i[j]
 
     def from_all(_):
-        h1, h2 = row_hashes(x)
-        s1, s2, _, perm = lax.sort((h1, h2, -dist, jnp.arange(n, dtype=jnp.int32)), num_keys=3)
-        first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
-        d, i = lax.top_k(jnp.where(jnp.zeros((n,), bool).at[perm].set(first), dist, -1.0), m)
+        d, i = lax.top_k(jnp.where(first_copies(x, -dist), dist, -1.0), m)
         return d, i
 
     if pool == n:
