@@ -1,4 +1,4 @@
-"""Builds the optional native CPU kernels (jaxkmeans/_native/kmeans_cpu.cc).
+"""Builds the optional native CPU kernels (jaxkmeans/kernels/native/kmeans_cpu.cc).
 
 The extension is optional: if jaxlib's XLA FFI headers or a C++ compiler are missing,
 the build prints a warning and the package installs without it (pure-JAX kernels).
@@ -34,8 +34,8 @@ def _extensions():
         args = ["-O3", "-std=c++17", "-Wno-attributes"]
     return [
         Extension(
-            "jaxkmeans._native._kmeans_cpu",
-            sources=["jaxkmeans/_native/kmeans_cpu.cc"],
+            "jaxkmeans.kernels.native._kmeans_cpu",
+            sources=["jaxkmeans/kernels/native/kmeans_cpu.cc"],
             include_dirs=[inc],
             extra_compile_args=args,
             language="c++",

@@ -1,18 +1,26 @@
-"""Host-side argument checks shared by the public functions.
+"""Every argument check of the package, in one place, and the one row-identity helper.
 
 Every check runs in Python before anything is compiled. Checks on *values* (NaN, the
 number of distinct points) need concrete arrays; under a user's ``jax.jit`` the arrays
 are tracers and only the shape/dtype checks apply.
+
+Row identity (:func:`row_identity`): two 32-bit hashes of each row's bits, or of its
+direction key for cosine (exact positive multiples of a row are one direction). Every
+place that asks "are these the same point?" uses it: the distinct-point check, the
+initializers' duplicate merge, and the empty-cluster candidates.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 SQUARED_EUCLIDEAN_DISTANCE = "squared_euclidean"
 COSINE_DISTANCE = "cosine"
@@ -27,25 +35,64 @@ def is_traced(*xs: Any) -> bool:
 
 
 def check_metric(metric: Any, name: str = "metric") -> str:
-    if not isinstance(metric, str) or metric not in METRICS:
-        raise ValueError(f"`{name}` must be one of {list(METRICS)}; got {metric!r}.")
-    return metric
+    return check_choice(metric, name, METRICS)
 
 
 def check_precision(precision: Any) -> str:
-    if precision is None:
-        return "float32"
-    if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise ValueError(f"`precision` must be one of {list(PRECISIONS)}; got {precision!r}.")
-    return precision
+    return "float32" if precision is None else check_choice(precision, "precision", PRECISIONS)
 
 
-def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+def check_positive_int(
+    value: Any, name: str, *, minimum: int = 1, allow_none: bool = False
+) -> int | None:
+    """`value` as an int >= `minimum` (None passes when `allow_none`)."""
+    if value is None and allow_none:
+        return None
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
     value = operator.index(value)
     if value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}; got {value}.")
+    return value
+
+
+def check_int(value: Any, name: str, what: str = "an int") -> int:
+    """Any int (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"`{name}` must be {what}; got {value!r}.")
+    return int(value)
+
+
+def check_non_negative(value: Any, name: str, *, allow_none: bool = False) -> Any:
+    """A real number >= 0 as a float (tracers pass through; None when `allow_none`)."""
+    if value is None and allow_none:
+        return None
+    if is_traced(value):
+        return value
+    what = "None or a float >= 0" if allow_none else "a float >= 0"
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise TypeError(f"`{name}` must be {what}; got {value!r}.")
+    if not value >= 0:
+        raise ValueError(f"`{name}` must be {what}; got {value!r}.")
+    return float(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"`{name}` must be a bool; got {value!r}.")
+    return bool(value)
+
+
+def check_mesh(mesh: Any) -> Any:
+    """None or a ``jax.sharding.Mesh``."""
+    if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+        raise TypeError(f"`mesh` must be None or a jax.sharding.Mesh; got {type(mesh).__name__}.")
+    return mesh
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...], extra: str = "") -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}{extra}; got {value!r}.")
     return value
 
 
@@ -152,26 +199,101 @@ def as_weights(sample_weight: Any, n: int, dtype: Any) -> jax.Array | None:
     return jnp.asarray(wh)
 
 
-def _row_keys(x: np.ndarray) -> np.ndarray:
-    """A void view of each row's bytes (with -0.0 turned into 0.0)."""
-    x = np.ascontiguousarray(x + np.zeros((), dtype=x.dtype))
-    return x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
+# ------------------------------------------------------------------- row identity
 
 
-def count_distinct_at_least(x: np.ndarray, k: int) -> int:
-    """Number of distinct rows of `x`, exact when it is below `k` (else any value >= k)."""
+def direction_key(x: jax.Array) -> jax.Array:
+    """Each row divided by its largest absolute entry (zero rows stay zero).
+
+    Rows that are exact positive multiples of each other get bit-identical keys (IEEE
+    division is correctly rounded, and ``(l a) / (l b) = a / b``), unlike their
+    normalized versions, which can differ in the last bit.
+    """
+    m = jnp.max(jnp.abs(x), axis=1, keepdims=True)
+    m = jnp.broadcast_to(jnp.where(m > 0, m, jnp.ones_like(m)), x.shape)
+    # XLA rewrites ``a / broadcast(b)`` as ``a * broadcast(1 / b)``, which is not exact;
+    # the barrier keeps a true (correctly rounded) division.
+    return x / lax.optimization_barrier(m)
+
+
+def row_identity(x: jax.Array, metric: str = SQUARED_EUCLIDEAN_DISTANCE) -> jax.Array:
+    """(n, 2) uint32: two hashes of each row's bit pattern (-0.0 counts as 0.0); for
+    cosine, of its direction key, so exact positive multiples are one row.
+
+    Integer addition wraps modulo 2**32 and is associative, so equal rows always get
+    equal hashes, whatever order the reduction runs in.
+    """
+    if metric == COSINE_DISTANCE:
+        x = direction_key(x)
     n = x.shape[0]
-    head = min(n, 4 * k + 64)
-    distinct = len(np.unique(_row_keys(x[:head])))
-    if distinct >= k or head == n:
-        return distinct
-    return len(np.unique(_row_keys(x)))
+    # -0.0 -> 0.0 (not ``x + 0``: XLA simplifies that away and keeps the sign bit).
+    x = jnp.where(x == 0, jnp.zeros((), x.dtype), x)
+    size = jnp.dtype(x.dtype).itemsize
+    if size == 8:
+        bits = lax.bitcast_convert_type(x, jnp.uint32).reshape(n, -1)
+    elif size == 4:
+        bits = lax.bitcast_convert_type(x, jnp.uint32)
+    else:
+        bits = lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    m = bits.shape[1]
+    # Fixed odd multipliers (trace-time constants: no PRNG in the compiled program).
+    consts = jnp.asarray(
+        np.random.default_rng(0x5EED).integers(0, 2**32, size=(2, m), dtype=np.uint32) | 1
+    )
+    # One round of a murmur-style finalizer per word before the weighted sum.
+    b = bits ^ (bits >> 16)
+    b = b * jnp.uint32(0x85EBCA6B)
+    b = b ^ (b >> 13)
+    h1 = jnp.sum(b * consts[0][None, :], axis=1, dtype=jnp.uint32)
+    h2 = jnp.sum((b ^ (b >> 7)) * consts[1][None, :], axis=1, dtype=jnp.uint32)
+    return jnp.stack([h1, h2], axis=1)
+
+
+def _has_identity(x: jax.Array, metric: str) -> jax.Array:
+    """Rows that are points of the metric's space (cosine: non-zero rows)."""
+    if metric == COSINE_DISTANCE:
+        return jnp.any(x != 0, axis=1)
+    return jnp.ones(x.shape[:1], bool)
+
+
+@functools.partial(jax.jit, static_argnames=("metric",))
+def _count_distinct(x: jax.Array, keep: jax.Array, metric: str) -> jax.Array:
+    ident = row_identity(x, metric)
+    keep = keep & _has_identity(x, metric)
+    # Kept rows first, sorted by identity; count where the identity changes.
+    h1, h2, kept = lax.sort((ident[:, 0], ident[:, 1], (~keep).astype(jnp.int32)), num_keys=3)
+    kept = kept == 0
+    new = jnp.concatenate([jnp.ones((1,), bool), (h1[1:] != h1[:-1]) | (h2[1:] != h2[:-1])])
+    # A kept row after an unkept one of the same identity still starts a new point only
+    # if no kept row of that identity came before: unkept rows sort after kept ones.
+    return jnp.sum(new & kept)
+
+
+def count_distinct(
+    x: Any, metric: str = SQUARED_EUCLIDEAN_DISTANCE, w: Any = None, at_least: int | None = None
+) -> int:
+    """Number of distinct points among the rows of `x` with positive weight (cosine:
+    distinct non-zero directions), computed on the device. With `at_least`, exact when
+    below it (else any value >= it): the first ``4 at_least + 64`` rows are tried
+    first, which usually settles it without a pass over all rows."""
+    x = jnp.asarray(x)
+    n = x.shape[0]
+    keep = jnp.ones((n,), bool) if w is None else jnp.asarray(w) > 0
+    if at_least is not None:
+        head = min(n, 4 * at_least + 64)
+        # Rounded up to a power of two (few distinct programs); extra rows are unkept.
+        size = min(n, 1 << max(6, math.ceil(math.log2(head))))
+        got = int(_count_distinct(x[:size], keep[:size] & (jnp.arange(size) < head), metric))
+        if got >= at_least or head == n:
+            return got
+    return int(_count_distinct(x, keep, metric))
 
 
 def check_enough_distinct(
     x: jax.Array, k: int, metric: str, sample_weight: jax.Array | None = None, name: str = "x"
 ) -> None:
-    """ValueError when `x` (rows with positive weight) has fewer than k distinct points."""
+    """ValueError when `x` (rows with positive weight) has fewer than k distinct points
+    (cosine: distinct non-zero directions). Skipped for traced arrays."""
     if is_traced(x, sample_weight):
         return
     n = x.shape[0]
@@ -180,15 +302,7 @@ def check_enough_distinct(
             f"`num_clusters` must be <= the number of samples in `{name}`; "
             f"got num_clusters={k} with {n} samples."
         )
-    xh = np.asarray(x)
-    if sample_weight is not None:
-        xh = xh[np.asarray(sample_weight) > 0]
-    if metric == COSINE_DISTANCE:
-        # Same key as the initializers: exact positive multiples are one direction.
-        m = np.abs(xh).max(axis=1, keepdims=True)
-        keep = m[:, 0] > 0
-        xh = (xh[keep] / m[keep]).astype(xh.dtype)
-    distinct = count_distinct_at_least(xh, k)
+    distinct = count_distinct(x, metric, sample_weight, at_least=k)
     if distinct < k:
         what = "distinct non-zero directions" if metric == COSINE_DISTANCE else "distinct points"
         raise ValueError(

@@ -45,7 +45,13 @@ from typing import Any
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "CheckpointWarning", "Checkpointer", "latest_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointWarning",
+    "CheckpointStore",
+    "Checkpointer",
+    "latest_checkpoint",
+]
 
 _STATE_ITEM = "state"
 _CONFIG_ITEM = "config"
@@ -516,6 +522,102 @@ class Checkpointer:
         manager, self._manager = self._manager, None
         if manager is not None:
             manager.close()
+
+
+class CheckpointStore:
+    """One model directory as a stateful estimator uses it.
+
+    The newest readable checkpoint (state and config) is read once, at construction
+    (a damaged newest one is skipped with a :class:`CheckpointWarning`, as in
+    :meth:`Checkpointer.restore`); :meth:`load` checks it against the estimator.
+    :meth:`save` writes a checkpoint and keeps the caller's snapshot of what it saved,
+    so that a failed update can be rolled back to it (:attr:`saved`).
+
+    Args:
+        directory: the model directory (str or os.PathLike); nothing is created or
+            written before the first :meth:`save`.
+        max_to_keep: as for :class:`Checkpointer`.
+
+    Attributes:
+        directory: the absolute path of the model directory (str).
+        step, config: the newest checkpoint's step and config (None when there is none).
+        saved: the snapshot given to the last :meth:`save` or :meth:`remember`.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 5):
+        self._checkpointer = Checkpointer(directory, max_to_keep=max_to_keep)
+        self.directory = str(self._checkpointer.directory)
+        self.step: int | None = None
+        self.config: dict | None = None
+        self._state: dict[str, np.ndarray] | None = None
+        self.saved: Any = None
+        if self._checkpointer.steps():
+            self.step, self._state, self.config = self._checkpointer.restore()
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({self.directory!r}, step={self.step})"
+
+    def state(self) -> dict[str, np.ndarray] | None:
+        """The newest checkpoint's state as read at construction, unchecked (None if none)."""
+        return self._state
+
+    def load(
+        self,
+        fmt: str,
+        owner: str,
+        expected: Mapping[str, tuple[Any, str]],
+        template: Any,
+    ) -> dict[str, np.ndarray] | None:
+        """The newest checkpoint's state, checked against its owner; None if none.
+
+        Args:
+            fmt: the config's ``"format"`` the owner writes; another one is a ValueError.
+            owner: the owner's class name, for messages (``"KMeans"``).
+            expected: config key -> ``(value, note)``; a saved value that differs is a
+                ValueError naming all of them, e.g. ``num_clusters=4 (asked 3)``. A
+                None value is not checked.
+            template: a callable from the saved config to a dict name -> array (or
+                anything with shape and dtype) the state must fit exactly.
+
+        Raises:
+            ValueError: the format or an expected value does not fit.
+            CheckpointError: the state does not fit the template.
+        """
+        config = self.config
+        if config is None:
+            return None
+        if config.get("format") != fmt:
+            raise ValueError(
+                f"`model_dir` {self.directory!r} holds checkpoints that were not written by "
+                f"jaxkmeans.{owner}."
+            )
+        problems = [
+            f"{key}={config[key]!r} ({note})"
+            for key, (value, note) in expected.items()
+            if value is not None and config[key] != value
+        ]
+        if problems:
+            raise ValueError(
+                f"the checkpoint in model_dir {self.directory!r} does not fit this {owner}: it "
+                f"has {', '.join(problems)}. Use another model_dir or matching parameters."
+            )
+        where = f"step {self.step} in {self._checkpointer.directory}"
+        return _check_target(template(config), self._state, where)
+
+    def remember(self, snapshot: Any) -> None:
+        """Keeps `snapshot` as the state to roll back to (what the directory holds)."""
+        self.saved = snapshot
+
+    def save(
+        self, step: int, state: Mapping[str, Any], config: Mapping[str, Any], snapshot: Any
+    ) -> None:
+        """:meth:`Checkpointer.save`, then keeps `snapshot` (see :meth:`remember`)."""
+        self._checkpointer.save(step, state, config)
+        self.saved = snapshot
+
+    def close(self) -> None:
+        """Releases Orbax resources (the store may still be used after)."""
+        self._checkpointer.close()
 
 
 def _first_line(error: BaseException) -> str:

@@ -20,7 +20,7 @@ from jax import export as jax_export
 
 from jaxkmeans import metrics
 from jaxkmeans._validation import check_metric
-from jaxkmeans.assignment import block_argmin
+from jaxkmeans.kernels.xla import block_argmin
 
 __all__ = ["predict_fn", "export_model", "load_exported", "ExportedModel"]
 
@@ -42,7 +42,7 @@ def predict_fn(metric: str) -> Callable[[jax.Array, jax.Array], dict[str, jax.Ar
     ) -> dict[str, jax.Array]:
         # `weights` (n,) marks padding rows (0) so they do not move the frame origin.
         x = jnp.asarray(x, centers.dtype)
-        offset = metrics.data_offset(x, metric, weights)
+        offset = metrics.frame_origin(x, metric, weights)
         cp, bias = metrics.prepare_centers(centers, metric, offset)
         xp, base = metrics.prepare_rows(x, metric, offset)
         score = metrics.score_block(xp, cp, bias, "float32")

@@ -11,6 +11,7 @@ distinct points.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -28,14 +29,15 @@ from jaxkmeans._validation import (
     as_centers,
     as_data,
     as_weights,
-    check_chunk_size,
+    check_choice,
     check_enough_distinct,
+    check_int,
     check_metric,
     check_positive_int,
     is_traced,
+    row_identity,
 )
-from jaxkmeans.assignment import block_argmin, fold_chunks, resolve_chunk_size
-from jaxkmeans.updates import row_hashes
+from jaxkmeans.kernels.xla import block_argmin, chunk_rows, fold_chunks
 
 __all__ = [
     "RANDOM_INIT",
@@ -43,6 +45,9 @@ __all__ = [
     "KMC2_INIT",
     "KMEANS_PARALLEL_INIT",
     "INIT_METHODS",
+    "InitSpec",
+    "make_init",
+    "init_impl",
     "init_centers",
 ]
 
@@ -64,39 +69,26 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
 # ----------------------------------------------------------------------------- helpers
 
 
-def merge_duplicates(x: jax.Array, w: jax.Array) -> jax.Array:
+def merge_duplicates(x: jax.Array, w: jax.Array, metric: str) -> jax.Array:
     """Weights with every group of identical rows' total weight on its first row.
 
     Args:
-      x: (n, d) rows; w: (n,) non-negative weights.
+      x: (n, d) rows; w: (n,) non-negative weights; metric: rows are identical by
+        :func:`jaxkmeans._validation.row_identity` (cosine: same direction).
 
     Returns:
       (n,) weights: the first copy (lowest index) of each distinct row carries the
       group's total, the other copies 0.
     """
     n = x.shape[0]
-    h1, h2 = row_hashes(x)
+    ident = row_identity(x, metric)
     idx = jnp.arange(n, dtype=jnp.int32)
-    s1, s2, perm = lax.sort((h1, h2, idx), num_keys=3)
+    s1, s2, perm = lax.sort((ident[:, 0], ident[:, 1], idx), num_keys=3)
     first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
     run = jnp.cumsum(first.astype(jnp.int32)) - 1
     total = jax.ops.segment_sum(w[perm], run, num_segments=n)
     rep = jnp.where(first, total[run], 0.0)
     return jnp.zeros_like(w).at[perm].set(rep)
-
-
-def direction_key(x: jax.Array) -> jax.Array:
-    """Each row divided by its largest absolute entry (zero rows stay zero).
-
-    Rows that are exact positive multiples of each other get bit-identical keys (IEEE
-    division is correctly rounded, and ``(l a) / (l b) = a / b``), unlike their
-    normalized versions, which can differ in the last bit.
-    """
-    m = jnp.max(jnp.abs(x), axis=1, keepdims=True)
-    m = jnp.broadcast_to(jnp.where(m > 0, m, jnp.ones_like(m)), x.shape)
-    # XLA rewrites ``a / broadcast(b)`` as ``a * broadcast(1 / b)``, which is not exact;
-    # the barrier keeps a true (correctly rounded) division.
-    return x / lax.optimization_barrier(m)
 
 
 def _gumbel_scores(key: jax.Array, w: jax.Array) -> jax.Array:
@@ -293,59 +285,23 @@ def _kmeans_parallel(key, xp, w, k, num_retries, rounds, oversampling_factor, ch
     return cand_idx[sub_idx]
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "k",
-        "method",
-        "metric",
-        "num_retries",
-        "chain_length",
-        "rounds",
-        "oversampling_factor",
-        "chunk_size",
-    ),
-)
-def init_impl(
-    key,
-    x,
-    w,
-    k,
-    method,
-    metric,
-    num_retries=-1,
-    chain_length=200,
-    rounds=5,
-    oversampling_factor=2.0,
-    chunk_size=None,
-):
-    """Jittable core of :func:`init_centers` (no argument checks). Returns (k, d)."""
-    n, d = x.shape
-    if w is None:
-        w = jnp.ones((n,), x.dtype)
-    if metric == COSINE_DISTANCE:
-        # Rows are compared by direction; an all-zero row has none and is never chosen.
-        w = jnp.where(jnp.any(x != 0, axis=1), w, 0.0)
-    w = merge_duplicates(direction_key(x) if metric == COSINE_DISTANCE else x, w)
-    if method == RANDOM_INIT:
-        idx = _random(key, x, w, k)
-    else:
-        xp = _prepare(x, w, metric)
-        if method == KMEANS_PLUS_PLUS_INIT:
-            idx = _kmeans_pp(key, xp, w, k, num_retries)
-        elif method == KMC2_INIT:
-            idx = _kmc2(key, xp, w, k, chain_length)
-        elif method == KMEANS_PARALLEL_INIT:
-            chunk = resolve_chunk_size(
-                chunk_size, n, math.ceil(oversampling_factor * k), d, x.dtype
-            )
-            idx = _kmeans_parallel(key, xp, w, k, num_retries, rounds, oversampling_factor, chunk)
-        else:  # pragma: no cover - checked by the public wrapper
-            raise ValueError(method)
-    centers = x[idx]
-    if metric == COSINE_DISTANCE:
-        centers = metrics.normalize_rows(centers)
-    return centers
+@dataclasses.dataclass(frozen=True)
+class InitSpec:
+    """The static description of an initialization: k, the method and its options.
+
+    Attributes:
+      k: number of centers.
+      method: one of :data:`INIT_METHODS`.
+      metric: the metric (cosine compares rows by direction and returns unit rows).
+      num_retries: k-means++ extra candidates per pick (negative: 2 + ln k).
+      options: the method's options (``METHOD_OPTIONS``) as sorted ``(name, value)``.
+    """
+
+    k: int
+    method: str
+    metric: str
+    num_retries: int = -1
+    options: tuple[tuple[str, Any], ...] = ()
 
 
 def check_method_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -366,14 +322,52 @@ def check_method_options(method: str, options: dict[str, Any]) -> dict[str, Any]
         if isinstance(f, bool) or not isinstance(f, int | float) or not f > 0:
             raise ValueError(f"`oversampling_factor` must be a number > 0; got {f!r}.")
         out["oversampling_factor"] = float(f)
-        out["chunk_size"] = check_chunk_size(out["chunk_size"])
+        out["chunk_size"] = check_positive_int(out["chunk_size"], "chunk_size", allow_none=True)
     return out
 
 
-def check_num_retries(num_retries: Any) -> int:
-    if isinstance(num_retries, bool) or not isinstance(num_retries, int | np.integer):
-        raise TypeError(f"`num_retries` must be an int (negative: 2 + ln k); got {num_retries!r}.")
-    return int(num_retries)
+def make_init(
+    method: Any,
+    k: int,
+    metric: str,
+    num_retries: Any = -1,
+    options: dict[str, Any] | None = None,
+    name: str = "method",
+) -> InitSpec:
+    """Checks an init method name, `num_retries` and the method's options."""
+    method = check_choice(method, name, INIT_METHODS, " or a (k, d) array")
+    opts = check_method_options(method, dict(options or {}))
+    retries = check_int(num_retries, "num_retries", "an int (negative: 2 + ln k)")
+    return InitSpec(k, method, metric, retries, tuple(sorted(opts.items())))
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec) -> jax.Array:
+    """Jittable core of :func:`init_centers` (no argument checks). Returns (k, d)."""
+    n, d = x.shape
+    k, metric, opts = spec.k, spec.metric, dict(spec.options)
+    if w is None:
+        w = jnp.ones((n,), x.dtype)
+    if metric == COSINE_DISTANCE:
+        # Rows are compared by direction; an all-zero row has none and is never chosen.
+        w = jnp.where(jnp.any(x != 0, axis=1), w, 0.0)
+    w = merge_duplicates(x, w, metric)
+    if spec.method == RANDOM_INIT:
+        idx = _random(key, x, w, k)
+    else:
+        xp = _prepare(x, w, metric)
+        if spec.method == KMEANS_PLUS_PLUS_INIT:
+            idx = _kmeans_pp(key, xp, w, k, spec.num_retries)
+        elif spec.method == KMC2_INIT:
+            idx = _kmc2(key, xp, w, k, opts["chain_length"])
+        else:
+            rounds, factor = opts["rounds"], opts["oversampling_factor"]
+            chunk = opts["chunk_size"] or chunk_rows(n, math.ceil(factor * k), d, x.dtype, "cpu")
+            idx = _kmeans_parallel(key, xp, w, k, spec.num_retries, rounds, factor, min(chunk, n))
+    centers = x[idx]
+    if metric == COSINE_DISTANCE:
+        centers = metrics.normalize_rows(centers)
+    return centers
 
 
 def init_centers(
@@ -423,18 +417,13 @@ def init_centers(
         return _check_user_centers(out, k, d, x.dtype, metric, "the init callable's result")
     if not isinstance(method, str):
         return _check_user_centers(method, k, d, x.dtype, metric, "method")
-    if method not in INIT_METHODS:
-        raise ValueError(
-            f"`method` must be one of {list(INIT_METHODS)}, an array or a callable; got {method!r}."
-        )
-    opts = check_method_options(method, method_options)
-    num_retries = check_num_retries(num_retries)
+    spec = make_init(method, k, metric, num_retries, method_options)
     w = as_weights(sample_weight, n, x.dtype)
     if not is_traced(x):
         check_enough_distinct(x, k, metric, w)
     elif n < k:
         raise ValueError(f"`num_clusters` must be <= the number of samples; got {k} > {n}.")
-    return init_impl(key, x, w, k, method, metric, num_retries=num_retries, **opts)
+    return init_impl(key, x, w, spec)
 
 
 def _check_user_centers(c: Any, k: int, d: int, dtype: Any, metric: str, name: str) -> jax.Array:

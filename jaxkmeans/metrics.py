@@ -7,10 +7,11 @@ quantity minimised over centers is
 
 with ``x' = x - offset``, ``c' = -2 (c - offset)``, ``bias = ||c - offset||^2`` and
 ``base = ||x - offset||^2`` for squared Euclidean, and ``x' = x / ||x||``,
-``c' = -c / ||c||``, ``bias = 0``, ``base = 1`` for cosine. Subtracting ``offset`` (the
-mean of the data, see :func:`data_offset`) before the expansion keeps float32 distances
-accurate for data far from the origin, even when some center is far from all the data;
-the final clamp keeps them >= 0.
+``c' = -c / ||c||``, ``bias = 0``, ``base = 1`` for cosine. Subtracting ``offset`` (a
+point near the data's mean on the data's grid, see :func:`frame_origin`) before the
+expansion keeps float32 distances accurate for data far from the origin, even when some
+center is far from all the data, and keeps exact ties exact for integer data; the final
+clamp keeps them >= 0.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = [
     "COSINE_DISTANCE",
     "pairwise_distances",
     "normalize_rows",
-    "data_offset",
+    "frame_origin",
 ]
 
 
@@ -92,40 +93,44 @@ def to_distance(base: jax.Array, score: jax.Array) -> jax.Array:
     return jnp.maximum(base + score, 0.0)
 
 
-def default_offset(centers: jax.Array, metric: str) -> jax.Array | None:
-    """The mean of the centers: a frame for when the data is not at hand (prefer
-    :func:`data_offset`; a center far from the data makes this one inaccurate)."""
-    if metric == COSINE_DISTANCE:
-        return None
-    return jnp.mean(centers, axis=0)
+def frame_origin(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.Array | None:
+    """The point subtracted from the rows `x` (n, d) before the Euclidean expansion
+    (None for cosine): the (weighted) mean, rounded per feature to a multiple of a
+    power of two ``g`` between 2 and 4 times that feature's spread.
 
+    - Accuracy far from the origin: the shifted rows are small whatever the centers
+      are (the origin is within two standard deviations of the mean).
+    - Exact ties: for data on a grid coarser than ``g`` (integers with spread >= 1/4:
+      pixels, counts, ids near 1e5) the origin is on that grid, so subtracting it is
+      exact and the shifted rows stay on the grid; equal distances stay equal, and ties
+      go to the lowest index as in scikit-learn and TF.
+    - Stability: batches whose means differ only by float rounding (a batch and the
+      same batch padded with zero-weight rows) get the same origin.
 
-def data_offset(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.Array | None:
-    """The point subtracted before the Euclidean expansion: the (weighted) mean of the
-    rows `x` (n, d), so that the shifted rows are small whatever the centers are. None
-    for cosine.
-
-    Each component is rounded to 16 significant bits: any point near the data serves,
-    and the rounding makes the frame (and so every distance, to the last bit) the same
-    for batches whose means differ only by float rounding, e.g. a batch and the same
-    batch padded with zero-weight rows.
+    One fused pass over `x`: the spread comes from moments about the first row.
     """
     if metric == COSINE_DISTANCE:
         return None
-    mean = jnp.mean(x, axis=0)
-    if w is not None:
+    x0 = x[0]
+    dev = x - x0[None, :]
+    if w is None:
+        mean_dev = jnp.mean(dev, axis=0)
+        sq = jnp.mean(dev * dev, axis=0)
+    else:
         total = jnp.sum(w)
         safe = jnp.where(total > 0, total, jnp.ones_like(total))
-        mean = jnp.where(total > 0, jnp.sum(x * w[:, None], axis=0) / safe, mean)
-    mag = jnp.abs(mean)
-    tiny = jnp.finfo(mean.dtype).tiny
-    step = jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(mag, tiny))) - 16.0)
-    return jnp.where(mag > 0, jnp.round(mean / step) * step, 0.0).astype(x.dtype)
+        mean_dev = jnp.sum(dev * w[:, None], axis=0) / safe
+        sq = jnp.sum(dev * dev * w[:, None], axis=0) / safe
+    var = jnp.maximum(sq - mean_dev * mean_dev, 0.0)
+    mean = x0 + mean_dev
+    tiny = jnp.finfo(x.dtype).tiny
+    grid = jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(4.0 * jnp.sqrt(var), tiny))))
+    return jnp.where(var > 0, jnp.round(mean / grid) * grid, mean).astype(x.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "precision"))
 def _pairwise_impl(x: jax.Array, centers: jax.Array, metric: str, precision: str) -> jax.Array:
-    offset = data_offset(x, metric)
+    offset = frame_origin(x, metric)
     cp, bias = prepare_centers(centers, metric, offset)
     xp, base = prepare_rows(x, metric, offset)
     d = to_distance(base[:, None], score_block(xp, cp, bias, precision))

@@ -1,10 +1,9 @@
-"""Data-parallel k-means over a ``jax.sharding.Mesh``, on one or many processes.
+"""Host-side placement for data-parallel k-means over a ``jax.sharding.Mesh``, on one or
+many processes.
 
 Rows are split over every device of the mesh (all its axes together form the data
-axis); centers are replicated. Each device reduces its own rows to per-center sums,
-weights and loss inside ``shard_map``, and ``psum`` combines them, so every device gets
-the same new centers. Ragged row counts are padded with zero-weight rows. The result
-does not depend on the number of devices beyond float reduction order.
+axis); centers are replicated. (The per-device statistics and their ``psum`` are the
+engine's: :mod:`jaxkmeans.engine`.) Ragged row counts are padded with zero-weight rows.
 
 Multi-process (``jax.distributed.initialize``): each process passes its own rows
 (``jax.make_array_from_process_local_data``); the processes may hold different numbers
@@ -19,24 +18,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxkmeans import metrics
-from jaxkmeans.assignment import assign_prepared, auto_chunk_size
-from jaxkmeans.state import StepStats
-from jaxkmeans.updates import (
-    Far,
-    centers_from_stats,
-    chunk_statistics,
-    farthest,
-    relocate_empty,
-    top_far,
-)
-
 __all__ = [
-    "auto_mesh",
     "local_rows",
     "data_axes",
     "row_sharding",
@@ -46,26 +31,7 @@ __all__ = [
     "replicate",
     "any_process",
     "broadcast_from_first",
-    "sharded_statistics",
-    "sharded_lloyd_core",
-    "sharded_assign",
-    "check_mesh",
 ]
-
-
-def check_mesh(mesh: Any) -> Mesh:
-    if not isinstance(mesh, Mesh):
-        raise TypeError(f"`mesh` must be None or a jax.sharding.Mesh; got {type(mesh).__name__}.")
-    return mesh
-
-
-def auto_mesh(mesh: Mesh) -> Mesh:
-    """The same devices and axis names with every axis of type Auto, so that the
-    compiler may partition the (non-shard_map) parts of a program over it."""
-    auto = jax.sharding.AxisType.Auto
-    if all(t == auto for t in mesh.axis_types):
-        return mesh
-    return Mesh(mesh.devices, mesh.axis_names, axis_types=(auto,) * len(mesh.axis_names))
 
 
 def local_rows(a: jax.Array, n: int) -> jax.Array:
@@ -170,96 +136,3 @@ def broadcast_from_first(a: Any) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(a)))
-
-
-def _local_chunk(x: jax.Array, mesh: Mesh, k: int, chunk: int | None) -> int:
-    n_local = x.shape[0] // mesh.size
-    if chunk is None:
-        return auto_chunk_size(n_local, k, x.shape[1], x.dtype)
-    return min(chunk, n_local)
-
-
-def sharded_statistics(x, w, cp, bias, metric, offset, precision, update_method, mesh, chunk=None):
-    """Per-center sums, weights and loss over row-sharded `x` (psum over devices), plus
-    the row-sharded labels and distances. Call inside ``jit``."""
-    axes = data_axes(mesh)
-    k = cp.shape[0]
-    chunk = _local_chunk(x, mesh, k, chunk)
-
-    def local(xl, wl, cp, bias, offset):
-        st = chunk_statistics(xl, wl, cp, bias, metric, offset, chunk, precision, update_method)
-        sums = lax.psum(st.sums, axes)
-        counts = lax.psum(st.counts, axes)
-        loss = lax.psum(st.loss, axes)
-        return sums, counts, loss, st.labels, st.min_dist
-
-    rows, rep = P(axes), P()
-    offset_arg = jnp.zeros((x.shape[1],), x.dtype) if offset is None else offset
-    fn = jax.shard_map(
-        lambda xl, wl, cp, bias, off: local(xl, wl, cp, bias, None if offset is None else off),
-        mesh=mesh,
-        in_specs=(P(axes, None), rows, rep, rep, rep),
-        out_specs=(rep, rep, rep, rows, rows),
-        check_vma=False,
-    )
-    return fn(x, w, cp, bias, offset_arg)
-
-
-def sharded_farthest(x, w, labels, min_dist, k, metric, offset, mesh) -> Far:
-    """The k farthest rows over all devices (each device's top k, gathered, merged)."""
-    axes = data_axes(mesh)
-    rows, rep = P(axes), P()
-    offset_arg = jnp.zeros((x.shape[1],), x.dtype) if offset is None else offset
-
-    def local(xl, wl, ll, dl, off):
-        far = farthest(xl, wl, ll, dl, k, metric, None if offset is None else off)
-        gathered = jax.tree_util.tree_map(lambda a: lax.all_gather(a, axes, tiled=True), far)
-        return top_far(gathered, k)
-
-    return jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(P(axes, None), rows, rows, rows, rep),
-        out_specs=Far(rep, rep, rep, rep),
-        check_vma=False,
-    )(x, w, labels, min_dist, offset_arg)
-
-
-def sharded_lloyd_core(x, w, c, offset, metric, precision, update_method, mesh, chunk=None):
-    """One Lloyd iteration over row-sharded data, centers `c` in the frame (x - offset)."""
-    k = c.shape[0]
-    cp, bias = metrics.prepare_centers(c, metric, None)
-    sums, counts, loss, labels, dist = sharded_statistics(
-        x, w, cp, bias, metric, offset, precision, update_method, mesh, chunk
-    )
-
-    def move(args):
-        far = sharded_farthest(x, w, labels, dist, k, metric, offset, mesh)
-        return relocate_empty(*args, far)
-
-    new_sums, new_counts = lax.cond(jnp.any(counts <= 0), move, lambda a: a, (sums, counts))
-    new = centers_from_stats(new_sums, new_counts, c, metric)
-    shift = jnp.sum((new - c) ** 2)
-    return new, StepStats(loss=loss, counts=counts, shift=shift)
-
-
-def sharded_assign(x, c, offset, metric, precision, mesh, chunk=None, native=False):
-    """Labels and distances of row-sharded `x` to centers `c` (in the frame)."""
-    axes = data_axes(mesh)
-    k = c.shape[0]
-    chunk = _local_chunk(x, mesh, k, chunk)
-    cp, bias = metrics.prepare_centers(c, metric, None)
-    offset_arg = jnp.zeros((x.shape[1],), x.dtype) if offset is None else offset
-
-    def local(xl, cp, bias, off):
-        return assign_prepared(
-            xl, cp, bias, metric, None if offset is None else off, chunk, precision, native
-        )
-
-    return jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(P(axes, None), P(), P(), P()),
-        out_specs=(P(axes), P(axes)),
-        check_vma=False,
-    )(x, cp, bias, offset_arg)

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -89,6 +88,8 @@ except ImportError:  # pragma: no cover - scikit-learn < 1.6
 
 
 import jaxkmeans
+from jaxkmeans import _validation, engine, fitting
+from jaxkmeans._validation import check_non_negative, check_positive_int
 from jaxkmeans.state import KMeansState
 
 __all__ = ["KMeans", "MiniBatchKMeans"]
@@ -151,30 +152,27 @@ def _pad_cols(c: np.ndarray, d_pad: int) -> np.ndarray:
     return out
 
 
-def _splitmix64(i: np.ndarray) -> np.ndarray:
-    z = (i + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+@functools.partial(jax.jit, static_argnames=("metric",))
+def _row_identity(x: jax.Array, metric: str) -> jax.Array:
+    return _validation.row_identity(x, metric)
 
 
-def _row_hashes(x: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each row's bits (n,): equal rows get equal hashes (a random
-    linear form of the bit patterns modulo 2**64, then a mixing step)."""
+def _row_keys(x: np.ndarray) -> np.ndarray:
+    """A 64-bit key of each row's bits (n,) uint64: the package's row identity (two
+    32-bit hashes, :func:`jaxkmeans._validation.row_identity`) as one number. Equal rows
+    (-0.0 counting as 0.0) get equal keys; the key depends on the row's values only."""
     n, d = x.shape
-    bits = x.view(np.uint64 if x.dtype.itemsize == 8 else np.uint32)
-    mult = _splitmix64(np.arange(d, dtype=np.uint64)) | np.uint64(1)
-    h = np.zeros((n,), np.uint64)
-    block = 16
-    with np.errstate(over="ignore"):
-        for start in range(0, d, block):
-            h += bits[:, start : start + block].astype(np.uint64) @ mult[start : start + block]
-        return _splitmix64(h)
+    # Padded to a few shapes (one compiled program for small problems); a row's key does
+    # not depend on the other rows, and zero columns add nothing to it.
+    xp, _ = _pad(x, None, _bucket_rows(n), _bucket_cols(d))
+    ident = np.asarray(_row_identity(jnp.asarray(xp), _validation.SQUARED_EUCLIDEAN_DISTANCE))
+    ident = ident[:n].astype(np.uint64)
+    return (ident[:, 0] << np.uint64(32)) | ident[:, 1]
 
 
 def _distinct_rows(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct rows of `x` with positive total weight, in an order that depends only on
-    the rows' values (their hashes), and their total weights.
+    the rows' values (their row keys), and their total weights.
 
     Args:
       x: (n, d) float array; w: (n,) non-negative weights.
@@ -190,7 +188,7 @@ def _distinct_rows(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray
     x = np.ascontiguousarray(x)
     if (x == 0).any():
         x = x + np.zeros((), x.dtype)  # -0.0 -> 0.0, so that equal rows have equal bits
-    h = _row_hashes(x)
+    h = _row_keys(x)
     order = np.argsort(h, kind="stable")
     hs = h[order]
     starts = np.flatnonzero(np.concatenate([[True], hs[1:] != hs[:-1]]))
@@ -262,26 +260,14 @@ def _init_program(key, x, w, *, k, method):
     return jaxkmeans.init_centers(key, x, k, method, sample_weight=w)
 
 
-@jax.jit
 def _lloyd_program(x, w, centers, tol, max_iter):
-    """Lloyd iterations (``jaxkmeans.lloyd_step``) until the total squared center shift
-    is <= `tol` (scikit-learn's rule) or `max_iter`; returns (centers, n_iter, inertia)."""
-
-    def cond(carry):
-        _, it, done = carry
-        return (it < max_iter) & ~done
-
-    def body(carry):
-        c, it, _ = carry
-        new, _ = jaxkmeans.lloyd_step(x, c, sample_weight=w)
-        # Measured on the centers themselves: an unchanged clustering gives bitwise the
-        # same centers, so tol = 0 stops at a fixed point.
-        shift = jnp.sum((new - c) ** 2)
-        return new, it + 1, shift <= tol
-
-    init = (centers, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
-    c, n_iter, _ = lax.while_loop(cond, body, init)
-    return c, n_iter, jaxkmeans.inertia(x, c, sample_weight=w)
+    """Lloyd iterations (the core's fit loop, :func:`jaxkmeans.fitting.fit_impl`, from
+    the given centers) until the total squared center shift is <= `tol` (scikit-learn's
+    rule) or `max_iter`; returns (centers, n_iter, inertia)."""
+    passes = engine.make_pass(dtype=x.dtype)
+    spec = fitting.FitSpec(centers.shape[0], None, 1, False, "shift", passes)
+    result = fitting.fit_impl(None, x, w, centers, tol, max_iter, spec)
+    return result.centers, result.n_iter, result.loss
 
 
 def _reassign(state: KMeansState, xb: jax.Array, n_real: jax.Array, ratio: jax.Array):
@@ -382,24 +368,6 @@ def _minibatch_program(
 # ------------------------------------------------------------------------- validation
 
 
-def _check_int(value: Any, name: str, minimum: int, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}; got {value!r}.")
-    return int(value)
-
-
-def _check_real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a float >= 0; got {value!r}.")
-    if not value >= 0:
-        raise ValueError(f"`{name}` must be a float >= 0; got {value!r}.")
-    return float(value)
-
-
 def _is_array_like(init: Any) -> bool:
     return hasattr(init, "__array__") or (
         hasattr(init, "__len__") and not isinstance(init, str | bytes)
@@ -425,11 +393,11 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
     # -- validation
 
     def _check_common_params(self) -> None:
-        _check_int(self.n_clusters, "n_clusters", 1)
-        _check_int(self.max_iter, "max_iter", 1)
-        _check_real(self.tol, "tol")
+        check_positive_int(self.n_clusters, "n_clusters", minimum=1)
+        check_positive_int(self.max_iter, "max_iter", minimum=1)
+        check_non_negative(self.tol, "tol")
         if not isinstance(self.verbose, bool):
-            _check_int(self.verbose, "verbose", 0)
+            check_positive_int(self.verbose, "verbose", minimum=0)
         init = self.init
         if isinstance(init, str):
             if init not in _CORE_INIT:
@@ -443,7 +411,7 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
                 f"(n_clusters, n_features); got {type(init).__name__}."
             )
         if not (isinstance(self.n_init, str) and self.n_init == "auto"):
-            _check_int(self.n_init, "n_init", 1)
+            check_positive_int(self.n_init, "n_init", minimum=1)
 
     def _resolve_n_init(self) -> int:
         init = self.init
@@ -670,7 +638,7 @@ class KMeans(_BaseKMeans):
         random_state = check_random_state(self.random_state)
         sw, (xu, wu), dtype = self._prepare(X, sample_weight)
         k = self.n_clusters
-        if xu.shape[0] <= k:
+        if xu.shape[0] < k:
             self._set_fitted(X, self._few_distinct(xu))
             self.n_iter_ = 1
         else:
@@ -762,10 +730,12 @@ class MiniBatchKMeans(_BaseKMeans):
 
     def _check_minibatch_params(self) -> None:
         self._check_common_params()
-        _check_int(self.batch_size, "batch_size", 1)
-        _check_int(self.max_no_improvement, "max_no_improvement", 0, allow_none=True)
-        _check_int(self.init_size, "init_size", 1, allow_none=True)
-        _check_real(self.reassignment_ratio, "reassignment_ratio")
+        check_positive_int(self.batch_size, "batch_size", minimum=1)
+        check_positive_int(
+            self.max_no_improvement, "max_no_improvement", minimum=0, allow_none=True
+        )
+        check_positive_int(self.init_size, "init_size", minimum=1, allow_none=True)
+        check_non_negative(self.reassignment_ratio, "reassignment_ratio")
 
     def _init_size(self, batch: int, m: int) -> int:
         k = self.n_clusters

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkmeans._validation import as_data
+from jaxkmeans.updates import MiniBatchOptState, minibatch_optimizer
 
 __all__ = ["KMeansState", "FitResult", "StepStats"]
 
@@ -54,8 +55,9 @@ class KMeansState:
 
     Attributes:
       centers: (k, d) centers used to assign points (the published model).
-      counts: (k,) cumulative weight per center since the last sync (the optimizer state
-        of :func:`jaxkmeans.minibatch_optimizer`).
+      opt_state: the state of :func:`jaxkmeans.minibatch_optimizer` (carried from step to
+        step as optax state); ``counts`` reads its cumulative weight per center since
+        the last sync, (k,).
       step: () int32 number of updates applied.
       loss: () loss of the last step (before its update).
       key: PRNG key (raw uint32 ``(2,)`` key data) for anything random later on.
@@ -69,7 +71,7 @@ class KMeansState:
     """
 
     centers: jax.Array
-    counts: jax.Array
+    opt_state: MiniBatchOptState
     step: jax.Array
     loss: jax.Array
     key: jax.Array
@@ -96,7 +98,7 @@ class KMeansState:
         nan = jnp.full((), np.nan, centers.dtype)
         return cls(
             centers=centers,
-            counts=jnp.zeros(centers.shape[:1], centers.dtype),
+            opt_state=minibatch_optimizer().init(centers),
             step=jnp.zeros((), jnp.int32),
             loss=nan,
             key=key,
@@ -108,7 +110,15 @@ class KMeansState:
             else jnp.asarray(origin, centers.dtype),
         )
 
+    @property
+    def counts(self) -> jax.Array:
+        """(k,) cumulative weight per center since the last sync."""
+        return self.opt_state.counts
+
     def replace(self, **changes: Any) -> KMeansState:
+        """A copy with `changes` (``counts=`` sets the optimizer state's counts)."""
+        if "counts" in changes:
+            changes["opt_state"] = MiniBatchOptState(counts=changes.pop("counts"))
         return dataclasses.replace(self, **changes)
 
 

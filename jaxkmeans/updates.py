@@ -1,8 +1,7 @@
-"""Sufficient statistics, center updates, the empty-cluster policy and the mini-batch
-optax transformation.
+"""Center updates, the empty-cluster policy and the mini-batch optax transformation.
 
-All functions work on *prepared* rows: ``x - offset`` for squared Euclidean (centers
-live in the same shifted frame) and unit rows for cosine.
+All functions work on rows in the engine's frame: ``x - origin`` for squared Euclidean
+(centers live in the same shifted frame) and unit rows for cosine.
 """
 
 from __future__ import annotations
@@ -11,125 +10,25 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
-from jaxkmeans import _native, metrics
-from jaxkmeans._validation import COSINE_DISTANCE, SQUARED_EUCLIDEAN_DISTANCE
-from jaxkmeans.assignment import fold_chunks, nearest_block
+from jaxkmeans import metrics
+from jaxkmeans._validation import COSINE_DISTANCE, row_identity
+from jaxkmeans.kernels.xla import fold_chunks
 
 __all__ = [
-    "UPDATE_METHODS",
-    "Stats",
-    "default_update_method",
-    "chunk_statistics",
-    "accumulate",
     "centers_from_stats",
     "Far",
     "farthest",
-    "top_far",
-    "merge_far",
-    "empty_far",
+    "distinct_top",
+    "no_candidates",
+    "identity_groups",
+    "first_copies",
     "relocate_empty",
-    "row_hashes",
     "MiniBatchOptState",
     "minibatch_optimizer",
 ]
-
-UPDATE_METHODS = ("auto", "segment_sum", "onehot", "native")
-
-
-class Stats(NamedTuple):
-    """Per-center sums over one pass, plus what the empty-cluster policy needs."""
-
-    sums: jax.Array  # (k, d) weighted sums of prepared rows
-    counts: jax.Array  # (k,) summed weights
-    loss: jax.Array  # () weighted sum of distances to the nearest center
-    labels: jax.Array  # (n,) nearest center
-    min_dist: jax.Array  # (n,) distance to it
-
-
-def default_update_method(
-    dtype: Any = jnp.float32, metric: str = SQUARED_EUCLIDEAN_DISTANCE, precision: str = "float32"
-) -> str:
-    """What ``update_method="auto"`` means for this work: the fused native CPU kernel
-    where it applies (see :mod:`jaxkmeans._native`), else ``segment_sum`` on CPU and a
-    one-hot matmul on GPU/TPU, where float32 scatter-add with many rows per target is
-    very slow."""
-    if _native.usable(dtype, metric, precision):
-        return "native"
-    return _xla_update_method()
-
-
-def _xla_update_method() -> str:
-    return "segment_sum" if jax.default_backend() == "cpu" else "onehot"
-
-
-def accumulate(
-    xp: jax.Array, labels: jax.Array, w: jax.Array, k: int, method: str
-) -> tuple[jax.Array, jax.Array]:
-    """Weighted per-label sums (k, d) and weights (k,) of the rows `xp` (m, d)."""
-    if method in ("auto", "native"):  # "native" here: its pure-JAX fallback
-        method = _xla_update_method()
-    if method == "onehot":
-        onehot = (labels[:, None] == jnp.arange(k, dtype=labels.dtype)[None, :]).astype(xp.dtype)
-        onehot = onehot * w[:, None]
-        sums = lax.dot_general(
-            onehot, xp, (((0,), (0,)), ((), ())), precision=lax.Precision.HIGHEST
-        )
-        return sums, jnp.sum(onehot, axis=0)
-    sums = jax.ops.segment_sum(xp * w[:, None], labels, num_segments=k)
-    counts = jax.ops.segment_sum(w, labels, num_segments=k)
-    return sums, counts
-
-
-def chunk_statistics(
-    x: jax.Array,
-    w: jax.Array | None,
-    cp: jax.Array,
-    bias: jax.Array,
-    metric: str,
-    offset: jax.Array | None,
-    chunk: int,
-    precision: str,
-    update_method: str,
-) -> Stats:
-    """One fused pass: nearest centers and per-center sums, chunk by chunk.
-
-    Args:
-      x: (n, d) raw rows; w: (n,) weights or None; cp, bias: prepared centers (k, d), (k,).
-    """
-    n, d = x.shape
-    k = cp.shape[0]
-    dtype = x.dtype
-
-    def step(carry, start, valid):
-        sums, counts, loss, labels, dist = carry
-        rows = lax.dynamic_slice_in_dim(x, start, chunk)
-        idx, dmin, xp = nearest_block(rows, cp, bias, metric, offset, precision)
-        wv = valid.astype(dtype)
-        if w is not None:
-            wv = wv * lax.dynamic_slice_in_dim(w, start, chunk)
-        s, c = accumulate(xp, idx, wv, k, update_method)
-        labels = lax.dynamic_update_slice_in_dim(labels, idx, start, 0)
-        dist = lax.dynamic_update_slice_in_dim(dist, dmin.astype(dtype), start, 0)
-        return sums + s, counts + c, loss + jnp.sum(wv * dmin), labels, dist
-
-    init = (
-        jnp.zeros((k, d), dtype),
-        jnp.zeros((k,), dtype),
-        jnp.zeros((), dtype),
-        jnp.zeros((n,), jnp.int32),
-        jnp.zeros((n,), dtype),
-    )
-
-    def pure():
-        return tuple(fold_chunks(n, chunk, step, init))
-
-    if update_method == "native":
-        return Stats(*_native.statistics(x, w, offset, cp, bias, pure))
-    return Stats(*pure())
 
 
 def centers_from_stats(
@@ -147,43 +46,95 @@ def centers_from_stats(
     return jnp.where(has[:, None], new, old)
 
 
-def row_hashes(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Two 32-bit hashes of each row's bit pattern (-0.0 counts as 0.0).
-
-    Integer addition wraps modulo 2**32 and is associative, so equal rows always get
-    equal hashes, whatever order the reduction runs in.
-    """
-    n = x.shape[0]
-    # -0.0 -> 0.0 (not ``x + 0``: XLA simplifies that away and keeps the sign bit).
-    x = jnp.where(x == 0, jnp.zeros((), x.dtype), x)
-    size = jnp.dtype(x.dtype).itemsize
-    if size == 8:
-        bits = lax.bitcast_convert_type(x, jnp.uint32).reshape(n, -1)
-    elif size == 4:
-        bits = lax.bitcast_convert_type(x, jnp.uint32)
-    else:
-        bits = lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
-    m = bits.shape[1]
-    # Fixed odd multipliers (trace-time constants: no PRNG in the compiled program).
-    consts = jnp.asarray(
-        np.random.default_rng(0x5EED).integers(0, 2**32, size=(2, m), dtype=np.uint32) | 1
-    )
-    # One round of a murmur-style finalizer per word before the weighted sum.
-    b = bits ^ (bits >> 16)
-    b = b * jnp.uint32(0x85EBCA6B)
-    b = b ^ (b >> 13)
-    h1 = jnp.sum(b * consts[0][None, :], axis=1, dtype=jnp.uint32)
-    h2 = jnp.sum((b ^ (b >> 7)) * consts[1][None, :], axis=1, dtype=jnp.uint32)
-    return h1, h2
-
-
 class Far(NamedTuple):
-    """Candidate points for empty clusters, farthest first."""
+    """Distinct candidate points for empty clusters, farthest first."""
 
-    rows: jax.Array  # (m, d) prepared rows
+    rows: jax.Array  # (m, d) rows in the frame
     dist: jax.Array  # (m,) distance to their nearest center (-1: no candidate)
     labels: jax.Array  # (m,) their nearest center
     weights: jax.Array  # (m,) their weights
+    ident: jax.Array  # (m, 2) uint32 row identity (see _validation.row_identity)
+
+
+def no_candidates(m: int, d: int, dtype: Any) -> Far:
+    """A candidate set with no candidates."""
+    return Far(
+        jnp.zeros((m, d), dtype),
+        jnp.full((m,), -1.0, dtype),
+        jnp.zeros((m,), jnp.int32),
+        jnp.zeros((m,), dtype),
+        jnp.zeros((m, 2), jnp.uint32),
+    )
+
+
+def identity_groups(
+    ident: jax.Array, priority: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Groups rows of equal identity (m, 2).
+
+    Returns:
+      ``(first, group)``: (m,) bool, True for one row of each group (the one with the
+      smallest `priority`, default none, then the lowest index), and (m,) int32 group ids
+      in ``[0, m)``.
+    """
+    m = ident.shape[0]
+    idx = jnp.arange(m, dtype=jnp.int32)
+    keys = (ident[:, 0], ident[:, 1]) + (() if priority is None else (priority,))
+    *sorted_keys, perm = lax.sort(keys + (idx,), num_keys=len(keys) + 1)
+    s1, s2 = sorted_keys[0], sorted_keys[1]
+    first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
+    run = jnp.cumsum(first.astype(jnp.int32)) - 1
+    empty = jnp.zeros((m,), jnp.int32)
+    return empty.astype(bool).at[perm].set(first), empty.at[perm].set(run)
+
+
+def first_copies(ident: jax.Array, priority: jax.Array | None = None) -> jax.Array:
+    """(m,) bool: True for one row of each set of rows with equal identity (m, 2): the
+    one with the smallest `priority` (default: none), then the lowest index."""
+    return identity_groups(ident, priority)[0]
+
+
+def _farthest_first(far: Far) -> Far:
+    """The candidates by decreasing distance, equal distances by identity: the order
+    depends on the points only, not on where the rows were (batch, device, index)."""
+    idx = jnp.arange(far.dist.shape[0], dtype=jnp.int32)
+    *_, perm = lax.sort((-far.dist, far.ident[:, 0], far.ident[:, 1], idx), num_keys=4)
+    return jax.tree_util.tree_map(lambda a: a[perm], far)
+
+
+def distinct_top(far: Far, m: int) -> Far:
+    """The `m` farthest distinct points of a candidate set in which one point may appear
+    several times (from different batches or devices): each point once, at its largest
+    distance, carrying the summed weight of its copies."""
+    first, group = identity_groups(far.ident, -far.dist)
+    size = far.dist.shape[0]
+    total = jax.ops.segment_sum(jnp.where(far.dist >= 0, far.weights, 0.0), group, size)[group]
+    dist, idx = lax.top_k(jnp.where(first, far.dist, -1.0), min(m, size))
+    return _farthest_first(Far(far.rows[idx], dist, far.labels[idx], total[idx], far.ident[idx]))
+
+
+# Elements of the (rows, candidates) block that finds the copies of the candidates (only
+# when a cluster is empty; the same on every platform).
+_COPY_BLOCK = 1 << 20
+
+
+def _copy_weights(x: jax.Array, w: jax.Array | None, ident: jax.Array, metric: str) -> jax.Array:
+    """(m,) the summed weight of the rows of `x` whose identity is each of `ident` (m, 2),
+    in blocks of rows (never an (n, m) array)."""
+    n = x.shape[0]
+    m = ident.shape[0]
+    chunk = min(n, max(8, _COPY_BLOCK // max(m, 1)))
+
+    def step(total, start, valid):
+        rows = lax.dynamic_slice_in_dim(x, start, chunk)
+        wv = valid.astype(x.dtype)
+        if w is not None:
+            wv = wv * lax.dynamic_slice_in_dim(w, start, chunk)
+        ri = row_identity(rows, metric)
+        eq = (ri[:, None, 0] == ident[None, :, 0]) & (ri[:, None, 1] == ident[None, :, 1])
+        return total + jnp.sum(jnp.where(eq, wv[:, None], 0.0), axis=0)
+
+    return fold_chunks(n, chunk, step, jnp.zeros((m,), x.dtype))
 
 
 def farthest(
@@ -193,43 +144,13 @@ def farthest(
     min_dist: jax.Array,
     m: int,
     metric: str,
-    offset: jax.Array | None,
-    distinct: bool = False,
+    origin: jax.Array | None,
 ) -> Far:
-    """The (up to) `m` rows of `x` with positive weight farthest from their centers.
-
-    With ``distinct=True`` copies of one point count once, so with duplicated data the
-    candidates still are `m` different points.
-    """
-    n = x.shape[0]
-    dist = min_dist if w is None else jnp.where(w > 0, min_dist, -1.0)
-    m = min(m, n)
-    if distinct:
-        far_d, far_i = _farthest_distinct(x, dist, m)
-    else:
-        far_d, far_i = lax.top_k(dist, m)
-    rows, _ = metrics.prepare_rows(x[far_i], metric, offset)
-    pw = jnp.ones((m,), x.dtype) if w is None else w[far_i]
-    return Far(rows, far_d, labels[far_i], pw)
-
-
-def first_copies(rows: jax.Array, priority: jax.Array | None = None) -> jax.Array:
-    """(m,) bool: True for one row of each set of identical rows (by row hash): the one
-    with the smallest `priority` (default: none), then the lowest index."""
-    m = rows.shape[0]
-    h1, h2 = row_hashes(rows)
-    idx = jnp.arange(m, dtype=jnp.int32)
-    if priority is None:
-        s1, s2, perm = lax.sort((h1, h2, idx), num_keys=3)
-    else:
-        s1, s2, _, perm = lax.sort((h1, h2, priority, idx), num_keys=4)
-    first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
-    return jnp.zeros((m,), bool).at[perm].set(first)
-
-
-def _farthest_distinct(x: jax.Array, dist: jax.Array, m: int) -> tuple[jax.Array, jax.Array]:
-    """Top `m` of `dist` where copies of one point count once (the farthest copy, lowest
-    index on ties); other copies get -1.
+    """The (up to) `m` distinct points among the rows of `x` with positive weight that
+    are farthest from their centers. A point is all the rows with its identity
+    (:func:`jaxkmeans._validation.row_identity`): it is found at its farthest copy
+    (lowest index on ties) and carries the summed weight of all its copies, so that
+    repeated rows and one row with their total weight are the same point.
 
     Usually exact from a pool of the ``2 m`` farthest rows: walking down that pool, the
     first copy of each point is that point's farthest copy, so once the pool holds `m`
@@ -237,50 +158,39 @@ def _farthest_distinct(x: jax.Array, dist: jax.Array, m: int) -> tuple[jax.Array
     data) are all n rows hashed and sorted.
     """
     n = x.shape[0]
+    dist = min_dist if w is None else jnp.where(w > 0, min_dist, -1.0)
+    m = min(m, n)
     pool = min(n, 2 * m)
     pool_d, pool_i = lax.top_k(dist, pool)  # ties: lower index first
-    keep = first_copies(x[pool_i])
+    keep = first_copies(row_identity(x[pool_i], metric))
 
     def from_pool(_):
         d, j = lax.top_k(jnp.where(keep, pool_d, -1.0), m)
         return d, pool_i[j]
 
     def from_all(_):
-        d, i = lax.top_k(jnp.where(first_copies(x, -dist), dist, -1.0), m)
+        firsts = first_copies(row_identity(x, metric), -dist)
+        d, i = lax.top_k(jnp.where(firsts, dist, -1.0), m)
         return d, i
 
     if pool == n:
-        return from_pool(None)
-    return lax.cond(jnp.sum(keep) >= m, from_pool, from_all, None)
-
-
-def top_far(far: Far, m: int) -> Far:
-    """The `m` farthest candidates of one candidate set, farthest first."""
-    far_d, idx = lax.top_k(far.dist, min(m, far.dist.shape[0]))
-    return Far(far.rows[idx], far_d, far.labels[idx], far.weights[idx])
-
-
-def merge_far(a: Far, b: Far, m: int) -> Far:
-    """The `m` farthest of two candidate sets."""
-    return top_far(jax.tree_util.tree_map(lambda u, v: jnp.concatenate([u, v]), a, b), m)
-
-
-def empty_far(m: int, d: int, dtype: Any) -> Far:
-    """A candidate set with no candidates (for streaming accumulation)."""
-    return Far(
-        jnp.zeros((m, d), dtype),
-        jnp.full((m,), -1.0, dtype),
-        jnp.zeros((m,), jnp.int32),
-        jnp.zeros((m,), dtype),
-    )
+        far_d, far_i = from_pool(None)
+    else:
+        far_d, far_i = lax.cond(jnp.sum(keep) >= m, from_pool, from_all, None)
+    raw = x[far_i]
+    rows, _ = metrics.prepare_rows(raw, metric, origin)
+    ident = row_identity(raw, metric)
+    weights = _copy_weights(x, w, ident, metric)
+    return _farthest_first(Far(rows, far_d, labels[far_i], weights, ident))
 
 
 def relocate_empty(sums: jax.Array, counts: jax.Array, far: Far) -> tuple[jax.Array, jax.Array]:
     """Moves every empty cluster to a distinct point far from its center.
 
-    The i-th empty cluster (by index) takes the i-th farthest candidate (by distance to
-    its nearest center, among points with positive weight) as its only member; that
-    point leaves the cluster it was in (as in scikit-learn). Points at distance 0 and
+    The i-th empty cluster (by index) takes the i-th farthest candidate point (by
+    distance to its nearest center, equal distances in identity order, among points with positive weight; all the copies of
+    that point, see :func:`farthest`) as its only member; that point leaves the cluster
+    it was in (as in scikit-learn, where a point is one row). Points at distance 0 and
     copies of a farther candidate are never taken, so a center never lands on a copy
     of another (clusters left without a candidate stay empty this step).
 
@@ -290,11 +200,9 @@ def relocate_empty(sums: jax.Array, counts: jax.Array, far: Far) -> tuple[jax.Ar
     k = counts.shape[0]
     m = far.dist.shape[0]
     empty = counts <= 0
-    # Usable candidates, farthest first: positive distance and not a copy of a farther
-    # candidate (with duplicated data the farthest points can be copies of one point;
-    # two empty clusters must not land on the same spot).
+    # Usable candidates, farthest first: positive distance, one per point.
     idx = jnp.arange(m, dtype=jnp.int32)
-    usable = first_copies(far.rows) & (far.dist > 0)
+    usable = first_copies(far.ident, -far.dist) & (far.dist > 0)
     slot = jnp.where(usable, jnp.cumsum(usable.astype(jnp.int32)) - 1, m)
     order = jnp.zeros((m,), jnp.int32).at[slot].set(idx, mode="drop")
     rank = jnp.cumsum(empty.astype(jnp.int32)) - 1  # rank of each empty cluster

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxkmeans
-from jaxkmeans import assignment
+from jaxkmeans.kernels import xla
 
 
 def np_dists(x, c, metric):
@@ -142,7 +142,7 @@ def test_auto_chunk_size():
     big = jaxkmeans.auto_chunk_size(10**9, 100, 64, backend="cpu")
     assert big == jaxkmeans.auto_chunk_size(10**7, 100, 64, backend="cpu")  # independent of n
     assert 1 <= big < 10**7
-    assert big * 100 <= assignment._BLOCK_ELEMENTS["cpu"]
+    assert big * 100 <= xla.BLOCK_ELEMENTS["cpu"]
     # Wider types get fewer rows; accelerators get bigger blocks.
     assert jaxkmeans.auto_chunk_size(10**9, 100, 64, jnp.float64, "cpu") <= big
     assert jaxkmeans.auto_chunk_size(10**9, 100, 64, backend="gpu") >= big

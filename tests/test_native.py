@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import jaxkmeans
-from jaxkmeans import _native, assignment, fitting, metrics, updates
+from jaxkmeans import engine, kernels, metrics
+from jaxkmeans.kernels import native as _native
 
 needs_native = pytest.mark.skipif(
     not _native.available(), reason=f"native kernels not built: {_native.load_error()}"
@@ -55,13 +56,10 @@ def _data(n, d, k, seed=0, shift=0.0):
 )
 def test_nearest_matches_reference(n, d, k):
     x, c = _data(n, d, k, seed=n + d + k, shift=50.0)
-    off = metrics.data_offset(jnp.asarray(x), "squared_euclidean")
+    off = metrics.frame_origin(jnp.asarray(x), "squared_euclidean")
     cp, bias = metrics.prepare_centers(jnp.asarray(c), "squared_euclidean", off)
-
-    def pure():  # traced too; a -1 label would show that the CPU ran this branch
-        return jnp.full((n,), -1, jnp.int32), jnp.full((n,), -1.0, jnp.float32)
-
-    labels, dist = jax.jit(lambda *a: _native.nearest(*a, pure))(jnp.asarray(x), off, cp, bias)
+    frame = engine.Frame(off, cp, bias)
+    labels, dist = jax.jit(_native.nearest)(jnp.asarray(x), frame)
     ref_l, ref_d = _ref_nearest(x, c)
     labels, dist = np.asarray(labels), np.asarray(dist)
     # Labels may differ only where two centers are (numerically) equally near.
@@ -98,35 +96,36 @@ def test_statistics_match_pure_path(weighted):
     w = np.random.default_rng(4).uniform(0, 3, size=len(x)).astype(np.float32) if weighted else None
     xj, cj = jnp.asarray(x), jnp.asarray(c)
     wj = None if w is None else jnp.asarray(w)
-    off = metrics.data_offset(xj, "squared_euclidean", wj)
+    off = metrics.frame_origin(xj, "squared_euclidean", wj)
     cp, bias = metrics.prepare_centers(cj, "squared_euclidean", off)
-    args = (xj, wj, cp, bias, "squared_euclidean", off, 512, "float32")
-    nat = updates.chunk_statistics(*args, "native")
-    ref = updates.chunk_statistics(*args, "segment_sum")
-    np.testing.assert_array_equal(np.asarray(nat.labels), np.asarray(ref.labels))
-    np.testing.assert_allclose(np.asarray(nat.min_dist), np.asarray(ref.min_dist), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(nat.counts), np.asarray(ref.counts), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(nat.sums), np.asarray(ref.sums), rtol=1e-4, atol=1e-2)
-    np.testing.assert_allclose(float(nat.loss), float(ref.loss), rtol=1e-5)
+    frame = engine.Frame(off, cp, bias)
+
+    def run(kernel):
+        spec = engine.Pass(chunk=512, kernel=kernel)
+        return jax.jit(lambda x, w, f: kernels.statistics(spec, x, w, f))(xj, wj, frame)
+
+    nat, ref = run("native"), run("xla")
+    for a, b, tol in zip(nat, ref, [1e-4, 1e-6, 1e-5, 0, 1e-5], strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=1e-2 * tol)
     # float64 reference for the sums: accumulated in float64 natively.
-    lab = np.asarray(nat.labels)
+    lab = np.asarray(nat[3])
     ww = np.ones(len(x)) if w is None else w.astype(np.float64)
     exp = np.zeros((37, 19))
     np.add.at(exp, lab, ww[:, None] * (x.astype(np.float64) - np.asarray(off, np.float64)))
-    np.testing.assert_allclose(np.asarray(nat.sums), exp, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(nat[0]), exp, rtol=1e-6, atol=1e-4)
 
 
 @needs_native
 def test_lloyd_and_fit_agree_with_pure_path(blobs):
     c0 = np.concatenate([blobs[:4], [[1e3, 1e3]]]).astype(np.float32)  # one empty cluster
     w = np.random.default_rng(1).uniform(0.5, 2, size=len(blobs)).astype(np.float32)
-    a = jaxkmeans.lloyd_step(blobs, c0, sample_weight=w, update_method="native")
-    b = jaxkmeans.lloyd_step(blobs, c0, sample_weight=w, update_method="segment_sum")
+    a = jaxkmeans.lloyd_step(blobs, c0, sample_weight=w, kernel="native")
+    b = jaxkmeans.lloyd_step(blobs, c0, sample_weight=w, kernel="xla")
     np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.asarray(a[1].counts), np.asarray(b[1].counts), rtol=1e-6)
     key = jax.random.PRNGKey(0)
-    fa = jaxkmeans.fit(key, blobs, 4, update_method="native")
-    fb = jaxkmeans.fit(key, blobs, 4, update_method="segment_sum")
+    fa = jaxkmeans.fit(key, blobs, 4, kernel="native")
+    fb = jaxkmeans.fit(key, blobs, 4, kernel="xla")
     np.testing.assert_allclose(np.asarray(fa.centers), np.asarray(fb.centers), rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(np.asarray(fa.labels), np.asarray(fb.labels))
     assert int(fa.n_iter) == int(fb.n_iter)
@@ -176,10 +175,12 @@ def test_result_does_not_depend_on_thread_count(tmp_path):
 @needs_native
 def test_switching_off_uses_the_pure_path():
     x, c = _data(500, 3, 5, seed=6)
-    assert fitting._check_update_method("auto", jnp.float32) == "native"
+    assert engine.make_pass().kernel == "native"
     old = _native.set_enabled(False)
     try:
-        assert fitting._check_update_method("auto", jnp.float32) == "segment_sum"
+        assert engine.make_pass().kernel == "xla"
+        with pytest.raises(ValueError, match="kernel.*native"):
+            jaxkmeans.lloyd_step(x, c, kernel="native")
         with pytest.raises(ValueError, match="update_method.*native"):
             jaxkmeans.lloyd_step(x, c, update_method="native")
         la, da = jaxkmeans.assign(x, c)
@@ -194,19 +195,14 @@ def test_switching_off_uses_the_pure_path():
 
 def test_native_refused_where_it_does_not_apply(blobs):
     for kwargs in ({"metric": "cosine"}, {"precision": "bfloat16"}):
-        with pytest.raises(ValueError, match="update_method"):
-            jaxkmeans.lloyd_step(blobs, blobs[:3], update_method="native", **kwargs)
+        with pytest.raises(ValueError, match="kernel"):
+            jaxkmeans.lloyd_step(blobs, blobs[:3], kernel="native", **kwargs)
 
 
 def test_pure_assign_path_still_exact(blobs):
     """The chunked pure-JAX path (GPU/TPU, float64, disabled native) on CPU."""
     c = blobs[:7]
-    xj = jnp.asarray(blobs)
-    off = metrics.data_offset(xj, "squared_euclidean")
-    cp, bias = metrics.prepare_centers(jnp.asarray(c), "squared_euclidean", off)
-    labels, dist = assignment.assign_prepared(
-        xj, cp, bias, "squared_euclidean", off, 64, "float32", False
-    )
+    labels, dist = jaxkmeans.assign(blobs, c, chunk_size=64, kernel="xla")
     ref_l, ref_d = _ref_nearest(blobs, c)
     np.testing.assert_array_equal(np.asarray(labels), ref_l)
     np.testing.assert_allclose(np.asarray(dist), ref_d, rtol=1e-5, atol=1e-5)
@@ -221,7 +217,7 @@ def test_portable_kernel_matches_reference(tmp_path):
         "x = (rng.standard_normal((3001, 37)) + 9).astype(np.float32)\n"
         "c = x[:45].copy(); c[7] = c[3]\n"
         "labels, dist = jaxkmeans.assign(x, c)\n"
-        "new, st = jaxkmeans.lloyd_step(x, c, update_method='native')\n"
+        "new, st = jaxkmeans.lloyd_step(x, c, kernel='native')\n"
         "np.savez(r'{out}', labels=np.asarray(labels), dist=np.asarray(dist),\n"
         "         new=np.asarray(new), loss=float(st.loss))\n"
     )
@@ -237,6 +233,6 @@ def test_portable_kernel_matches_reference(tmp_path):
     assert np.mean(got["labels"] == ref_l) > 0.999
     assert not np.any(got["labels"] == 7)  # the copy of center 3 never wins a tie
     np.testing.assert_allclose(got["dist"], ref_d, rtol=1e-4, atol=1e-3)
-    ref_new, ref_st = jaxkmeans.lloyd_step(x, c, update_method="segment_sum")
+    ref_new, ref_st = jaxkmeans.lloyd_step(x, c, kernel="xla")
     np.testing.assert_allclose(got["new"], np.asarray(ref_new), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(float(got["loss"]), float(ref_st.loss), rtol=1e-5)

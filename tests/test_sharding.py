@@ -275,14 +275,14 @@ def test_streaming_memmap_keeps_memory_bounded(tmp_path):
 
 NO_GATHER_CODE = """
 import re, jax, jax.numpy as jnp
-from jaxkmeans import initializers, sharding
-mesh = sharding.auto_mesh(jax.make_mesh((jax.device_count(),), ("data",)))
+from jaxkmeans import engine, initializers, sharding
+mesh = engine.make_pass(mesh=jax.make_mesh((jax.device_count(),), ("data",))).mesh
 x = data(n=4000, d=7)
 xs, ws, n = sharding.shard_rows(x, None, mesh)
 out = {}
 for method in ["kmeans_plus_plus", "kmeans_parallel", "random", "kmc2"]:
-    f = jax.jit(lambda key, xs, ws: initializers.init_impl(key, xs, ws, 6, method,
-                                                          "squared_euclidean"))
+    spec = initializers.make_init(method, 6, "squared_euclidean")
+    f = jax.jit(lambda key, xs, ws: initializers.init_impl(key, xs, ws, spec))
     hlo = f.lower(jax.random.PRNGKey(0), xs, ws).compile().as_text()
     gathers = [l for l in hlo.splitlines() if "all-gather(" in l]
     shapes = [g.split("=")[1].split("all-gather")[0] for g in gathers]

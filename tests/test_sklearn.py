@@ -232,9 +232,21 @@ def test_sample_weight_is_repetition_and_row_order_does_not_matter(cls):
 def test_distinct_rows_hash_collision_falls_back_to_exact(monkeypatch, blobs3):
     X, _ = blobs3
     expected = KMeans(3, random_state=0).fit(X).cluster_centers_
-    monkeypatch.setattr(jsk, "_row_hashes", lambda x: np.zeros(len(x), np.uint64))
-    xu, wu = jsk._distinct_rows(np.array([[1.0], [2.0], [1.0]]), np.array([1.0, 2.0, 3.0]))
-    assert sorted(zip(xu.ravel().tolist(), wu.tolist(), strict=True)) == [(1.0, 4.0), (2.0, 2.0)]
+    x = np.array([[1.0], [2.0], [1.0], [3.0], [-0.0], [0.0]], np.float32)
+    w = np.array([1.0, 2.0, 3.0, 0.0, 1.0, 1.0], np.float32)
+    # the real keys: equal rows (-0.0 == 0.0) share a key, different rows do not
+    keys = jsk._row_keys(x)
+    assert keys.dtype == np.uint64 and keys.shape == (6,)
+    assert keys[0] == keys[2] and keys[4] == keys[5]
+    assert len(set(keys[[0, 1, 3, 4]].tolist())) == 4
+    expected_rows = [(0.0, 2.0), (1.0, 4.0), (2.0, 2.0)]  # weight-0 row dropped
+    xu, wu = jsk._distinct_rows(x, w)
+    assert sorted(zip(xu.ravel().tolist(), wu.tolist(), strict=True)) == expected_rows
+    # every row collides: only the exact fallback can tell them apart
+    monkeypatch.setattr(jsk, "_row_keys", lambda x: np.zeros(len(x), np.uint64))
+    xu, wu = jsk._distinct_rows(x, w)
+    assert sorted(zip(xu.ravel().tolist(), wu.tolist(), strict=True)) == expected_rows
+    assert not np.signbit(xu).any()
     centers = KMeans(3, random_state=0).fit(X).cluster_centers_  # another row order
     np.testing.assert_allclose(np.sort(centers, axis=0), np.sort(expected, axis=0), atol=1e-5)
 

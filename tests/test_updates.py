@@ -1,4 +1,4 @@
-"""Tests for jaxkmeans.updates: sufficient statistics, segment_sum == onehot, center
+"""Tests for jaxkmeans.updates (and the XLA kernel's sums): segment_sum == onehot, center
 updates, the empty-cluster policy and the mini-batch optax transformation."""
 
 import jax
@@ -9,7 +9,9 @@ import pytest
 from conftest import assert_trees_all_close
 
 import jaxkmeans
-from jaxkmeans import updates
+from jaxkmeans import engine, updates
+from jaxkmeans._validation import row_identity
+from jaxkmeans.kernels import native, xla
 
 
 def np_nearest(x, c):
@@ -25,7 +27,7 @@ def test_accumulate_segment_sum_equals_onehot():
     xp = jnp.asarray(rng.normal(size=(50, 3)).astype(np.float32))
     labels = jnp.asarray(rng.integers(0, 5, size=50).astype(np.int32))  # 5 of k=6 used
     w = jnp.asarray(rng.uniform(0, 2, size=50).astype(np.float32))
-    acc = jax.jit(updates.accumulate, static_argnums=(3, 4))  # one program, not op by op
+    acc = jax.jit(xla.accumulate, static_argnums=(3, 4))  # one program, not op by op
     s1, c1 = acc(xp, labels, w, 6, "segment_sum")
     s2, c2 = acc(xp, labels, w, 6, "onehot")
     assert_trees_all_close((s1, c1), (s2, c2), rtol=1e-5, atol=1e-5)
@@ -38,16 +40,13 @@ def test_accumulate_segment_sum_equals_onehot():
     assert float(c1[5]) == 0.0
 
 
-def test_default_update_method_on_cpu():
-    from jaxkmeans import _native
-
-    expect = "native" if _native.enabled() else "segment_sum"
-    assert updates.default_update_method() == expect
-    assert updates.default_update_method(np.float64) == "segment_sum"
-    assert updates.default_update_method(np.float32, "cosine") == "segment_sum"
-    assert updates.default_update_method(np.float32, "squared_euclidean", "bfloat16") == (
-        "segment_sum"
-    )
+def test_auto_kernel():
+    expect = "native" if native.enabled() else "xla"
+    assert engine.make_pass().kernel == expect
+    assert engine.make_pass(dtype=np.float64).kernel == "xla"
+    assert engine.make_pass("cosine").kernel == "xla"
+    assert engine.make_pass(precision="bfloat16").kernel == "xla"
+    assert engine.make_pass(update_method="onehot") == engine.Pass(kernel="xla", sums="onehot")
 
 
 @pytest.mark.parametrize("metric", ["squared_euclidean", "cosine"])
@@ -125,6 +124,7 @@ def test_relocate_empty_skips_copies_of_a_candidate():
         dist=jnp.array([9.0, 9.0, 4.0]),
         labels=jnp.array([0, 0, 0], jnp.int32),
         weights=jnp.array([1.0, 1.0, 1.0]),
+        ident=row_identity(jnp.array([[4.0, 0.0], [4.0, 0.0], [3.0, 0.0]])),
     )
     sums = jnp.array([[12.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # 4, 4, 3, 1
     counts = jnp.array([4.0, 0.0, 0.0, 0.0])
@@ -184,6 +184,7 @@ def test_relocate_empty_unit():
         dist=jnp.array([9.0, 4.0]),
         labels=jnp.array([0, 0], jnp.int32),
         weights=jnp.array([1.0, 1.0]),
+        ident=row_identity(jnp.array([[4.0, 0.0], [3.0, 0.0]])),
     )
     sums = jnp.array([[8.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # rows 4, 3, 1 in cluster 0
     counts = jnp.array([3.0, 0.0, 0.0])
@@ -277,7 +278,6 @@ def test_farthest_distinct_pool_matches_full_definition(case):
         m,
         "squared_euclidean",
         jnp.zeros(2, jnp.float32),
-        distinct=True,
     )
     ref_d, ref_i = _ref_farthest_distinct(x, dist, m)
     got_d = np.asarray(far.dist).tolist()

@@ -2,13 +2,13 @@
 
 ``kmeans_cpu.cc`` is compiled when the package is installed (an optional extension:
 without a C++ compiler the install still succeeds and everything runs in pure JAX).
-On the CPU backend, for float32 squared-Euclidean work, the nearest-center search and
+Where a program runs on CPU, for float32 squared-Euclidean work, the nearest-center search and
 the per-center sums then run in one fused, multithreaded kernel (a register-blocked
 distance tile folded at once into a running min / first index per row) instead of
 XLA's GEMM plus separate reductions; see ``bench/RESULTS.md`` for the measured gain.
 
-Every native call is wrapped in ``lax.platform_dependent`` with the pure-JAX code as
-the default branch, so a program traced here still lowers for GPU/TPU. Set the
+:mod:`jaxkmeans.kernels` wraps every native call in ``lax.platform_dependent`` with the
+XLA kernel for the other platforms, so a program traced here still lowers for GPU/TPU. Set the
 environment variable ``JAXKMEANS_NATIVE=0`` (before use) or call
 :func:`set_enabled` to force the pure-JAX path.
 """
@@ -20,12 +20,10 @@ import importlib.machinery
 import os
 import pathlib
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 __all__ = ["available", "enabled", "set_enabled", "load_error", "usable"]
 
@@ -98,12 +96,11 @@ def set_enabled(flag: bool) -> bool:
 
 
 def usable(dtype: Any, metric: str, precision: str) -> bool:
-    """Whether the native kernels serve this work: enabled, CPU default backend,
+    """Whether the native kernels serve this work where a program runs on CPU: enabled,
     float32 data, squared Euclidean, and ``precision`` float32 or tf32 (which XLA runs
-    as float32 on CPU anyway)."""
+    as float32 on CPU anyway). Programs lowered for other platforms never call them."""
     return (
         enabled()
-        and jax.default_backend() == "cpu"
         and jnp.dtype(dtype) == jnp.float32
         and metric == "squared_euclidean"
         and precision in ("float32", "tf32")
@@ -114,54 +111,31 @@ def _sds(shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.ShapeDtypeStru
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
-def _on_cpu(native: Callable[[], Any], fallback: Callable[[], Any]) -> Any:
-    if not available():  # registers the targets on first use
-        return fallback()
-    return lax.platform_dependent(cpu=native, default=fallback)
-
-
-def nearest(
-    x: jax.Array,
-    offset: jax.Array,
-    cp: jax.Array,
-    bias: jax.Array,
-    fallback: Callable[[], tuple[jax.Array, jax.Array]],
-) -> tuple[jax.Array, jax.Array]:
-    """``(labels, min_dist)`` of rows `x` (n, d) for prepared centers ``cp = -2 (c -
-    offset)``, ``bias = ||c - offset||^2``; `fallback` computes the same in pure JAX."""
+def nearest(x: jax.Array, frame: Any) -> tuple[jax.Array, jax.Array]:
+    """``(labels, min_dist)`` of rows `x` (n, d) for prepared centers ``frame = (offset,
+    cp = -2 (c - offset), bias = ||c - offset||^2)``. Call only where the program runs on CPU
+    (:mod:`jaxkmeans.kernels` wraps it in ``lax.platform_dependent``)."""
+    offset, cp, bias = frame
     n = x.shape[0]
-
-    def native():
-        call = jax.ffi.ffi_call(
-            _ASSIGN, (_sds((n,), jnp.int32), _sds((n,))), vmap_method="sequential"
-        )
-        return tuple(call(x, offset, cp, bias))
-
-    return _on_cpu(native, fallback)
+    call = jax.ffi.ffi_call(_ASSIGN, (_sds((n,), jnp.int32), _sds((n,))), vmap_method="sequential")
+    labels, dist = call(x, offset, cp, bias)
+    return labels, dist
 
 
 def statistics(
-    x: jax.Array,
-    w: jax.Array | None,
-    offset: jax.Array,
-    cp: jax.Array,
-    bias: jax.Array,
-    fallback: Callable[[], tuple[jax.Array, ...]],
+    x: jax.Array, w: jax.Array | None, frame: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """``(sums (k, d), counts (k,), loss (), labels (n,), min_dist (n,))``: the nearest
     centers as :func:`nearest`, plus per-center sums of ``w * (x - offset)``, summed
     weights and the weighted loss (accumulated in float64, independent of threading)."""
+    offset, cp, bias = frame
     n, d = x.shape
     k = cp.shape[0]
-
-    def native():
-        call = jax.ffi.ffi_call(
-            _LLOYD,
-            (_sds((n,), jnp.int32), _sds((n,)), _sds((k, d)), _sds((k,)), _sds(())),
-            vmap_method="sequential",
-        )
-        wv = jnp.zeros((0,), jnp.float32) if w is None else w
-        labels, dist, sums, counts, loss = call(x, wv, offset, cp, bias, weighted=w is not None)
-        return sums, counts, loss, labels, dist
-
-    return _on_cpu(native, fallback)
+    call = jax.ffi.ffi_call(
+        _LLOYD,
+        (_sds((n,), jnp.int32), _sds((n,)), _sds((k, d)), _sds((k,)), _sds(())),
+        vmap_method="sequential",
+    )
+    wv = jnp.zeros((0,), jnp.float32) if w is None else w
+    labels, dist, sums, counts, loss = call(x, wv, offset, cp, bias, weighted=w is not None)
+    return sums, counts, loss, labels, dist

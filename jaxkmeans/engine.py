@@ -1,0 +1,370 @@
+"""The engine: one description of a compiled pass, its statistics and the one Lloyd finish.
+
+A :class:`Pass` (metric, precision, chunk size, kernel, mesh) is made once on the host
+by :func:`make_pass` from the user's arguments; it is frozen and hashable, so it is the
+static part of every jitted program. The block size is not part of it: each kernel picks
+its block for the platform the program is lowered for.
+
+Every mode runs the same pieces:
+
+- :func:`statistics`: nearest centers and per-center sums of one set of rows (the one
+  place that branches on the mesh: without one the kernels run on all rows; with one
+  they run per device inside ``shard_map`` and ``psum`` combines the sums);
+- :func:`candidates`: the distinct points farthest from their centers, which empty
+  clusters move to (per device, then gathered and merged with a mesh);
+- :func:`finish`: the one Lloyd finish (empty clusters -> distinct farthest points, new
+  centers, shift) called by ``lloyd_step``, ``fit``, ``fit(mesh=...)``, the estimator's
+  full-batch pass over batches and the scikit-learn drop-in.
+
+Centers inside the engine live in the *frame* of the data: ``c - origin`` for squared
+Euclidean (the origin from :func:`jaxkmeans.metrics.frame_origin`) and unit rows for
+cosine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from jaxkmeans import kernels, metrics, updates
+from jaxkmeans._validation import (
+    COSINE_DISTANCE,
+    SQUARED_EUCLIDEAN_DISTANCE,
+    check_choice,
+    check_metric,
+    check_mesh,
+    check_positive_int,
+    check_precision,
+)
+from jaxkmeans.state import StepStats
+from jaxkmeans.updates import Far
+
+__all__ = [
+    "Pass",
+    "make_pass",
+    "Frame",
+    "prepare",
+    "to_frame",
+    "from_frame",
+    "PassStats",
+    "statistics",
+    "nearest",
+    "candidates",
+    "lloyd_pass",
+    "batch_pass",
+    "merge",
+    "finish",
+    "frame_of",
+    "lloyd_update",
+]
+
+# Deprecated `update_method` values -> (kernel, how the XLA kernel forms sums).
+_UPDATE_METHODS = {
+    "auto": ("auto", "auto"),
+    "native": ("native", "auto"),
+    "segment_sum": ("xla", "segment_sum"),
+    "onehot": ("xla", "onehot"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """What a compiled pass over rows needs to know, besides the arrays.
+
+    Attributes:
+      metric: ``"squared_euclidean"`` or ``"cosine"``.
+      precision: ``"float32"``, ``"tf32"`` or ``"bfloat16"`` distance products.
+      chunk: rows per block (per device), or None: chosen by each kernel for the
+        platform the program is lowered for.
+      kernel: what runs where the program runs on CPU: ``"native"`` or ``"xla"``
+        (other platforms run the XLA kernel).
+      sums: how the XLA kernel forms per-center sums: ``"auto"`` (scatter-add on CPU, a
+        one-hot matmul on GPU/TPU), ``"segment_sum"`` or ``"onehot"``.
+      mesh: a ``jax.sharding.Mesh`` with Auto axes to run data-parallel over (rows split
+        over all its devices), or None.
+    """
+
+    metric: str = SQUARED_EUCLIDEAN_DISTANCE
+    precision: str = "float32"
+    chunk: int | None = None
+    kernel: str = "xla"
+    sums: str = "auto"
+    mesh: Mesh | None = None
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The mesh axes rows are split over (all of them)."""
+        return () if self.mesh is None else tuple(self.mesh.axis_names)
+
+
+def _auto_mesh(mesh: Mesh) -> Mesh:
+    """The same devices and axis names with every axis of type Auto, so that the
+    compiler may partition the (non-shard_map) parts of a program over it."""
+    auto = jax.sharding.AxisType.Auto
+    if all(t == auto for t in mesh.axis_types):
+        return mesh
+    return Mesh(mesh.devices, mesh.axis_names, axis_types=(auto,) * len(mesh.axis_names))
+
+
+def make_pass(
+    metric: Any = SQUARED_EUCLIDEAN_DISTANCE,
+    *,
+    precision: Any = "float32",
+    chunk_size: Any = None,
+    kernel: Any = "auto",
+    update_method: Any = None,
+    mesh: Any = None,
+    dtype: Any = jnp.float32,
+) -> Pass:
+    """Checks the user's arguments and resolves them into a :class:`Pass`.
+
+    ``kernel="auto"`` becomes ``"native"`` where the native CPU kernel serves this work
+    (float32, squared Euclidean, float32/tf32 precision, built and enabled), else
+    ``"xla"``; an explicit ``"native"`` that cannot serve it is a ValueError.
+    `update_method` is the deprecated spelling (``"segment_sum"``/``"onehot"`` mean
+    the XLA kernel with that way of forming sums).
+    """
+    metric = check_metric(metric)
+    precision = check_precision(precision)
+    chunk = check_positive_int(chunk_size, "chunk_size", allow_none=True)
+    sums = "auto"
+    if update_method is not None:
+        update_method = check_choice(update_method, "update_method", tuple(_UPDATE_METHODS))
+        kernel, sums = _UPDATE_METHODS[update_method]
+        name = "update_method"
+    else:
+        kernel = check_choice(kernel, "kernel", kernels.KERNELS)
+        name = "kernel"
+    usable = kernels.native.usable(dtype, metric, precision)
+    if kernel == "auto":
+        kernel = "native" if usable else "xla"
+    elif kernel == "native" and not usable:
+        why = kernels.native.load_error() or (
+            "it needs float32 data, metric 'squared_euclidean' and precision 'float32' or "
+            "'tf32', and JAXKMEANS_NATIVE not set to 0"
+        )
+        raise ValueError(
+            f"`{name}`='native' is not usable here (dtype {jnp.dtype(dtype).name}, "
+            f"metric {metric!r}, precision {precision!r}): {why}."
+        )
+    mesh = check_mesh(mesh)
+    return Pass(metric, precision, chunk, kernel, sums, None if mesh is None else _auto_mesh(mesh))
+
+
+# ---------------------------------------------------------------------------- frame
+
+
+class Frame(NamedTuple):
+    """Centers prepared for the kernels, with the origin rows are shifted by.
+
+    ``distance(x, c) = max(base(x - origin) + <x', cp> + bias, 0)`` (see
+    :mod:`jaxkmeans.metrics`).
+    """
+
+    origin: jax.Array | None  # (d,), None for cosine
+    cp: jax.Array  # (k, d)
+    bias: jax.Array  # (k,)
+
+
+def prepare(c: jax.Array, origin: jax.Array | None, metric: str) -> Frame:
+    """The :class:`Frame` of centers `c` (k, d) already in the frame of `origin`."""
+    cp, bias = metrics.prepare_centers(c, metric, None)
+    return Frame(origin, cp, bias)
+
+
+def to_frame(centers: jax.Array, origin: jax.Array | None, metric: str) -> jax.Array:
+    """Centers in the frame: ``centers - origin``, or unit rows for cosine."""
+    if metric == COSINE_DISTANCE:
+        return metrics.normalize_rows(centers)
+    return centers - origin[None, :]
+
+
+def from_frame(c: jax.Array, origin: jax.Array | None) -> jax.Array:
+    return c if origin is None else c + origin[None, :]
+
+
+# ------------------------------------------------------------------- per device
+
+
+def _per_device(spec: Pass, fn: Callable[..., Any], args: tuple, specs: tuple, out: Any) -> Any:
+    """``fn(*args)``: directly without a mesh; with one, per device inside ``shard_map``
+    (``specs``/``out`` give each argument's / result's partitioning; None arguments
+    are passed through as None). The one mesh / no-mesh branch of the engine."""
+    if spec.mesh is None:
+        return fn(*args)
+    present = [a is not None for a in args]
+
+    def local(*real):
+        it = iter(real)
+        return fn(*(next(it) if p else None for p in present))
+
+    return jax.shard_map(
+        local,
+        mesh=spec.mesh,
+        in_specs=tuple(s for s, p in zip(specs, present, strict=True) if p),
+        out_specs=out,
+        check_vma=False,
+    )(*(a for a in args if a is not None))
+
+
+def _psum(spec: Pass, tree: Any) -> Any:
+    return tree if spec.mesh is None else lax.psum(tree, spec.axes)
+
+
+def _specs(spec: Pass) -> tuple[P, P, P]:
+    """Partitioning of (rows (n, d), per-row (n,), replicated) arguments."""
+    return P(spec.axes, None), P(spec.axes), P()
+
+
+# ------------------------------------------------------------------- statistics
+
+
+class PassStats(NamedTuple):
+    """The statistics of one Lloyd pass (over one array, or summed over batches)."""
+
+    sums: jax.Array  # (k, d) weighted sums of the rows in the frame
+    counts: jax.Array  # (k,) summed weights
+    loss: jax.Array  # () weighted sum of distances to the nearest center
+    far: Far  # distinct candidate points for empty clusters, farthest first
+
+
+def statistics(
+    spec: Pass, x: jax.Array, w: jax.Array | None, frame: Frame
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(sums (k, d), counts (k,), loss (), labels (n,), min_dist (n,))`` of rows `x`
+    (row-sharded with a mesh; sums, counts and loss are then over all devices)."""
+    rows, per_row, rep = _specs(spec)
+
+    def local(x, w, frame):
+        sums, counts, loss, labels, dist = kernels.statistics(spec, x, w, frame)
+        sums, counts, loss = _psum(spec, (sums, counts, loss))
+        return sums, counts, loss, labels, dist
+
+    return _per_device(
+        spec, local, (x, w, frame), (rows, per_row, rep), (rep, rep, rep, per_row, per_row)
+    )
+
+
+def nearest(spec: Pass, x: jax.Array, frame: Frame) -> tuple[jax.Array, jax.Array]:
+    """``(labels (n,), min_dist (n,))`` of rows `x` (row-sharded with a mesh)."""
+    rows, per_row, rep = _specs(spec)
+    return _per_device(
+        spec,
+        lambda x, frame: kernels.nearest(spec, x, frame),
+        (x, frame),
+        (rows, rep),
+        (per_row, per_row),
+    )
+
+
+def candidates(
+    spec: Pass,
+    x: jax.Array,
+    w: jax.Array | None,
+    labels: jax.Array,
+    dist: jax.Array,
+    origin: jax.Array | None,
+    m: int,
+) -> Far:
+    """The `m` distinct points with positive weight farthest from their nearest center
+    (over all devices with a mesh: each device's `m`, gathered and merged)."""
+    rows, per_row, rep = _specs(spec)
+
+    def local(x, w, labels, dist, origin):
+        far = updates.farthest(x, w, labels, dist, m, spec.metric, origin)
+        if spec.mesh is None:
+            return far
+        gathered = jax.tree_util.tree_map(lambda a: lax.all_gather(a, spec.axes, tiled=True), far)
+        return updates.distinct_top(gathered, m)
+
+    return _per_device(
+        spec,
+        local,
+        (x, w, labels, dist, origin),
+        (rows, per_row, per_row, per_row, rep),
+        Far(rep, rep, rep, rep, rep),
+    )
+
+
+def lloyd_pass(
+    spec: Pass, x: jax.Array, w: jax.Array | None, frame: Frame
+) -> tuple[PassStats, jax.Array, jax.Array]:
+    """The statistics of one Lloyd pass over all of `x` (candidates for empty clusters
+    only when a cluster is empty). Returns ``(stats, labels, min_dist)``."""
+    k, d = frame.cp.shape
+    sums, counts, loss, labels, dist = statistics(spec, x, w, frame)
+    # Candidates matter only if a cluster is empty; a cluster that has rows here has
+    # rows over any larger set (a pass over many batches) too.
+    far = lax.cond(
+        jnp.any(counts <= 0),
+        lambda: candidates(spec, x, w, labels, dist, frame.origin, k),
+        lambda: updates.no_candidates(k, d, x.dtype),
+    )
+    return PassStats(sums, counts, loss, far), labels, dist
+
+
+def batch_pass(spec: Pass, x: jax.Array, w: jax.Array | None, frame: Frame) -> PassStats:
+    """The statistics of one batch of a pass over many batches, to :func:`merge`."""
+    return lloyd_pass(spec, x, w, frame)[0]
+
+
+def merge(a: PassStats | None, b: PassStats) -> PassStats:
+    """The statistics of two sets of rows together (a None `a`: none yet)."""
+    if a is None:
+        return b
+    far = jax.tree_util.tree_map(lambda u, v: jnp.concatenate([u, v]), a.far, b.far)
+    return PassStats(
+        a.sums + b.sums,
+        a.counts + b.counts,
+        a.loss + b.loss,
+        updates.distinct_top(far, a.far.dist.shape[0]),
+    )
+
+
+def finish(
+    metric: str, centers: jax.Array, origin: jax.Array | None, st: PassStats
+) -> tuple[jax.Array, StepStats]:
+    """The one Lloyd finish: empty clusters move to distinct farthest points, then each
+    center moves to the mean of its rows (cosine: the normalized sum).
+
+    Args:
+      metric: the metric.
+      centers: (k, d) the pass's centers (in data coordinates).
+      origin: the frame origin the pass's sums were taken in (None for cosine).
+      st: the pass's statistics.
+
+    Returns:
+      ``(new_centers, StepStats(loss, counts, shift))``, the shift measured in data
+      coordinates (so a converged model is an exact fixed point whatever the frame).
+    """
+    c = to_frame(centers, origin, metric)
+    sums, counts = lax.cond(
+        jnp.any(st.counts <= 0),
+        lambda a: updates.relocate_empty(*a, st.far),
+        lambda a: a,
+        (st.sums, st.counts),
+    )
+    new = from_frame(updates.centers_from_stats(sums, counts, c, metric), origin)
+    shift = jnp.sum((new - centers) ** 2)
+    return new, StepStats(loss=st.loss, counts=st.counts, shift=shift)
+
+
+def frame_of(centers: jax.Array, origin: jax.Array | None, metric: str) -> Frame:
+    """The :class:`Frame` of `centers` (data coordinates) for rows shifted by `origin`."""
+    return prepare(to_frame(centers, origin, metric), origin, metric)
+
+
+def lloyd_update(
+    spec: Pass, x: jax.Array, w: jax.Array | None, centers: jax.Array, origin: jax.Array | None
+) -> tuple[jax.Array, StepStats]:
+    """One exact Lloyd iteration over `x` from `centers`, sums taken in the frame of
+    `origin` (:func:`jaxkmeans.metrics.frame_origin`)."""
+    st, _, _ = lloyd_pass(spec, x, w, frame_of(centers, origin, spec.metric))
+    return finish(spec.metric, centers, origin, st)
