@@ -403,7 +403,7 @@ def versions(libs: Libs) -> dict[str, Any]:
 
         out["jaxkmeans"] = getattr(jaxkmeans, "__version__", "?")
         out["jaxkmeans_path"] = str(Path(jaxkmeans.__file__).parent)
-        from jaxkmeans import _native
+        from jaxkmeans.kernels import native as _native
 
         out["jaxkmeans_native"] = _native.enabled()
         out["jaxkmeans_native_error"] = _native.load_error()
@@ -534,9 +534,7 @@ def lloyd_runners(
             elif name == "jaxkmeans_step":
                 runners[name], notes[name] = _jax_step_runner(libs, xj, init, iters)
             elif name == "jaxkmeans_xla":  # the pure-JAX path (GPU/TPU code) on this CPU
-                runners[name], notes[name] = _jax_step_runner(
-                    libs, xj, init, iters, update_method="segment_sum"
-                )
+                runners[name], notes[name] = _jax_step_runner(libs, xj, init, iters, kernel="xla")
             elif name == "sklearn":
                 runners[name] = _sklearn_runner(libs, x, init, k, iters, seed)
             elif name == "faiss":
@@ -573,9 +571,9 @@ def _jax_fit_runner(libs: Libs, xj, init, k, iters, seed) -> Runner:
 
 
 def _jax_step_runner(
-    libs: Libs, xj, init, iters, update_method: str = "auto"
+    libs: Libs, xj, init, iters, kernel: str = "auto"
 ) -> tuple[Runner, dict[str, Any]]:
-    """``iters`` x ``jaxkmeans.lloyd_step(update_method=...)`` in one jitted ``fori_loop``.
+    """``iters`` x ``jaxkmeans.lloyd_step(kernel=...)`` in one jitted ``fori_loop``.
 
     Falls back to a python loop of ``lloyd_step`` calls if it does not trace.
     """
@@ -586,7 +584,7 @@ def _jax_step_runner(
     def loop(x, c):
         def body(_, carry):
             c, _loss = carry
-            c_new, stats = jkm.lloyd_step(x, c, update_method=update_method)
+            c_new, stats = jkm.lloyd_step(x, c, kernel=kernel)
             return c_new.astype(c.dtype), jnp.asarray(stats.loss, jnp.float32)
 
         return lax.fori_loop(0, iters, body, (c, jnp.zeros((), jnp.float32)))
@@ -603,7 +601,7 @@ def _jax_step_runner(
         def call():
             c, loss = init_j, None
             for _ in range(iters):
-                c, stats = jkm.lloyd_step(xj, c, update_method=update_method)
+                c, stats = jkm.lloyd_step(xj, c, kernel=kernel)
                 loss = stats.loss
             return c, loss
 

@@ -24,6 +24,7 @@ cosine.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -38,8 +39,8 @@ from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
     check_choice,
-    check_metric,
     check_mesh,
+    check_metric,
     check_positive_int,
     check_precision,
 )
@@ -137,6 +138,11 @@ def make_pass(
     sums = "auto"
     if update_method is not None:
         update_method = check_choice(update_method, "update_method", tuple(_UPDATE_METHODS))
+        warnings.warn(
+            "`update_method` is deprecated; use `kernel` ('auto', 'xla' or 'native').",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         kernel, sums = _UPDATE_METHODS[update_method]
         name = "update_method"
     else:
@@ -352,7 +358,8 @@ def finish(
         (st.sums, st.counts),
     )
     new = from_frame(updates.centers_from_stats(sums, counts, c, metric), origin)
-    shift = jnp.sum((new - centers) ** 2)
+    old = c if metric == COSINE_DISTANCE else centers  # cosine: from the unit centers
+    shift = jnp.sum((new - old) ** 2)
     return new, StepStats(loss=st.loss, counts=st.counts, shift=shift)
 
 

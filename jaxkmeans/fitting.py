@@ -407,7 +407,9 @@ def pass_add(acc, centers, origin, x, w, spec: engine.Pass) -> engine.PassStats:
     memory streams through. With a mesh in `spec`, `x` and `w` are row-sharded.
     """
     origin = None if spec.metric == COSINE_DISTANCE else origin
-    return engine.merge(acc, engine.batch_pass(spec, x, w, engine.frame_of(centers, origin, spec.metric)))
+    return engine.merge(
+        acc, engine.batch_pass(spec, x, w, engine.frame_of(centers, origin, spec.metric))
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))

@@ -95,15 +95,16 @@ def to_distance(base: jax.Array, score: jax.Array) -> jax.Array:
 
 def frame_origin(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.Array | None:
     """The point subtracted from the rows `x` (n, d) before the Euclidean expansion
-    (None for cosine): the (weighted) mean, rounded per feature to a multiple of a
-    power of two ``g`` between 2 and 4 times that feature's spread.
+    (None for cosine): the (weighted) mean, rounded per feature to a multiple of the
+    power of two ``g`` in (s / 2, s], s that feature's standard deviation.
 
     - Accuracy far from the origin: the shifted rows are small whatever the centers
-      are (the origin is within two standard deviations of the mean).
-    - Exact ties: for data on a grid coarser than ``g`` (integers with spread >= 1/4:
-      pixels, counts, ids near 1e5) the origin is on that grid, so subtracting it is
-      exact and the shifted rows stay on the grid; equal distances stay equal, and ties
-      go to the lowest index as in scikit-learn and TF.
+      are (the origin is within half a standard deviation of the mean).
+    - Exact ties: for data on a grid (pixels, counts, ids near 1e5) the origin is on
+      that grid or on a dyadic refinement of it with few bits (g >= 1/4 for a spread
+      >= 1/4), so subtracting it is exact and the shifted rows have few significant
+      bits: the expansion's products and sums stay exact, equal distances stay equal,
+      and ties go to the lowest index as in scikit-learn and TF.
     - Stability: batches whose means differ only by float rounding (a batch and the
       same batch padded with zero-weight rows) get the same origin.
 
@@ -124,7 +125,7 @@ def frame_origin(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.A
     var = jnp.maximum(sq - mean_dev * mean_dev, 0.0)
     mean = x0 + mean_dev
     tiny = jnp.finfo(x.dtype).tiny
-    grid = jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(4.0 * jnp.sqrt(var), tiny))))
+    grid = jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(jnp.sqrt(var), tiny))))
     return jnp.where(var > 0, jnp.round(mean / grid) * grid, mean).astype(x.dtype)
 
 

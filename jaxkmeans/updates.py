@@ -157,9 +157,12 @@ def farthest(
     distinct points they are the answer. Only when it does not (heavily duplicated
     data) are all n rows hashed and sorted.
     """
-    n = x.shape[0]
+    n, d = x.shape
+    if n < m:  # fewer rows than candidates asked for: the rest are "no candidate"
+        far = farthest(x, w, labels, min_dist, n, metric, origin)
+        none = no_candidates(m - n, d, x.dtype)
+        return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), far, none)
     dist = min_dist if w is None else jnp.where(w > 0, min_dist, -1.0)
-    m = min(m, n)
     pool = min(n, 2 * m)
     pool_d, pool_i = lax.top_k(dist, pool)  # ties: lower index first
     keep = first_copies(row_identity(x[pool_i], metric))
@@ -188,9 +191,10 @@ def relocate_empty(sums: jax.Array, counts: jax.Array, far: Far) -> tuple[jax.Ar
     """Moves every empty cluster to a distinct point far from its center.
 
     The i-th empty cluster (by index) takes the i-th farthest candidate point (by
-    distance to its nearest center, equal distances in identity order, among points with positive weight; all the copies of
-    that point, see :func:`farthest`) as its only member; that point leaves the cluster
-    it was in (as in scikit-learn, where a point is one row). Points at distance 0 and
+    distance to its nearest center, equal distances in identity order, among points with
+    positive weight; all the copies of that point, see :func:`farthest`) as its only
+    member; that point leaves the cluster it was in (as in scikit-learn, where a point
+    is one row). Points at distance 0 and
     copies of a farther candidate are never taken, so a center never lands on a copy
     of another (clusters left without a candidate stay empty this step).
 

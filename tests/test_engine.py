@@ -267,7 +267,8 @@ def test_xla_and_default_kernel_agree_on_chunks_and_tails(metric, chunk):
 
 
 def test_make_pass_checks_and_resolves():
-    assert engine.make_pass(update_method="segment_sum") == engine.Pass(sums="segment_sum")
+    with pytest.warns(DeprecationWarning, match="update_method"):
+        assert engine.make_pass(update_method="segment_sum") == engine.Pass(sums="segment_sum")
     with pytest.raises(ValueError, match=r"`kernel` must be one of .*got 'gpu'"):
         engine.make_pass(kernel="gpu")
     with pytest.raises(ValueError, match=r"`update_method` must be one of .*got 'scatter'"):

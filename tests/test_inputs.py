@@ -65,8 +65,10 @@ def outputs(km, source):
 def assert_outputs_close(a, b):
     np.testing.assert_array_equal(a["index"], b["index"])
     np.testing.assert_array_equal(a["pred_index"], b["pred_index"])
-    np.testing.assert_allclose(a["all_distances"], b["all_distances"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(a["transform"], b["transform"], rtol=1e-5, atol=1e-5)
+    # Each batch is predicted in its own frame: float32 rounding of the distance
+    # expansion at these magnitudes (||x - origin||^2 ~ 50) is ~1e-5 absolute.
+    np.testing.assert_allclose(a["all_distances"], b["all_distances"], rtol=1e-5, atol=5e-5)
+    np.testing.assert_allclose(a["transform"], b["transform"], rtol=1e-5, atol=2e-4)
     np.testing.assert_allclose(a["score"], b["score"], rtol=1e-5)
     np.testing.assert_allclose(a["evaluate"], b["evaluate"], rtol=1e-5)
 
