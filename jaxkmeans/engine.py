@@ -239,6 +239,7 @@ class PassStats(NamedTuple):
     counts: jax.Array  # (k,) summed weights
     loss: jax.Array  # () weighted sum of distances to the nearest center
     far: Far  # distinct candidate points for empty clusters, farthest first
+    rows: jax.Array  # (k,) int32 rows with positive weight per cluster (with `far` only)
 
 
 def statistics(
@@ -277,25 +278,27 @@ def candidates(
     labels: jax.Array,
     dist: jax.Array,
     origin: jax.Array | None,
-    m: int,
-) -> Far:
-    """The `m` distinct points with positive weight farthest from their nearest center
-    (over all devices with a mesh: each device's `m`, gathered and merged)."""
+    k: int,
+) -> tuple[Far, jax.Array]:
+    """The `k` distinct points with positive weight farthest from their nearest center
+    (over all devices with a mesh: each device's `k`, gathered and merged), and the
+    number of rows with positive weight per cluster."""
     rows, per_row, rep = _specs(spec)
 
     def local(x, w, labels, dist, origin):
-        far = updates.farthest(x, w, labels, dist, m, spec.metric, origin)
+        far = updates.farthest(x, w, labels, dist, k, spec.metric, origin)
+        count = _psum(spec, updates.members(labels, w, k))
         if spec.mesh is None:
-            return far
+            return far, count
         gathered = jax.tree_util.tree_map(lambda a: lax.all_gather(a, spec.axes, tiled=True), far)
-        return updates.distinct_top(gathered, m)
+        return updates.distinct_top(gathered, k), count
 
     return _per_device(
         spec,
         local,
         (x, w, labels, dist, origin),
         (rows, per_row, per_row, per_row, rep),
-        Far(rep, rep, rep, rep, rep),
+        (Far(*(rep,) * len(Far._fields)), rep),
     )
 
 
@@ -308,12 +311,12 @@ def lloyd_pass(
     sums, counts, loss, labels, dist = statistics(spec, x, w, frame)
     # Candidates matter only if a cluster is empty; a cluster that has rows here has
     # rows over any larger set (a pass over many batches) too.
-    far = lax.cond(
+    far, rows = lax.cond(
         jnp.any(counts <= 0),
         lambda: candidates(spec, x, w, labels, dist, frame.origin, k),
-        lambda: updates.no_candidates(k, d, x.dtype),
+        lambda: (updates.no_candidates(k, d, x.dtype), jnp.zeros((k,), jnp.int32)),
     )
-    return PassStats(sums, counts, loss, far), labels, dist
+    return PassStats(sums, counts, loss, far, rows), labels, dist
 
 
 def batch_pass(spec: Pass, x: jax.Array, w: jax.Array | None, frame: Frame) -> PassStats:
@@ -331,6 +334,7 @@ def merge(a: PassStats | None, b: PassStats) -> PassStats:
         a.counts + b.counts,
         a.loss + b.loss,
         updates.distinct_top(far, a.far.dist.shape[0]),
+        a.rows + b.rows,
     )
 
 
@@ -353,7 +357,7 @@ def finish(
     c = to_frame(centers, origin, metric)
     sums, counts = lax.cond(
         jnp.any(st.counts <= 0),
-        lambda a: updates.relocate_empty(*a, st.far),
+        lambda a: updates.relocate_empty(*a, st.far, st.rows),
         lambda a: a,
         (st.sums, st.counts),
     )

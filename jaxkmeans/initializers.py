@@ -98,18 +98,66 @@ def _gumbel_scores(key: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.where(w > 0, jnp.log(safe) + g, -jnp.inf)
 
 
-def _sample_by_mass(u: jax.Array, mass: jax.Array, fallback: jax.Array) -> jax.Array:
+def _mass_blocks(n: int) -> tuple[int, int]:
+    """(block size B, number of blocks) for sampling among n masses: B = 2^ceil(log2(n)/2)
+    ~ sqrt(n), so that both prefix sums (over the blocks, and within a block) run over at
+    most ~sqrt(n) terms."""
+    size = 1 << (((n - 1).bit_length() + 1) // 2)
+    return size, -(-n // size)
+
+
+def _mass_table(mass: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """What :func:`_sample_by_mass` searches: the prefix sums within each block
+    (flattened), the block totals and their prefix sum. O(n); build it once when the
+    same masses are sampled again and again."""
+    n = mass.shape[0]
+    size, num_blocks = _mass_blocks(n)
+    m = jnp.pad(mass, (0, num_blocks * size - n))
+    local = jnp.cumsum(m.reshape(num_blocks, size), axis=1)
+    sums = local[:, -1]
+    return local.reshape(-1), sums, jnp.cumsum(sums)
+
+
+def _sample_by_mass(
+    u: jax.Array,
+    mass: jax.Array,
+    fallback: jax.Array,
+    table: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+) -> jax.Array:
     """Indices drawn with replacement with probability proportional to `mass`, one per
-    uniform number in `u` (num,) (drawn by the caller, outside any loop).
+    row of uniform numbers in `u` (num, 2) (drawn by the caller, outside any loop).
+
+    Exact up to ~sqrt(n) float rounding at any n: one prefix sum over all n masses would
+    lose the small increments once the running total is large (float32 at n in the
+    millions: some rows are never drawn, others too often).
+    Instead the masses are cut into ~sqrt(n) blocks of ~sqrt(n) rows: ``u[:, 0]`` picks a
+    block by the prefix sum of the block totals, ``u[:, 1]`` a row of that block by the
+    block's own prefix sum (one uniform number alone has too few bits for millions of
+    rows). O(n + num log n); O(num log n) given `table` = ``_mass_table(mass)``.
 
     Indices whose mass is 0 are never returned (a draw that lands on one through
-    rounding returns `fallback` instead).
+    rounding, or when every mass is 0, returns `fallback` instead).
     """
-    c = jnp.cumsum(mass)
-    total = c[-1]
-    u = u.astype(mass.dtype) * total
-    idx = jnp.searchsorted(c, u, side="right").astype(jnp.int32)
-    idx = jnp.clip(idx, 0, mass.shape[0] - 1)
+    n = mass.shape[0]
+    size, num_blocks = _mass_blocks(n)
+    local, sums, starts = _mass_table(mass) if table is None else table
+    total = starts[-1]
+    u = u.astype(mass.dtype)
+    # Clamped below the top so that rounding never picks past the last positive mass;
+    # the first prefix sum above t then ends on a positive mass (block and row alike).
+    t = jnp.minimum(u[:, 0] * total, jnp.nextafter(total, -jnp.inf))
+    b = jnp.clip(jnp.searchsorted(starts, t, side="right"), 0, num_blocks - 1).astype(jnp.int32)
+    s = sums[b]
+    r = jnp.minimum(u[:, 1] * s, jnp.nextafter(s, -jnp.inf))
+    # Binary search of r in block b's prefix sums (gathers: no (num, B) copy of the
+    # blocks): pos = how many of them are <= r.
+    base = b * size
+    pos = jnp.zeros_like(b)
+    step = size // 2
+    while step:
+        pos = jnp.where(local[base + pos + step - 1] <= r, pos + step, pos)
+        step //= 2
+    idx = jnp.minimum(base + pos, n - 1)
     return jnp.where(mass[idx] > 0, idx, fallback)
 
 
@@ -162,7 +210,7 @@ def _kmeans_pp(key, xp, w, k, num_retries):
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
     # All the randomness up front: one PRNG call instead of two per pick (faster to
     # compile and to run).
-    u_all = jax.random.uniform(key, (k, num_cand))
+    u_all = jax.random.uniform(key, (k, num_cand, 2))
 
     def pick(i, carry):
         key, d2, chosen, idx = carry
@@ -191,22 +239,23 @@ def _kmc2(key, xp, w, k, chain_length):
     d1 = _sq_dists(xp, xsq, _row(xp, first)[None, :])[:, 0].at[first].set(0.0)
     wd = w * d1
     q = 0.5 * wd / jnp.maximum(jnp.sum(wd), 1e-30) + 0.5 * w / jnp.sum(w)
+    table = _mass_table(q)  # q is the same for every pick
     centers = jnp.zeros((k, xp.shape[1]), xp.dtype).at[0].set(_row(xp, first))
     chosen = jnp.zeros((n,), bool).at[first].set(True)
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
     slots = jnp.arange(k)
     # All the randomness up front (proposal draws and acceptance tests for every pick).
-    u_all = jax.random.uniform(key, (2, k, chain_length))
+    u_all = jax.random.uniform(key, (k, chain_length, 3))
 
     def pick(i, carry):
         key, centers, chosen, idx = carry
         fallback = jnp.argmax(jnp.where(chosen, 0.0, w)).astype(jnp.int32)
-        prop = _sample_by_mass(u_all[0, i], q, fallback)
+        prop = _sample_by_mass(u_all[i, :, :2], q, fallback, table)
         dp = _sq_dists(xp[prop], xsq[prop], centers)
         dp = jnp.min(jnp.where((slots < i)[None, :], dp, jnp.inf), axis=1)
         target = jnp.where(chosen[prop], 0.0, w[prop] * dp)
         qp = q[prop]
-        u = u_all[1, i].astype(xp.dtype)
+        u = u_all[i, :, 2].astype(xp.dtype)
 
         def step(state, j):
             cur = state

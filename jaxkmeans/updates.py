@@ -25,6 +25,7 @@ __all__ = [
     "no_candidates",
     "identity_groups",
     "first_copies",
+    "members",
     "relocate_empty",
     "MiniBatchOptState",
     "minibatch_optimizer",
@@ -52,8 +53,9 @@ class Far(NamedTuple):
     rows: jax.Array  # (m, d) rows in the frame
     dist: jax.Array  # (m,) distance to their nearest center (-1: no candidate)
     labels: jax.Array  # (m,) their nearest center
-    weights: jax.Array  # (m,) their weights
+    weights: jax.Array  # (m,) summed weight of all the copies of each point
     ident: jax.Array  # (m, 2) uint32 row identity (see _validation.row_identity)
+    copies: jax.Array  # (m,) int32 number of rows (with positive weight) of each point
 
 
 def no_candidates(m: int, d: int, dtype: Any) -> Far:
@@ -64,6 +66,7 @@ def no_candidates(m: int, d: int, dtype: Any) -> Far:
         jnp.zeros((m,), jnp.int32),
         jnp.zeros((m,), dtype),
         jnp.zeros((m, 2), jnp.uint32),
+        jnp.zeros((m,), jnp.int32),
     )
 
 
@@ -108,9 +111,12 @@ def distinct_top(far: Far, m: int) -> Far:
     distance, carrying the summed weight of its copies."""
     first, group = identity_groups(far.ident, -far.dist)
     size = far.dist.shape[0]
-    total = jax.ops.segment_sum(jnp.where(far.dist >= 0, far.weights, 0.0), group, size)[group]
+    real = far.dist >= 0
+    total = jax.ops.segment_sum(jnp.where(real, far.weights, 0.0), group, size)[group]
+    copies = jax.ops.segment_sum(jnp.where(real, far.copies, 0), group, size)[group]
     dist, idx = lax.top_k(jnp.where(first, far.dist, -1.0), min(m, size))
-    return _farthest_first(Far(far.rows[idx], dist, far.labels[idx], total[idx], far.ident[idx]))
+    top = Far(far.rows[idx], dist, far.labels[idx], total[idx], far.ident[idx], copies[idx])
+    return _farthest_first(top)
 
 
 # Elements of the (rows, candidates) block that finds the copies of the candidates (only
@@ -118,23 +124,30 @@ def distinct_top(far: Far, m: int) -> Far:
 _COPY_BLOCK = 1 << 20
 
 
-def _copy_weights(x: jax.Array, w: jax.Array | None, ident: jax.Array, metric: str) -> jax.Array:
-    """(m,) the summed weight of the rows of `x` whose identity is each of `ident` (m, 2),
-    in blocks of rows (never an (n, m) array)."""
+def _copy_weights(
+    x: jax.Array, w: jax.Array | None, ident: jax.Array, metric: str
+) -> tuple[jax.Array, jax.Array]:
+    """``(weights (m,), rows (m,) int32)``: the summed weight and the number of rows with
+    positive weight of the rows of `x` whose identity is each of `ident` (m, 2), in
+    blocks of rows (never an (n, m) array)."""
     n = x.shape[0]
     m = ident.shape[0]
     chunk = min(n, max(8, _COPY_BLOCK // max(m, 1)))
 
-    def step(total, start, valid):
+    def step(carry, start, valid):
+        total, count = carry
         rows = lax.dynamic_slice_in_dim(x, start, chunk)
         wv = valid.astype(x.dtype)
         if w is not None:
             wv = wv * lax.dynamic_slice_in_dim(w, start, chunk)
         ri = row_identity(rows, metric)
         eq = (ri[:, None, 0] == ident[None, :, 0]) & (ri[:, None, 1] == ident[None, :, 1])
-        return total + jnp.sum(jnp.where(eq, wv[:, None], 0.0), axis=0)
+        eq = eq & (wv > 0)[:, None]
+        total = total + jnp.sum(jnp.where(eq, wv[:, None], 0.0), axis=0)
+        return total, count + jnp.sum(eq.astype(jnp.int32), axis=0)
 
-    return fold_chunks(n, chunk, step, jnp.zeros((m,), x.dtype))
+    init = (jnp.zeros((m,), x.dtype), jnp.zeros((m,), jnp.int32))
+    return fold_chunks(n, chunk, step, init)
 
 
 def farthest(
@@ -183,11 +196,19 @@ def farthest(
     raw = x[far_i]
     rows, _ = metrics.prepare_rows(raw, metric, origin)
     ident = row_identity(raw, metric)
-    weights = _copy_weights(x, w, ident, metric)
-    return _farthest_first(Far(rows, far_d, labels[far_i], weights, ident))
+    weights, copies = _copy_weights(x, w, ident, metric)
+    return _farthest_first(Far(rows, far_d, labels[far_i], weights, ident, copies))
 
 
-def relocate_empty(sums: jax.Array, counts: jax.Array, far: Far) -> tuple[jax.Array, jax.Array]:
+def members(labels: jax.Array, w: jax.Array | None, k: int) -> jax.Array:
+    """(k,) int32: the number of rows with positive weight nearest to each center."""
+    ones = jnp.ones(labels.shape, jnp.int32) if w is None else (w > 0).astype(jnp.int32)
+    return jax.ops.segment_sum(ones, labels, num_segments=k)
+
+
+def relocate_empty(
+    sums: jax.Array, counts: jax.Array, far: Far, rows_in: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """Moves every empty cluster to a distinct point far from its center.
 
     The i-th empty cluster (by index) takes the i-th farthest candidate point (by
@@ -197,6 +218,13 @@ def relocate_empty(sums: jax.Array, counts: jax.Array, far: Far) -> tuple[jax.Ar
     is one row). Points at distance 0 and
     copies of a farther candidate are never taken, so a center never lands on a copy
     of another (clusters left without a candidate stay empty this step).
+
+    Args:
+      sums, counts: (k, d) and (k,) statistics of the pass.
+      far: the candidates (:func:`farthest`, :func:`distinct_top`).
+      rows_in: (k,) int32 rows with positive weight per cluster (:func:`members`): a
+        donor left with no row is empty (its float residue is dropped), one left with a
+        row keeps it, whatever the weights' ratio.
 
     Returns:
       ``(sums, counts)`` with the relocated statistics.
@@ -215,11 +243,11 @@ def relocate_empty(sums: jax.Array, counts: jax.Array, far: Far) -> tuple[jax.Ar
     rows = far.rows[pick]
     pw = jnp.where(ok, far.weights[pick], 0.0)
     donor = far.labels[pick]
-    before = counts
+    moved = jnp.where(ok, far.copies[pick], 0)
     sums = sums - jax.ops.segment_sum(rows * pw[:, None], donor, num_segments=k)
     counts = counts - jax.ops.segment_sum(pw, donor, num_segments=k)
-    # A donor left with (float) residue only is empty, not a center at residue / eps.
-    gone = counts <= 1e-6 * before
+    # A donor left with no row is empty (not a center at float residue / eps).
+    gone = rows_in - jax.ops.segment_sum(moved, donor, num_segments=k) <= 0
     sums = jnp.where(gone[:, None], 0.0, sums)
     counts = jnp.where(gone, 0.0, counts)
     sums = jnp.where(ok[:, None], rows * pw[:, None], sums)

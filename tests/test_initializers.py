@@ -159,6 +159,72 @@ def test_property_distinct_rows(x, method, seed):
     assert (rows_of(c + np.float32(0), x + np.float32(0)) >= 0).all()
 
 
+# ------------------------------------------------------------------ exact sampling
+
+
+def test_sample_by_mass_exact_at_millions_of_rows():
+    """D^2 sampling (k-means++, k-MC2) is exact at n = 2^22 near-uniform float32
+    masses. One float32 prefix sum over all rows loses the small increments: rows are
+    drawn up to ~20% too often or too rarely (some never), per-row chi-square z ~ 20-35
+    here, and draws land on zero-mass rows (the fallback). The blockwise sampler is
+    within sampling noise."""
+    from jaxkmeans.initializers import _sample_by_mass
+
+    n, num = 2**22, 2**20
+    m = (1.0 + np.random.default_rng(0).random(n)).astype(np.float32)
+    m[::97] = 0.0  # never drawn
+    u = jax.random.uniform(jax.random.PRNGKey(0), (num, 2))
+    idx = np.ravel(np.asarray(jax.jit(_sample_by_mass)(u, jnp.asarray(m), jnp.int32(n))))
+    num = idx.size
+    cnt = np.bincount(idx, minlength=n + 1)
+    p = m.astype(np.float64) / m.astype(np.float64).sum()
+    # Per-row chi-square, as a z-score with the multinomial's exact mean and variance.
+    ok = p > 0
+    k = ok.sum()
+    e = num * p[ok]
+    chi2 = np.sum((cnt[:n][ok] - e) ** 2 / e)
+    var = 2 * (k - 1) + (np.sum(1 / p[ok]) - k * k - 2 * k + 2) / num
+    z_rows = (chi2 - (k - 1)) / np.sqrt(var)
+    assert abs(z_rows) < 5, z_rows
+    # 1024 contiguous bins: each bin's share of the draws matches its mass share.
+    pb = p.reshape(1024, -1).sum(1)
+    z_bins = (cnt[:n].reshape(1024, -1).sum(1) - num * pb) / np.sqrt(num * pb * (1 - pb))
+    assert np.abs(z_bins).max() < 5, np.abs(z_bins).max()
+    assert cnt[:n][m == 0].sum() == 0
+    assert cnt[n] == 0  # no fallback: the total is positive
+    assert idx.shape == (2**20,)
+
+
+@pytest.mark.parametrize("n", [1, 3, 1000])
+def test_sample_by_mass_small_and_edge_cases(n):
+    from jaxkmeans.initializers import _sample_by_mass
+
+    rng = np.random.default_rng(n)
+    m = rng.random(n).astype(np.float32) * (rng.random(n) < 0.7)
+    m[-1] = 2.0  # at least one positive mass, at the very end (padding follows it)
+    f = jax.jit(_sample_by_mass)
+    # The extreme uniforms too: never past the last positive mass, never a zero mass.
+    u = jnp.concatenate(
+        [
+            jax.random.uniform(KEY, (20000, 2)),
+            jnp.array([[0.0, 0.0], [1 - 2**-24, 1 - 2**-24], [0.0, 1 - 2**-24]]),
+        ]
+    )
+    idx = np.asarray(f(u, jnp.asarray(m), jnp.int32(-1)))
+    assert idx.shape == (u.shape[0],)
+    assert ((idx >= 0) & (idx < n)).all() and (m[idx] > 0).all()
+    freq = np.bincount(idx, minlength=n) / idx.size
+    np.testing.assert_allclose(freq, m / m.sum(), atol=0.02)
+    # All masses 0: the fallback, every time.
+    z = f(u, jnp.zeros((n,), jnp.float32), jnp.int32(7))
+    np.testing.assert_array_equal(np.asarray(z), 7)
+    if n == 1000:
+        # vmap over independent draws (fit runs the initializers under vmap).
+        uu = u[:-3].reshape(4, -1, 2)
+        batched = jax.vmap(f, in_axes=(0, None, None))(uu, jnp.asarray(m), jnp.int32(-1))
+        np.testing.assert_array_equal(np.asarray(batched).ravel(), idx[:-3])
+
+
 # ------------------------------------------------------------------ fit quality
 
 

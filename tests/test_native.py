@@ -236,3 +236,107 @@ def test_portable_kernel_matches_reference(tmp_path):
     ref_new, ref_st = jaxkmeans.lloyd_step(x, c, kernel="xla")
     np.testing.assert_allclose(got["new"], np.asarray(ref_new), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(float(got["loss"]), float(ref_st.loss), rtol=1e-5)
+
+
+# --- NaN rule: a NaN distance never wins (every kernel) -------------------------------
+
+_NAN_CENTERS = (3, 17)
+
+
+def _nan_problem(d, k=20, seed=11):
+    """Rows near every center (several exactly on one), centers 3 and 17 NaN; center
+    12 duplicates center 4 (a tie that must go to 4). Lane partners of the NaN centers
+    (11 with 3 in a 16-wide panel; 1 and 9 share lanes with 17) are finite."""
+    rng = np.random.default_rng(seed + d)
+    c = (4.0 * rng.standard_normal((k, d))).astype(np.float32)
+    c[12] = c[4]
+    x = np.repeat(c, 15, axis=0) + 0.3 * rng.standard_normal((15 * k, d)).astype(np.float32)
+    x[:5] = c[11]  # exactly on a finite center whose partner lane is NaN
+    c[list(_NAN_CENTERS)] = np.nan
+    return x.astype(np.float32), c
+
+
+def _ref_nearest_ignoring_nan(x, c):
+    d = ((x[:, None, :].astype(np.float64) - c[None, :, :]) ** 2).sum(-1)
+    d = np.where(np.isnan(d), np.inf, d)
+    return d.argmin(1), d.min(1)  # argmin: first index of the minimum
+
+
+def _kernel_nearest(kernel, x, c):
+    xj, cj = jnp.asarray(x), jnp.asarray(c)
+    off = metrics.frame_origin(xj, "squared_euclidean")
+    cp, bias = metrics.prepare_centers(cj, "squared_euclidean", off)
+    spec = engine.Pass(kernel=kernel)
+    run = jax.jit(lambda x, f: kernels.nearest(spec, x, f))
+    labels, dist = run(xj, engine.Frame(off, cp, bias))
+    return np.asarray(labels), np.asarray(dist)
+
+
+def _check_nan_labels(labels, dist, x, c):
+    ref_l, ref_d = _ref_nearest_ignoring_nan(x, c)
+    np.testing.assert_array_equal(labels, ref_l)
+    np.testing.assert_allclose(dist, ref_d, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("d", [2, 8, 16, 40])
+def test_nan_centers_never_win_xla(d):
+    x, c = _nan_problem(d)
+    _check_nan_labels(*_kernel_nearest("xla", x, c), x, c)
+
+
+@needs_native
+@pytest.mark.parametrize("d", [2, 8, 16, 40])  # narrow AVX2 kernel (d <= 16) and the wide one
+def test_nan_centers_never_win_native(d):
+    x, c = _nan_problem(d)
+    _check_nan_labels(*_kernel_nearest("native", x, c), x, c)
+
+
+def _inf_and_all_nan_problem(d):
+    """Row 0: every center NaN except 5 and 9, whose distances overflow to +inf (the
+    lowest non-NaN one, 5, must win). Row 1 of the second set: all centers NaN."""
+    x = np.zeros((2, d), np.float32)
+    c = np.full((20, d), np.nan, np.float32)
+    c[[5, 9]] = 3e19
+    return x, c
+
+
+@pytest.mark.parametrize("kernel", ["xla", "native"])
+@pytest.mark.parametrize("d", [2, 40])
+def test_nan_rule_edge_cases(kernel, d):
+    if kernel == "native" and not _native.available():
+        pytest.skip(f"native kernels not built: {_native.load_error()}")
+    x, c = _inf_and_all_nan_problem(d)
+    labels, dist = _kernel_nearest(kernel, x, c)
+    assert labels.tolist() == [5, 5] and np.all(np.isposinf(dist))
+    labels, dist = _kernel_nearest(kernel, x, np.full_like(c, np.nan))
+    assert labels.tolist() == [0, 0] and np.all(np.isnan(dist))
+
+
+@needs_native
+def test_nan_centers_never_win_portable(tmp_path):
+    """The same rule in the portable kernels (forced in a subprocess)."""
+    code = (
+        "import sys, numpy as np\n"
+        "sys.path.insert(0, r'{tests}')\n"
+        "import test_native as t\n"
+        "from jaxkmeans.kernels import native\n"
+        "assert native.build_info()['kernel_isa'] == 'portable', native.build_info()\n"
+        "out = {{}}\n"
+        "for d in (2, 8, 16, 40):\n"
+        "    x, c = t._nan_problem(d)\n"
+        "    out[f'l{{d}}'], out[f'd{{d}}'] = t._kernel_nearest('native', x, c)\n"
+        "    x, c = t._inf_and_all_nan_problem(d)\n"
+        "    out[f'il{{d}}'], _ = t._kernel_nearest('native', x, c)\n"
+        "    out[f'nl{{d}}'], out[f'nd{{d}}'] = t._kernel_nearest('native', x, c * np.nan)\n"
+        "np.savez(r'{out}', **out)\n"
+    )
+    out = tmp_path / "nan.npz"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAXKMEANS_NATIVE_PORTABLE="1")
+    script = code.format(tests=pathlib.Path(__file__).parent, out=out)
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=180)
+    got = np.load(out)
+    for d in (2, 8, 16, 40):
+        x, c = _nan_problem(d)
+        _check_nan_labels(got[f"l{d}"], got[f"d{d}"], x, c)
+        assert got[f"il{d}"].tolist() == [5, 5]
+        assert got[f"nl{d}"].tolist() == [0, 0] and np.all(np.isnan(got[f"nd{d}"]))

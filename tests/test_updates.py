@@ -127,10 +127,11 @@ def test_relocate_empty_skips_copies_of_a_candidate():
         labels=jnp.array([0, 0, 0], jnp.int32),
         weights=jnp.array([1.0, 1.0, 1.0]),
         ident=row_identity(jnp.array([[4.0, 0.0], [4.0, 0.0], [3.0, 0.0]])),
+        copies=jnp.array([1, 1, 1], jnp.int32),
     )
     sums = jnp.array([[12.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # 4, 4, 3, 1
     counts = jnp.array([4.0, 0.0, 0.0, 0.0])
-    s, c = jax.jit(updates.relocate_empty)(sums, counts, far)
+    s, c = jax.jit(updates.relocate_empty)(sums, counts, far, jnp.array([4, 0, 0, 0]))
     # Clusters 1 and 2 take (4, 0) and (3, 0); cluster 3 finds no other point and stays
     # empty; the donor keeps (4, 0) and (1, 0).
     np.testing.assert_allclose(np.asarray(s), [[5.0, 0.0], [4.0, 0.0], [3.0, 0.0], [0.0, 0.0]])
@@ -187,10 +188,11 @@ def test_relocate_empty_unit():
         labels=jnp.array([0, 0], jnp.int32),
         weights=jnp.array([1.0, 1.0]),
         ident=row_identity(jnp.array([[4.0, 0.0], [3.0, 0.0]])),
+        copies=jnp.array([1, 1], jnp.int32),
     )
     sums = jnp.array([[8.0, 0.0], [0.0, 0.0], [0.0, 0.0]])  # rows 4, 3, 1 in cluster 0
     counts = jnp.array([3.0, 0.0, 0.0])
-    s, c = jax.jit(updates.relocate_empty)(sums, counts, far)
+    s, c = jax.jit(updates.relocate_empty)(sums, counts, far, jnp.array([3, 0, 0]))
     np.testing.assert_allclose(np.asarray(s), [[1.0, 0.0], [4.0, 0.0], [3.0, 0.0]])
     np.testing.assert_allclose(np.asarray(c), [1.0, 1.0, 1.0])
 

@@ -8,6 +8,11 @@ Every kernel family computes the same two things for raw rows ``x`` (n, d) and a
 - :func:`statistics`: ``(sums (k, d), counts (k,), loss (), labels, min_dist)`` with
   weighted sums of the prepared rows.
 
+Both are differentiable (``jax.custom_jvp``): distances, loss and sums with respect to the
+rows and the prepared centers, labels not (they are piecewise constant). The tangents are
+plain JAX on the labels the kernel found, so the native kernel, which XLA cannot
+differentiate, differentiates like the others.
+
 Which family runs is chosen per platform with ``lax.platform_dependent``, so one traced
 program lowers anywhere: ``xla`` (:mod:`jaxkmeans.kernels.xla`, the reference, any
 platform) and ``native`` (:mod:`jaxkmeans.kernels.native`, C++ through ``jax.ffi``, CPU
@@ -23,9 +28,13 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
+from jaxkmeans._validation import COSINE_DISTANCE
 from jaxkmeans.kernels import native, xla
+from jaxkmeans.metrics import normalize_rows
 
 __all__ = ["KERNELS", "nearest", "statistics", "native", "xla"]
 
@@ -44,13 +53,79 @@ def _dispatch(spec: Any, name: str, *args: Any) -> Any:
     return lax.platform_dependent(*args, **branches)
 
 
+def _rows_tangent(metric: str, x: jax.Array, frame: Any, dframe: Any, dx: jax.Array) -> tuple:
+    """``(x', dx')``: the rows as the kernels use them (``x - origin``, or unit rows for
+    cosine) and their tangent."""
+    origin, _, _ = frame
+    if metric == COSINE_DISTANCE:
+        xp = normalize_rows(x)
+        sq = jnp.sum(x * x, axis=1, keepdims=True)
+        inv = jnp.where(sq > 0, lax.rsqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+        return xp, (dx - xp * jnp.sum(xp * dx, axis=1, keepdims=True)) * inv
+    return x - origin[None, :], dx - dframe[0][None, :]
+
+
+def _dist_tangent(metric, x, frame, dframe, labels, dx) -> tuple[jax.Array, jax.Array]:
+    """``(x', d dist)`` along ``(dx, dframe)`` at fixed labels."""
+    _, cp, _ = frame
+    _, dcp, dbias = dframe
+    xp, dxp = _rows_tangent(metric, x, frame, dframe, dx)
+    c, dc = cp[labels], dcp[labels]
+    if metric == COSINE_DISTANCE:  # dist = 1 + <x', cp>
+        return xp, jnp.sum(dxp * c + xp * dc, axis=1)
+    # dist = ||x' + cp / 2||^2 (what the kernels report; bias is ||cp / 2||^2)
+    diff = xp + 0.5 * c
+    del dbias
+    return xp, jnp.sum(2.0 * diff * (dxp + 0.5 * dc), axis=1)
+
+
+def _labels_tangent(labels: jax.Array) -> np.ndarray:
+    return np.zeros(labels.shape, dtype=jax.dtypes.float0)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _nearest(spec: Any, x: jax.Array, frame: Any) -> tuple[jax.Array, jax.Array]:
+    return _dispatch(spec, "nearest", x, frame)
+
+
+@_nearest.defjvp
+def _nearest_jvp(spec, primals, tangents):
+    x, frame = primals
+    dx, dframe = tangents
+    labels, dist = _nearest(spec, x, frame)
+    _, ddist = _dist_tangent(spec.metric, x, frame, dframe, labels, dx)
+    return (labels, dist), (_labels_tangent(labels), ddist)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _statistics(spec: Any, x: jax.Array, w: jax.Array | None, frame: Any):
+    return _dispatch(spec, "statistics", x, w, frame)
+
+
+@_statistics.defjvp
+def _statistics_jvp(spec, primals, tangents):
+    x, w, frame = primals
+    dx, dw, dframe = tangents
+    out = _statistics(spec, x, w, frame)
+    _, _, _, labels, dist = out
+    k = frame[1].shape[0]
+    xp, ddist = _dist_tangent(spec.metric, x, frame, dframe, labels, dx)
+    _, dxp = _rows_tangent(spec.metric, x, frame, dframe, dx)
+    if w is None:  # unweighted: w = 1, dw = 0
+        w, dw = jnp.ones_like(dist), jnp.zeros_like(dist)
+    dsums = jax.ops.segment_sum(w[:, None] * dxp + dw[:, None] * xp, labels, num_segments=k)
+    dcounts = jax.ops.segment_sum(dw, labels, num_segments=k)
+    dloss = jnp.sum(w * ddist + dw * dist)
+    return out, (dsums, dcounts, dloss, _labels_tangent(labels), ddist)
+
+
 def nearest(spec: Any, x: jax.Array, frame: Any) -> tuple[jax.Array, jax.Array]:
     """``(labels (n,) int32, min_dist (n,))`` of the rows `x` (see the module docstring)."""
-    return _dispatch(spec, "nearest", x, frame)
+    return _nearest(spec, x, frame)
 
 
 def statistics(
     spec: Any, x: jax.Array, w: jax.Array | None, frame: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """``(sums (k, d), counts (k,), loss (), labels (n,), min_dist (n,))``."""
-    return _dispatch(spec, "statistics", x, w, frame)
+    return _statistics(spec, x, w, frame)

@@ -86,13 +86,19 @@ def block_argmin(score: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     Written as min, then the first index equal to it: on CPU this is much faster than
     ``jnp.argmin`` and gives the same result (ties go to the lowest index).
+
+    NaN rule (every kernel follows it): a NaN score never wins while the row has any
+    non-NaN score; a row of NaN scores gets index 0 and minimum NaN. (NaN is masked
+    explicitly: XLA's CPU min reduction does not reliably propagate NaN, so gating on a
+    NaN minimum would miss rows.)
     """
     k = score.shape[1]
-    smin = jnp.min(score, axis=1)
+    smin = jnp.min(jnp.where(jnp.isnan(score), jnp.inf, score), axis=1)
     iota = lax.broadcasted_iota(jnp.int32, score.shape, 1)
+    # NaN == smin is False: only non-NaN scores are found (+inf ones included).
     idx = jnp.min(jnp.where(score == smin[:, None], iota, k), axis=1)
-    # All-NaN rows cannot occur for validated input; keep labels in range regardless.
-    return smin, jnp.minimum(idx, k - 1)
+    none = idx == k  # every score of the row is NaN
+    return jnp.where(none, jnp.nan, smin).astype(score.dtype), jnp.where(none, 0, idx)
 
 
 def nearest_block(

@@ -11,6 +11,14 @@ XLA's GEMM plus separate reductions; see ``bench/RESULTS.md`` for the measured g
 XLA kernel for the other platforms, so a program traced here still lowers for GPU/TPU. Set the
 environment variable ``JAXKMEANS_NATIVE=0`` (before use) or call
 :func:`set_enabled` to force the pure-JAX path.
+
+Loading never breaks JAX: the library records the XLA FFI API version (and jaxlib
+version) it was compiled against; the loader starts JAX's CPU backend, compares those
+with the running jaxlib and only then registers the kernels. On any problem it leaves
+the pure-JAX kernels in use, says why in :func:`load_error`, and warns once
+(``RuntimeWarning``). :func:`build_info` reports what was built, loaded, or why not.
+``JAXKMEANS_NATIVE_LIBRARY=<path>`` loads another build of ``kmeans_cpu.cc`` instead of
+the packaged one.
 """
 
 from __future__ import annotations
@@ -19,24 +27,39 @@ import ctypes
 import importlib.machinery
 import os
 import pathlib
+import re
 import threading
+import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["available", "enabled", "set_enabled", "load_error", "usable"]
+__all__ = [
+    "available",
+    "enabled",
+    "set_enabled",
+    "load_error",
+    "build_info",
+    "usable",
+]
 
 _ASSIGN = "jaxkmeans_assign_f32"
 _LLOYD = "jaxkmeans_lloyd_f32"
+# Loads this library instead of the packaged one (tests; a locally built kernel).
+_LIBRARY_ENV = "JAXKMEANS_NATIVE_LIBRARY"
 
 _lock = threading.Lock()
 _loaded: bool | None = None
 _error: str | None = None
+_info: dict[str, Any] = {}
 _enabled = os.environ.get("JAXKMEANS_NATIVE", "1").strip().lower() not in ("0", "false", "no")
 
 
 def _library_path() -> pathlib.Path | None:
+    env = os.environ.get(_LIBRARY_ENV, "").strip()
+    if env:
+        return pathlib.Path(env)
     here = pathlib.Path(__file__).resolve().parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"_kmeans_cpu{suffix}"
@@ -45,25 +68,135 @@ def _library_path() -> pathlib.Path | None:
     return None
 
 
+def _jaxlib_version() -> str | None:
+    try:
+        from jaxlib.version import __version__
+    except Exception:
+        return None
+    return str(__version__)
+
+
+def _runtime_ffi_api() -> tuple[int, int] | None:
+    """The XLA FFI API version of the running jaxlib, from the headers it ships."""
+    try:
+        header = pathlib.Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api" / "c_api.h"
+        text = header.read_text()
+    except Exception:
+        return None
+    major = re.search(r"^#define XLA_FFI_API_MAJOR (\d+)", text, re.M)
+    minor = re.search(r"^#define XLA_FFI_API_MINOR (\d+)", text, re.M)
+    return (int(major.group(1)), int(minor.group(1))) if major and minor else None
+
+
+def _built_with(lib: ctypes.CDLL) -> tuple[tuple[int, int] | None, str | None, str | None]:
+    """(FFI API version, jaxlib version, micro-kernel family) compiled into `lib`; None
+    for what it does not report (a library built before these were recorded)."""
+    api = version = isa = None
+    try:
+        major, minor = lib.JaxkmeansFfiApiMajor, lib.JaxkmeansFfiApiMinor
+        major.restype = minor.restype = ctypes.c_int
+        api = (int(major()), int(minor()))
+    except AttributeError:
+        pass
+    for name in ("JaxkmeansBuiltJaxlib", "JaxkmeansKernelIsa"):
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            continue
+        fn.restype = ctypes.c_char_p
+        value = (fn() or b"").decode("ascii", "replace") or None
+        if name == "JaxkmeansBuiltJaxlib":
+            version = value
+        else:
+            isa = value
+    return api, version, isa
+
+
+def _mismatch(info: dict[str, Any]) -> str | None:
+    """Why the library cannot serve the running jaxlib, or None. XLA accepts handlers of
+    its own FFI major version up to its own minor (an older minor is supported; a newer
+    one is refused); without the running version, the jaxlib versions must agree."""
+    built, running = info["built_ffi_api"], info["runtime_ffi_api"]
+    if built is not None and running is not None:
+        if built[0] != running[0] or built[1] > running[1]:
+            return (
+                f"it was built against XLA FFI API {built[0]}.{built[1]} but the running "
+                f"jaxlib {info['runtime_jaxlib']} provides {running[0]}.{running[1]}"
+            )
+        return None
+    bj, rj = info["built_jaxlib"], info["runtime_jaxlib"]
+    if bj is not None and rj is not None and bj != rj:
+        return f"it was built for jaxlib {bj} but jaxlib {rj} is running"
+    return None
+
+
+def _fail(reason: str, warn: bool) -> bool:
+    global _loaded, _error
+    _loaded, _error = False, reason
+    _info["error"] = reason
+    if warn:
+        warnings.warn(
+            f"jaxkmeans: the native CPU kernels are not used ({reason}); jaxkmeans runs "
+            "its pure-JAX kernels instead (same results, slower on CPU). Rebuild against "
+            "the installed jaxlib (`pip install --no-build-isolation --force-reinstall "
+            "jaxkmeans`) or set JAXKMEANS_NATIVE=0 to silence this.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return False
+
+
 def _load() -> bool:
+    """Loads and registers the library once. Never breaks JAX: the CPU backend is started
+    first (a handler registered before it starts is validated only when it starts, and a
+    rejected one makes every later JAX call fail), the recorded FFI API version is
+    checked before registering, and any failure leaves the pure-JAX path in use, with
+    one RuntimeWarning when a built library could not be used."""
     global _loaded, _error
     with _lock:
         if _loaded is not None:
             return _loaded
         path = _library_path()
+        _info.update(
+            library=None if path is None else str(path),
+            source="env " + _LIBRARY_ENV if os.environ.get(_LIBRARY_ENV, "").strip() else None,
+            built=path is not None,
+            built_ffi_api=None,
+            built_jaxlib=None,
+            kernel_isa=None,
+            runtime_ffi_api=_runtime_ffi_api(),
+            runtime_jaxlib=_jaxlib_version(),
+            loaded=False,
+            error=None,
+        )
         if path is None:
-            _loaded, _error = False, "the native extension was not built (no C++ compiler?)"
-            return False
+            return _fail("the native extension was not built (no C++ compiler?)", warn=False)
+        if _info["source"] is None:
+            _info["source"] = "package"
+        try:
+            jax.devices("cpu")
+        except Exception as e:
+            # No CPU backend (e.g. JAX_PLATFORMS without cpu): nothing would run the
+            # kernels, and registering now could break a CPU backend started later.
+            return _fail(f"JAX's CPU backend is not available: {e}", warn=False)
         try:
             lib = ctypes.CDLL(str(path))
+            api, version, isa = _built_with(lib)
+            _info.update(built_ffi_api=api, built_jaxlib=version, kernel_isa=isa)
+        except Exception as e:
+            return _fail(f"could not load {path.name}: {e}", warn=True)
+        why = _mismatch(_info)
+        if why is not None:
+            return _fail(f"{path.name}: {why}", warn=True)
+        try:
             for name, symbol in ((_ASSIGN, "JaxkmeansAssignF32"), (_LLOYD, "JaxkmeansLloydF32")):
                 jax.ffi.register_ffi_target(
                     name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu"
                 )
         except Exception as e:  # a broken build must not break the package
-            _loaded, _error = False, f"could not load {path.name}: {e}"
-            return False
+            return _fail(f"could not register {path.name}: {e}", warn=True)
         _loaded = True
+        _info["loaded"] = True
         return True
 
 
@@ -76,6 +209,17 @@ def load_error() -> str | None:
     """Why :func:`available` is False (None when it is True)."""
     _load()
     return _error
+
+
+def build_info() -> dict[str, Any]:
+    """What the native library is and whether it is in use (for ``show_config``):
+    ``library`` (path or None), ``source`` ("package" or the environment variable that
+    chose it), ``built``, ``built_ffi_api`` ((major, minor) of the XLA FFI headers it was
+    compiled with) and ``built_jaxlib``, ``runtime_ffi_api`` and ``runtime_jaxlib`` (the
+    running jaxlib's), ``kernel_isa`` ("avx2+fma" or "portable"), ``loaded``, ``enabled``
+    and ``error`` (why it is not loaded)."""
+    _load()
+    return dict(_info, enabled=enabled())
 
 
 def enabled() -> bool:

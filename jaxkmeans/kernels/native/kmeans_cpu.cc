@@ -135,6 +135,26 @@ inline void FinishRows(const Problem& p, int64_t row, int64_t m, const float* xs
   }
 }
 
+// NaN rule, shared by every kernel: a NaN score never wins while any center has a
+// non-NaN score; ties go to the lowest index; if every score is NaN the label is 0 (its
+// distance, recomputed from center 0, is then NaN too). The micro-kernels keep NaN out
+// of their running minima, whose lanes start at +inf; so only a row whose best score
+// is not finite needs this scalar pass (the lowest center with a non-NaN, i.e. +inf,
+// score, else 0). It never runs for finite inputs whose distances do not overflow.
+inline int32_t RescueRow(const Problem& p, const float* xr) {
+  for (int64_t c = 0; c < p.k; ++c) {
+    const float* cc = p.cp + c * p.d;
+    float s = p.bias[c];
+    for (int64_t j = 0; j < p.d; ++j) s += xr[j] * cc[j];
+    if (!std::isnan(s)) return static_cast<int32_t>(c);
+  }
+  return 0;
+}
+
+inline int32_t Checked(const Problem& p, float best, int32_t arg, const float* xr) {
+  return best < std::numeric_limits<float>::infinity() ? arg : RescueRow(p, xr);
+}
+
 // Portable micro-kernel: same blocking, scalar code the compiler may vectorize.
 void NearestRowsGeneric(const Problem& p, int64_t r0, int64_t r1, float* xs) {
   const int64_t d = p.d;
@@ -173,6 +193,7 @@ void NearestRowsGeneric(const Problem& p, int64_t r0, int64_t r1, float* xs) {
     for (int64_t r = 0; r < m; ++r) {
       float best;
       ReduceLanes(bestv[r], besti[r], kNR, &best, &arg[r]);
+      arg[r] = Checked(p, best, arg[r], xs + r * d);
     }
     FinishRows(p, row, m, xs, arg);
   }
@@ -180,10 +201,12 @@ void NearestRowsGeneric(const Problem& p, int64_t r0, int64_t r1, float* xs) {
 
 #ifdef JKM_X86
 // Lowest index among the lanes of `bi` whose `bv` equals the minimum of `bv`.
-__attribute__((target("avx2,fma"))) inline int32_t ArgMin8(__m256 bv, __m256i bi) {
+// `*best` receives the minimum.
+__attribute__((target("avx2,fma"))) inline int32_t ArgMin8(__m256 bv, __m256i bi, float* best) {
   __m256 mv = _mm256_min_ps(bv, _mm256_permute2f128_ps(bv, bv, 1));
   mv = _mm256_min_ps(mv, _mm256_shuffle_ps(mv, mv, _MM_SHUFFLE(1, 0, 3, 2)));
   mv = _mm256_min_ps(mv, _mm256_shuffle_ps(mv, mv, _MM_SHUFFLE(2, 3, 0, 1)));
+  *best = _mm256_cvtss_f32(mv);
   const __m256i big = _mm256_set1_epi32(std::numeric_limits<int32_t>::max());
   __m256i mi = _mm256_castps_si256(_mm256_blendv_ps(
       _mm256_castsi256_ps(big), _mm256_castsi256_ps(bi), _mm256_cmp_ps(bv, mv, _CMP_EQ_OQ)));
@@ -196,7 +219,7 @@ __attribute__((target("avx2,fma"))) inline int32_t ArgMin8(__m256 bv, __m256i bi
 
 // The same over two vectors of lanes (`bi1` need not hold the larger indices).
 __attribute__((target("avx2,fma"))) inline int32_t ArgMin16(__m256 bv0, __m256 bv1, __m256i bi0,
-                                                           __m256i bi1) {
+                                                           __m256i bi1, float* best) {
   const __m256 lt = _mm256_cmp_ps(bv1, bv0, _CMP_LT_OQ);
   const __m256 eq = _mm256_cmp_ps(bv1, bv0, _CMP_EQ_OQ);
   const __m256 lower = _mm256_castsi256_ps(_mm256_cmpgt_epi32(bi0, bi1));
@@ -204,7 +227,7 @@ __attribute__((target("avx2,fma"))) inline int32_t ArgMin16(__m256 bv0, __m256 b
   const __m256 bv = _mm256_blendv_ps(bv0, bv1, take1);
   const __m256i bi = _mm256_castps_si256(
       _mm256_blendv_ps(_mm256_castsi256_ps(bi0), _mm256_castsi256_ps(bi1), take1));
-  return ArgMin8(bv, bi);
+  return ArgMin8(bv, bi, best);
 }
 
 // FinishRows with 8-lane partial sums (a scalar sum is one long dependency chain,
@@ -309,13 +332,17 @@ __attribute__((target("avx2,fma"))) void NearestRowsAvx2(const Problem& p, int64
       idx1 = _mm256_add_epi32(idx1, sixteen);
     }
     int32_t arg[kMR];
-    for (int64_t r = 0; r < m; ++r) arg[r] = ArgMin16(bv[r][0], bv[r][1], bi[r][0], bi[r][1]);
+    for (int64_t r = 0; r < m; ++r) {
+      float best;
+      arg[r] = ArgMin16(bv[r][0], bv[r][1], bi[r][0], bi[r][1], &best);
+      arg[r] = Checked(p, best, arg[r], xs + r * d);
+    }
     FinishRowsAvx2(p, row, m, xs, arg);
   }
 }
 
 // Narrow-feature variant: two 3-row tiles per packed 6-row block. Each 16-center tile
-// row is first folded to 8 lanes (min of the two halves, lower index on ties), so
+// row is folded into 8 lanes of running state (lower half, then upper half), so
 // the running (min, index) state of 3 rows stays in registers with the accumulators:
 // for small d, where the state updates rather than the FMAs dominate, this avoids the
 // spills of the 6-row kernel.
@@ -360,16 +387,21 @@ __attribute__((target("avx2,fma"))) void NearestRowsAvx2Narrow(const Problem& p,
           c20 = _mm256_fmadd_ps(a, b0, c20);
           c21 = _mm256_fmadd_ps(a, b1, c21);
         }
+// Folds one 16-center tile row into the 8-lane running (min, first index) state:
+// the lower half first, then the upper half (higher indices), each with a strict
+// "less than", so ties keep the lowest index. A NaN score never enters the state
+// (_mm256_min_ps returns its second operand, the state, when the first is NaN, and the
+// ordered compare is false), so a finite center is never dropped for a NaN partner.
 #define JKM_FOLD(v0, v1, bv, bi)                                                  \
   {                                                                               \
-    const __m256 hi = _mm256_cmp_ps(v1, v0, _CMP_LT_OQ);                          \
-    const __m256 mv = _mm256_min_ps(v1, v0);                                      \
-    const __m256i iv = _mm256_castps_si256(_mm256_blendv_ps(                      \
-        _mm256_castsi256_ps(idx0), _mm256_castsi256_ps(idx1), hi));               \
-    const __m256 lt = _mm256_cmp_ps(mv, bv, _CMP_LT_OQ);                          \
-    bv = _mm256_min_ps(mv, bv);                                                   \
+    const __m256 lt0 = _mm256_cmp_ps(v0, bv, _CMP_LT_OQ);                         \
+    bv = _mm256_min_ps(v0, bv);                                                   \
     bi = _mm256_castps_si256(                                                     \
-        _mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(iv), lt));  \
+        _mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(idx0), lt0)); \
+    const __m256 lt1 = _mm256_cmp_ps(v1, bv, _CMP_LT_OQ);                         \
+    bv = _mm256_min_ps(v1, bv);                                                   \
+    bi = _mm256_castps_si256(                                                     \
+        _mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(idx1), lt1)); \
   }
         JKM_FOLD(c00, c01, bv0, bi0)
         JKM_FOLD(c10, c11, bv1, bi1)
@@ -378,9 +410,13 @@ __attribute__((target("avx2,fma"))) void NearestRowsAvx2Narrow(const Problem& p,
         idx0 = _mm256_add_epi32(idx0, sixteen);
         idx1 = _mm256_add_epi32(idx1, sixteen);
       }
-      arg[3 * half] = ArgMin8(bv0, bi0);
-      arg[3 * half + 1] = ArgMin8(bv1, bi1);
-      arg[3 * half + 2] = ArgMin8(bv2, bi2);
+      float best[3];
+      arg[3 * half] = ArgMin8(bv0, bi0, &best[0]);
+      arg[3 * half + 1] = ArgMin8(bv1, bi1, &best[1]);
+      arg[3 * half + 2] = ArgMin8(bv2, bi2, &best[2]);
+      for (int64_t r = 3 * half; r < std::min<int64_t>(m, 3 * half + 3); ++r) {
+        arg[r] = Checked(p, best[r - 3 * half], arg[r], xs + r * d);
+      }
     }
     FinishRowsAvx2(p, row, m, xs, arg);
   }
@@ -624,3 +660,30 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansLloydF32, LloydImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // counts
                                   .Ret<ffi::Buffer<ffi::F32>>()  // loss
 );
+
+// What this library was built against, read by the Python loader (ctypes) BEFORE it
+// registers the handlers: XLA rejects a handler whose FFI API version it does not
+// support, and a rejected registration made before JAX's CPU backend starts would make
+// that backend fail to start.
+#if defined(_WIN32)
+#define JKM_EXPORT extern "C" __declspec(dllexport)
+#else
+#define JKM_EXPORT extern "C" __attribute__((visibility("default")))
+#endif
+
+#ifndef JAXKMEANS_BUILT_JAXLIB
+#define JAXKMEANS_BUILT_JAXLIB ""
+#endif
+
+JKM_EXPORT int JaxkmeansFfiApiMajor() { return XLA_FFI_API_MAJOR; }
+JKM_EXPORT int JaxkmeansFfiApiMinor() { return XLA_FFI_API_MINOR; }
+// The jaxlib version whose headers were used ("" when unknown, e.g. a manual build).
+JKM_EXPORT const char* JaxkmeansBuiltJaxlib() { return JAXKMEANS_BUILT_JAXLIB; }
+// The micro-kernel family this CPU runs ("avx2+fma" or "portable").
+JKM_EXPORT const char* JaxkmeansKernelIsa() {
+#ifdef JKM_X86
+  return HasAvx2() ? "avx2+fma" : "portable";
+#else
+  return "portable";
+#endif
+}
