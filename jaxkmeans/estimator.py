@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import itertools
 import json
 import math
 import os
@@ -342,6 +341,7 @@ def _synced(batches: Iterator[np.ndarray], mesh: Any, dims: int) -> Iterator[np.
         if not sharding.any_process(batch is not None):
             return
         yield batch if batch is not None else np.zeros((0, dims), np.float32)
+        batch = None  # not held while the next batch is read
 
 
 def _place(batch: np.ndarray, standard: int | None, mesh: Any, dims: int) -> tuple[Any, Any, int]:
@@ -357,12 +357,21 @@ def _place(batch: np.ndarray, standard: int | None, mesh: Any, dims: int) -> tup
     return sharding.shard_rows(padded, w, mesh, valid=b)
 
 
-def _bounded(pending: list[Any], value: Any) -> None:
-    """Bounds the work in flight (JAX dispatches asynchronously): the next batch is
+def _bounded(pending: list[Any], value: Any, depth: int = 2) -> None:
+    """Bounds the work in flight (JAX dispatches asynchronously): at most `depth`
+    dispatched computations are unfinished once this returns, so the next batch is
     read while this one computes, but no further ahead."""
     pending.append(value)
-    if len(pending) > 2:
+    while len(pending) > depth:
         jax.block_until_ready(pending.pop(0))
+
+
+def _replay(seen: list[np.ndarray], it: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """The batches in `seen`, then the rest of `it`; each batch of `seen` is let go of
+    once it is handed out (so the first pass does not keep them to its end)."""
+    while seen:
+        yield seen.pop(0)
+    yield from it
 
 
 # ---------------------------------------------------------------------- initial state
@@ -433,6 +442,13 @@ def _centers_from_method(settings: _Settings, it: Iterator, seen: list, key: jax
     return initializers.init_impl(key, jnp.asarray(sample), None, spec)
 
 
+@jax.jit
+def _sample_origin(sample: jax.Array) -> jax.Array:
+    """The frame origin of the first rows, in one fused pass (run op by op it made
+    temporaries the size of the sample, a peak of memory on big first batches)."""
+    return metrics.frame_origin(sample, SQUARED_EUCLIDEAN_DISTANCE)
+
+
 def _initial_state(
     settings: _Settings, reader: InputReader, seed: int
 ) -> tuple[KMeansState, Iterator[np.ndarray]]:
@@ -457,11 +473,12 @@ def _initial_state(
     # far (as fit's from all rows), so distances stay accurate even if a center is
     # far from the data, and exact ties stay exact on integer data.
     sample = np.concatenate(seen) if seen else np.asarray(centers)
-    origin = np.asarray(metrics.frame_origin(jnp.asarray(sample), SQUARED_EUCLIDEAN_DISTANCE))
+    origin = np.asarray(_sample_origin(jnp.asarray(sample)))
     if mesh is not None:
         origin = sharding.broadcast_from_first(origin)
     state = _replicated(KMeansState.create(centers, key=key, origin=origin), mesh)
-    return state, itertools.chain(seen, it)
+    del sample
+    return state, _replay(seen, it)
 
 
 # ---------------------------------------------------------------------- training
@@ -556,9 +573,17 @@ class _Trainer:
         for batch in _synced(batches, settings.mesh, run.dims):
             standard = standard or batch.shape[0] or None
             x, w, b = _place(batch, standard, settings.mesh, run.dims)
+            # What is alive stays a few batches whatever the input's size: the host
+            # batch is let go of before the next one is read, and (each pass_add
+            # needing the previous one's result, so they run one after another) the
+            # previous computation is waited for once this one is dispatched: this one
+            # computes while the next batch is read, and only its batch and the one
+            # being read are held.
+            del batch
             rows += b
             acc = fitting.pass_add(acc, state.centers, state.origin, x, w, settings.spec)
-            _bounded(pending, acc.loss)
+            del x, w
+            _bounded(pending, acc.loss, depth=1)
         if acc is None or rows == 0:
             raise ValueError(_EMPTY_INPUT)
         run.rows_per_pass = rows

@@ -270,11 +270,14 @@ def _kmc2(key, xp, w, k, chain_length):
     return idx
 
 
-def _kmeans_parallel(key, xp, w, k, num_retries, rounds, oversampling_factor, chunk):
+def _kmeans_parallel(key, xp, w, spec: InitSpec, chunk: int):
     """k-means|| (Bahmani et al. 2012): `rounds` rounds each adding ``l =
     oversampling_factor * k`` points sampled without replacement proportionally to
     ``w D^2``; the candidates, weighted by the points nearest to them, are then
-    reduced to k with weighted greedy k-means++."""
+    reduced to k with weighted greedy k-means++. `chunk` rows per distance block."""
+    opts = dict(spec.options)
+    k, num_retries = spec.k, spec.num_retries
+    rounds, oversampling_factor = opts["rounds"], opts["oversampling_factor"]
     n, d = xp.shape
     # At least k - 1 candidates after the first one, whatever the options.
     per_round = max(1, min(n, max(math.ceil(oversampling_factor * k), math.ceil((k - 1) / rounds))))
@@ -389,6 +392,22 @@ def make_init(
     return InitSpec(k, method, metric, retries, tuple(sorted(opts.items())))
 
 
+def _kmeans_parallel_blocks(key, xp, w, spec: InitSpec):
+    """:func:`_kmeans_parallel` with the distance block of the platform the program is
+    lowered for (or the ``chunk_size`` option)."""
+    n, d = xp.shape
+    opts = dict(spec.options)
+    m = math.ceil(opts["oversampling_factor"] * spec.k)
+
+    def run(platform):
+        chunk = opts["chunk_size"] or chunk_rows(n, m, d, xp.dtype, platform)
+        return functools.partial(_kmeans_parallel, spec=spec, chunk=min(chunk, n))
+
+    if opts["chunk_size"]:
+        return run("cpu")(key, xp, w)
+    return lax.platform_dependent(key, xp, w, cpu=run("cpu"), default=run("gpu"))
+
+
 @functools.partial(jax.jit, static_argnames=("spec",))
 def init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec) -> jax.Array:
     """Jittable core of :func:`init_centers` (no argument checks). Returns (k, d)."""
@@ -409,9 +428,7 @@ def init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec)
         elif spec.method == KMC2_INIT:
             idx = _kmc2(key, xp, w, k, opts["chain_length"])
         else:
-            rounds, factor = opts["rounds"], opts["oversampling_factor"]
-            chunk = opts["chunk_size"] or chunk_rows(n, math.ceil(factor * k), d, x.dtype, "cpu")
-            idx = _kmeans_parallel(key, xp, w, k, spec.num_retries, rounds, factor, min(chunk, n))
+            idx = _kmeans_parallel_blocks(key, xp, w, spec)
     centers = x[idx]
     if metric == COSINE_DISTANCE:
         centers = metrics.normalize_rows(centers)

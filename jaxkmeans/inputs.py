@@ -22,6 +22,9 @@ import numpy as np
 
 __all__ = ["InputReader", "feature_names", "to_matrix"]
 
+# Elements per block of the finiteness check (a bounded temporary, however big the batch).
+_CHECK_BLOCK = 1 << 20
+
 ACCEPTED = (
     "an array (n, d), a dict of feature name -> array (n,) or (n, d_i), a pair "
     "(features, None), an iterable of those, or a callable returning one of them"
@@ -221,8 +224,11 @@ class InputReader:
                 f"{batch.shape}."
             )
         batch = np.asarray(batch, dtype=np.float32)
-        if not np.isfinite(batch).all():
-            raise ValueError("input features must be finite; a batch has NaN or inf.")
+        # Checked in blocks of rows: no temporary the size of the batch.
+        step = max(1, _CHECK_BLOCK // max(1, batch.shape[1]))
+        for start in range(0, batch.shape[0], step):
+            if not np.isfinite(batch[start : start + step]).all():
+                raise ValueError("input features must be finite; a batch has NaN or inf.")
         return batch
 
     def batches(self) -> Iterator[np.ndarray]:
@@ -244,5 +250,9 @@ class InputReader:
         self.passes += 1
         for item in items:
             batch = self._check(to_matrix(item, self._names))
+            # Hold no batch while the input reads the next one: a consumer that lets
+            # go of each batch keeps one alive, not two, whatever the input's size.
+            item = None
             if batch.shape[0]:
                 yield batch
+            batch = None
