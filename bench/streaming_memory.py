@@ -29,7 +29,9 @@ import numpy as np
 
 # The checkout measured (another one, e.g. a copy of an older version, through
 # JAXKMEANS_ROOT).
-ROOT = os.environ.get("JAXKMEANS_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.environ.get("JAXKMEANS_ROOT") or os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))
+)
 
 
 def _status_kb(field: str) -> int:
@@ -171,7 +173,9 @@ def main() -> None:
     p.add_argument("--batch-mb", type=int, default=64)
     p.add_argument("--dims", type=int, default=64)
     p.add_argument("--clusters", type=int, default=32)
-    p.add_argument("--steps", type=int, default=2, help="train(steps=1) calls (the first initializes)")
+    p.add_argument(
+        "--steps", type=int, default=2, help="train(steps=1) calls (the first initializes)"
+    )
     p.add_argument("--init", default="kmeans_plus_plus")
     p.add_argument("--reader", choices=["fromfile", "readinto"], default="fromfile")
     p.add_argument("--dir", default="/tmp/jaxkmeans-streaming-memory")
@@ -222,7 +226,8 @@ def main() -> None:
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump({"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "results": results}, f, indent=1)
+            created = time.strftime("%Y-%m-%dT%H:%M:%S")
+            json.dump({"created": created, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
