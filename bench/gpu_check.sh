@@ -9,6 +9,8 @@
 # lloyd_step, fit (per iteration) and assign, achieved TFLOP/s (2*N*K*D / s per
 # iteration) and the fraction of the card's dense peak for that precision; the inertia of
 # each run's final centers (evaluated in float32) against the float32 run.
+# Then the fused Pallas (Triton) kernels (jaxkmeans.kernels.pallas_gpu: nearest and
+# statistics) against the XLA kernel per precision (GPU_CHECK_PALLAS=0 skips them).
 # Optional peers, only if importable: faiss-gpu, fastkmeans, flash-kmeans.
 # Writes JSON to $OUT/gpu_check.json when $OUT is set, else bench/results/.
 # The whole script runs under `timeout 480`; results are saved after every measurement.
@@ -289,6 +291,76 @@ if jaxkmeans is not None:
                   f"inertia vs f32 {row.get('inertia_rel_diff_vs_float32', float('nan')):+.1e}"
                   + (f"  ERR {row.get('step_error') or row.get('fit_error') or row.get('error')}"
                      if any(e in row for e in ('step_error', 'fit_error', 'error')) else ""), flush=True)
+
+
+# ------------------------------------------------------------------ Pallas kernels
+# The fused Pallas (Triton) nearest-center kernel and statistics vs the XLA kernel, per
+# precision: one call each on all N rows (after a compile call), labels agreement vs XLA.
+result["pallas"] = []
+try:
+    from jaxkmeans.engine import Pass, frame_of
+    from jaxkmeans.kernels import pallas_gpu, xla as xla_kernel
+    from jaxkmeans.metrics import frame_origin
+except Exception as exc:  # noqa: BLE001
+    pallas_gpu = None
+    result["notes"].append(f"pallas kernels unavailable: {err(exc)}")
+if pallas_gpu is not None and os.environ.get("GPU_CHECK_PALLAS", "1") != "0":
+    plat = "gpu" if result["backend"] == "gpu" else "cpu"  # cpu: interpret (smoke only)
+    for k in KS:
+        c0 = init_for(k)
+        for prec in PRECISIONS:
+            if left() < 40:
+                result["notes"].append(f"budget: skipped pallas K={k} {prec} and later")
+                break
+            row = {"K": k, "precision": prec, "N": N, "D": D}
+            try:
+                spec = Pass(precision=prec, kernel="xla")
+                frame = jax.jit(lambda x, c: frame_of(c, frame_origin(x, "squared_euclidean"),
+                                                      "squared_euclidean"))(x, c0)
+                fns = {
+                    "pallas_nearest": jax.jit(lambda x, f, s=spec: pallas_gpu.nearest(s, plat, x, f)),
+                    "xla_nearest": jax.jit(lambda x, f, s=spec: xla_kernel.nearest(s, plat, x, f)),
+                    "pallas_stats": jax.jit(lambda x, f, s=spec: pallas_gpu.statistics(s, plat, x, None, f)),
+                    "xla_stats": jax.jit(lambda x, f, s=spec: xla_kernel.statistics(s, plat, x, None, f)),
+                }
+                outs = {}
+                for name, fn in fns.items():
+                    if left() < 25:
+                        break
+                    try:
+                        comp, ts, outs[name] = timed(lambda fn=fn: fn(x, frame), REPS)
+                        s = statistics.median(ts)
+                        row.update({f"{name}_s": s, f"{name}_compile_s": comp,
+                                    f"{name}_tflops": tflops(k, s)})
+                        if peaks and prec in peaks:
+                            row[f"{name}_pct_peak"] = 100.0 * tflops(k, s) / peaks[prec]
+                    except Exception as exc:  # noqa: BLE001
+                        row[f"{name}_error"] = err(exc)
+                if "pallas_nearest" in outs and "xla_nearest" in outs:
+                    a, b = outs["pallas_nearest"], outs["xla_nearest"]
+                    row["labels_agree_vs_xla"] = float(jnp.mean(a[0] == b[0]))
+                    row["dist_max_rel_diff_vs_xla"] = float(
+                        jnp.max(jnp.abs(a[1] - b[1]) / jnp.maximum(jnp.abs(b[1]), 1e-6)))
+                if "pallas_stats" in outs and "xla_stats" in outs:
+                    a, b = outs["pallas_stats"], outs["xla_stats"]
+                    row["sums_max_abs_diff_vs_xla"] = float(jnp.max(jnp.abs(a[0] - b[0])))
+                    row["loss_rel_diff_vs_xla"] = float((a[2] - b[2]) / b[2])
+            except Exception as exc:  # noqa: BLE001
+                row["error"] = err(exc)
+            result["pallas"].append(row)
+            save()
+
+            def g(key, fmt=".4g"):
+                v = row.get(key)
+                return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+            errs = {kk: v for kk, v in row.items() if kk.endswith("error")}
+            print(f"  pallas K={k:6d} {prec:>9s}: nearest {g('pallas_nearest_s')} s "
+                  f"({g('pallas_nearest_tflops', '.1f')} TFLOP/s) vs xla {g('xla_nearest_s')} s; "
+                  f"stats {g('pallas_stats_s')} s vs xla {g('xla_stats_s')} s; "
+                  f"labels agree {g('labels_agree_vs_xla', '.6f')}" + (f"  ERR {errs}" if errs else ""),
+                  flush=True)
+save()
 
 
 # ------------------------------------------------------------------ optional peers

@@ -84,8 +84,9 @@ class Pass:
       precision: ``"float32"``, ``"tf32"`` or ``"bfloat16"`` distance products.
       chunk: rows per block (per device), or None: chosen by each kernel for the
         platform the program is lowered for.
-      kernel: what runs where the program runs on CPU: ``"native"`` or ``"xla"``
-        (other platforms run the XLA kernel).
+      kernel: ``"native"`` (the C++ kernel where the program runs on CPU, XLA
+        elsewhere), ``"pallas"`` (the fused Pallas kernels on GPU and TPU, interpret
+        mode on CPU) or ``"xla"`` (the XLA kernel everywhere).
       sums: how the XLA kernel forms per-center sums: ``"auto"`` (scatter-add on CPU, a
         one-hot matmul on GPU/TPU), ``"segment_sum"`` or ``"onehot"``.
       mesh: a ``jax.sharding.Mesh`` with Auto axes to run data-parallel over (rows split
@@ -128,7 +129,9 @@ def make_pass(
 
     ``kernel="auto"`` becomes ``"native"`` where the native CPU kernel serves this work
     (float32, squared Euclidean, float32/tf32 precision, built and enabled), else
-    ``"xla"``; an explicit ``"native"`` that cannot serve it is a ValueError.
+    ``"xla"``; an explicit ``"native"`` that cannot serve it is a ValueError. The Pallas
+    GPU/TPU kernels are opt-in (``kernel="pallas"``) until they are measured on a
+    device; ``"auto"`` does not choose them yet.
     `update_method` is the deprecated spelling (``"segment_sum"``/``"onehot"`` mean
     the XLA kernel with that way of forming sums).
     """

@@ -142,9 +142,11 @@ def _copy_weights(
             wv = wv * lax.dynamic_slice_in_dim(w, start, chunk)
         ri = row_identity(rows, metric)
         eq = (ri[:, None, 0] == ident[None, :, 0]) & (ri[:, None, 1] == ident[None, :, 1])
-        eq = eq & (wv > 0)[:, None]
-        total = total + jnp.sum(jnp.where(eq, wv[:, None], 0.0), axis=0)
-        return total, count + jnp.sum(eq.astype(jnp.int32), axis=0)
+        # The candidates are distinct points: a row is a copy of at most one of them.
+        hit = jnp.any(eq, axis=1) & (wv > 0)
+        which = jnp.argmax(eq, axis=1)
+        total = total + jax.ops.segment_sum(jnp.where(hit, wv, 0.0), which, num_segments=m)
+        return total, count + jax.ops.segment_sum(hit.astype(jnp.int32), which, num_segments=m)
 
     init = (jnp.zeros((m,), x.dtype), jnp.zeros((m,), jnp.int32))
     return fold_chunks(n, chunk, step, init)

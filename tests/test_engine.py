@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -312,3 +313,27 @@ def test_lowering_for_cpu_uses_the_cpu_blocks():
     cpu = jaxkmeans.auto_chunk_size(n, k, d, backend="cpu")
     text = _lowered(lambda x, c: jaxkmeans.assign(x, c, kernel="xla"), "cpu", (n, d), (k, d))
     assert f"tensor<{cpu}x{k}xf32>" in text
+
+
+@pytest.mark.parametrize(
+    "platform,target", [("cuda", "__gpu$xla.gpu.triton"), ("tpu", "tpu_custom_call")]
+)
+def test_pallas_kernel_lowers_into_every_public_entry_point(platform, target):
+    """kernel="pallas": assign, lloyd_step and fit lowered for GPU/TPU from this host hold
+    the Pallas kernel and no (rows, k) float32 score buffer."""
+    n, k, d = 5000, 300, 16
+    programs = {
+        "assign": lambda x, c: jaxkmeans.assign(x, c, kernel="pallas"),
+        "lloyd_step": lambda x, c: jaxkmeans.lloyd_step(x, c, kernel="pallas"),
+        "fit": lambda x, c: jaxkmeans.fit(KEY, x, k, init=c, max_iter=3, kernel="pallas"),
+    }
+    checks = [jax.export.DisabledSafetyCheck.custom_call(target)]
+    args = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((n, d), (k, d))]
+    for name, fn in programs.items():
+        export = jax.export.export(jax.jit(fn), platforms=[platform], disabled_checks=checks)
+        text = export(*args).mlir_module()
+        assert target in text, name
+        blocks = {
+            (int(a), int(b)) for a, b in re.findall(r"tensor<(\d+)x(\d+)xf32>", text)
+        }
+        assert not [s for s in blocks if s[0] >= 1000 and s[1] >= k], (name, sorted(blocks))

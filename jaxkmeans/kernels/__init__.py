@@ -15,10 +15,13 @@ differentiate, differentiates like the others.
 
 Which family runs is chosen per platform with ``lax.platform_dependent``, so one traced
 program lowers anywhere: ``xla`` (:mod:`jaxkmeans.kernels.xla`, the reference, any
-platform) and ``native`` (:mod:`jaxkmeans.kernels.native`, C++ through ``jax.ffi``, CPU
-only). The choice is part of the engine's pass description (``spec.kernel``: what runs
-where the program runs on CPU; other platforms run the XLA kernel with their own block
-sizes).
+platform), ``native`` (:mod:`jaxkmeans.kernels.native`, C++ through ``jax.ffi``, CPU
+only) and ``pallas`` (:mod:`jaxkmeans.kernels.pallas_gpu`, Triton, and
+:mod:`jaxkmeans.kernels.pallas_tpu`, Mosaic TPU: fused distance tile + running (min,
+first index), no (rows, k) block in device memory; on CPU they run in Pallas' interpret
+mode, for tests). The choice is part of the engine's pass description (``spec.kernel``):
+``"native"`` is the CPU branch only (XLA elsewhere), ``"pallas"`` is the GPU and TPU
+branches (interpret mode on CPU), ``"xla"`` everywhere.
 """
 
 from __future__ import annotations
@@ -33,24 +36,28 @@ import numpy as np
 from jax import lax
 
 from jaxkmeans._validation import COSINE_DISTANCE
-from jaxkmeans.kernels import native, xla
+from jaxkmeans.kernels import native, pallas_gpu, pallas_tpu, xla
 from jaxkmeans.metrics import normalize_rows
 
-__all__ = ["KERNELS", "nearest", "statistics", "native", "xla"]
+__all__ = ["KERNELS", "nearest", "statistics", "native", "pallas_gpu", "pallas_tpu", "xla"]
 
-KERNELS = ("auto", "xla", "native")
+KERNELS = ("auto", "xla", "native", "pallas")
 
 
 def _dispatch(spec: Any, name: str, *args: Any) -> Any:
     """Runs kernel `name` with the family `spec` chooses for each platform."""
     ref = getattr(xla, name)
     cpu: Callable[..., Any] = functools.partial(ref, spec, "cpu")
+    branches = {"default": functools.partial(ref, spec, "gpu")}
     if spec.kernel == "native" and native.available():
         cpu = getattr(native, name)
-    branches = {"cpu": cpu, "default": functools.partial(ref, spec, "gpu")}
-    if xla.BLOCK_ELEMENTS["tpu"] != xla.BLOCK_ELEMENTS["gpu"]:
+    if spec.kernel == "pallas":
+        cpu = functools.partial(getattr(pallas_gpu, name), spec, "cpu")  # interpret mode
+        branches["cuda"] = functools.partial(getattr(pallas_gpu, name), spec, "gpu")
+        branches["tpu"] = functools.partial(getattr(pallas_tpu, name), spec, "tpu")
+    elif xla.BLOCK_ELEMENTS["tpu"] != xla.BLOCK_ELEMENTS["gpu"]:
         branches["tpu"] = functools.partial(ref, spec, "tpu")
-    return lax.platform_dependent(*args, **branches)
+    return lax.platform_dependent(*args, cpu=cpu, **branches)
 
 
 def _rows_tangent(metric: str, x: jax.Array, frame: Any, dframe: Any, dx: jax.Array) -> tuple:
