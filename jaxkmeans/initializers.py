@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxkmeans import metrics
+from jaxkmeans import engine, kernels, metrics
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
@@ -36,7 +36,6 @@ from jaxkmeans._validation import (
     is_traced,
     row_identity,
 )
-from jaxkmeans.kernels.xla import block_argmin, chunk_rows, fold_chunks
 
 __all__ = [
     "RANDOM_INIT",
@@ -270,12 +269,16 @@ def _kmc2(key, xp, w, k, chain_length):
     return idx
 
 
-def _kmeans_parallel(key, xp, w, spec: InitSpec, chunk: int):
+def _kmeans_parallel(key, xp, w, spec: InitSpec):
     """k-means|| (Bahmani et al. 2012): `rounds` rounds each adding ``l =
     oversampling_factor * k`` points sampled without replacement proportionally to
     ``w D^2``; the candidates, weighted by the points nearest to them, are then
-    reduced to k with weighted greedy k-means++. `chunk` rows per distance block."""
+    reduced to k with weighted greedy k-means++. The distances to each round's
+    candidates are a nearest-center pass of the engine's kernels (native on CPU, the
+    platform's blocks elsewhere)."""
     opts = dict(spec.options)
+    kernel = spec.kernel if xp.dtype == jnp.float32 else "xla"  # native: float32 only
+    passes = engine.Pass(chunk=opts["chunk_size"], kernel=kernel)
     k, num_retries = spec.k, spec.num_retries
     rounds, oversampling_factor = opts["rounds"], opts["oversampling_factor"]
     n, d = xp.shape
@@ -293,22 +296,11 @@ def _kmeans_parallel(key, xp, w, spec: InitSpec, chunk: int):
     def add_candidates(d2, near, new_idx, new_ok, offset):
         cp = -2.0 * xp[new_idx]
         bias = jnp.where(new_ok, jnp.sum(xp[new_idx] ** 2, axis=1), jnp.inf)
-
-        def step(carry, start, valid):
-            d2, near = carry
-            rows = lax.dynamic_slice_in_dim(xp, start, chunk)
-            smin, j = block_argmin(metrics.score_block(rows, cp, bias, "float32"))
-            dnew = jnp.maximum(lax.dynamic_slice_in_dim(xsq, start, chunk) + smin, 0.0)
-            dold = lax.dynamic_slice_in_dim(d2, start, chunk)
-            nold = lax.dynamic_slice_in_dim(near, start, chunk)
-            better = dnew < dold
-            d2 = lax.dynamic_update_slice_in_dim(d2, jnp.where(better, dnew, dold), start, 0)
-            near = lax.dynamic_update_slice_in_dim(
-                near, jnp.where(better, offset + j, nold), start, 0
-            )
-            return d2, near
-
-        d2, near = fold_chunks(n, chunk, step, (d2, near))
+        frame = engine.Frame(jnp.zeros((d,), xp.dtype), cp, bias)  # rows already centred
+        j, dnew = kernels.nearest(passes, xp, frame)
+        better = dnew < d2
+        d2 = jnp.where(better, dnew, d2)
+        near = jnp.where(better, offset + j, near)
         # Candidates are at distance exactly 0 from themselves.
         d2 = d2.at[new_idx].set(jnp.where(new_ok, 0.0, d2[new_idx]))
         near = near.at[new_idx].set(
@@ -346,6 +338,7 @@ class InitSpec:
       metric: the metric (cosine compares rows by direction and returns unit rows).
       num_retries: k-means++ extra candidates per pick (negative: 2 + ln k).
       options: the method's options (``METHOD_OPTIONS``) as sorted ``(name, value)``.
+      kernel: the engine kernel k-means|| measures candidate distances with.
     """
 
     k: int
@@ -353,6 +346,7 @@ class InitSpec:
     metric: str
     num_retries: int = -1
     options: tuple[tuple[str, Any], ...] = ()
+    kernel: str = "xla"
 
 
 def check_method_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -385,27 +379,13 @@ def make_init(
     options: dict[str, Any] | None = None,
     name: str = "method",
 ) -> InitSpec:
-    """Checks an init method name, `num_retries` and the method's options."""
+    """Checks an init method name, `num_retries` and the method's options (the kernel is
+    what ``kernel="auto"`` resolves to for float32 data; see :func:`engine.make_pass`)."""
     method = check_choice(method, name, INIT_METHODS, " or a (k, d) array")
     opts = check_method_options(method, dict(options or {}))
     retries = check_int(num_retries, "num_retries", "an int (negative: 2 + ln k)")
-    return InitSpec(k, method, metric, retries, tuple(sorted(opts.items())))
-
-
-def _kmeans_parallel_blocks(key, xp, w, spec: InitSpec):
-    """:func:`_kmeans_parallel` with the distance block of the platform the program is
-    lowered for (or the ``chunk_size`` option)."""
-    n, d = xp.shape
-    opts = dict(spec.options)
-    m = math.ceil(opts["oversampling_factor"] * spec.k)
-
-    def run(platform):
-        chunk = opts["chunk_size"] or chunk_rows(n, m, d, xp.dtype, platform)
-        return functools.partial(_kmeans_parallel, spec=spec, chunk=min(chunk, n))
-
-    if opts["chunk_size"]:
-        return run("cpu")(key, xp, w)
-    return lax.platform_dependent(key, xp, w, cpu=run("cpu"), default=run("gpu"))
+    kernel = engine.make_pass().kernel
+    return InitSpec(k, method, metric, retries, tuple(sorted(opts.items())), kernel)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
@@ -428,7 +408,7 @@ def init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec)
         elif spec.method == KMC2_INIT:
             idx = _kmc2(key, xp, w, k, opts["chain_length"])
         else:
-            idx = _kmeans_parallel_blocks(key, xp, w, spec)
+            idx = _kmeans_parallel(key, xp, w, spec)
     centers = x[idx]
     if metric == COSINE_DISTANCE:
         centers = metrics.normalize_rows(centers)
