@@ -5,7 +5,8 @@ then trains `jaxkmeans.KMeans(use_mini_batch=False)` on an input_fn that yields
 slices of the memmap. Each step is one exact Lloyd iteration over the whole file: the
 per-center sums of every slice are added up on the device, and the next slice is read
 while the current one computes. Peak memory stays at a few slices, whatever the file
-size.
+size. The data file and the model live in a temporary directory that is deleted at the
+end, also on error or Ctrl-C (`--dir` only chooses where that directory is created).
 
     python examples/streaming.py [--gigabytes 2] [--batch-rows 262144] [--steps 3]
 """
@@ -13,6 +14,9 @@ size.
 import argparse
 import os
 import resource
+import shutil
+import signal
+import sys
 import tempfile
 import time
 
@@ -45,7 +49,11 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=32)
     parser.add_argument("--batch-rows", type=int, default=1 << 18)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--dir", default=None, help="where to write the data file")
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="where to create the temporary working directory (deleted at the end)",
+    )
     parser.add_argument(
         "--compare-in-memory",
         action="store_true",
@@ -55,7 +63,17 @@ def main() -> None:
 
     d, k = args.dims, args.clusters
     n = int(args.gigabytes * 2**30 / (4 * d))
-    workdir = args.dir or tempfile.mkdtemp(prefix="jaxkmeans-stream-")
+    # SIGTERM as an exception too, so that the cleanup below runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    workdir = tempfile.mkdtemp(prefix="jaxkmeans-stream-", dir=args.dir)
+    try:
+        run(args, workdir, n, d, k)
+    finally:  # the data file is gigabytes: never leave it behind
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"removed {workdir}")
+
+
+def run(args: argparse.Namespace, workdir: str, n: int, d: int, k: int) -> None:
     path = os.path.join(workdir, "data.npy")
     t0 = time.perf_counter()
     write_data(path, n, d, k)

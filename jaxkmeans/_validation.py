@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import sys
+import warnings
 from typing import Any
 
 import jax
@@ -102,18 +104,60 @@ def check_chunk_size(chunk_size: Any) -> int | None:
     return check_positive_int(chunk_size, "chunk_size")
 
 
-def _float_dtype(dtype: Any, name: str) -> np.dtype:
+_FLOAT64_WARNED = False
+
+FLOAT64_WARNING = (
+    "float64 data is computed in float32 because jax_enable_x64 is off; for float64 "
+    'computation call jax.config.update("jax_enable_x64", True) before using JAX. '
+    "(This warning is shown once per process.)"
+)
+
+
+def _warn_float64_once() -> None:
+    """The UserWarning that float64 data runs in float32 (once per process)."""
+    global _FLOAT64_WARNED
+    if _FLOAT64_WARNED:
+        return
+    _FLOAT64_WARNED = True
+    # Point at the first frame outside the package (the user's call).
+    package = __name__.rpartition(".")[0] + "."
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(FLOAT64_WARNING, UserWarning, stacklevel=level)
+
+
+def _float_dtype(dtype: Any, name: str, *, warn_float64: bool = False) -> np.dtype:
+    """The dtype the package computes `dtype` data in.
+
+    float32 for float16/bfloat16 (and narrower: their rounding of the frame origin and
+    of squared distances overflows or loses everything) and for integers and bools
+    without jax_enable_x64; float64 data in float64 with jax_enable_x64, else in float32
+    (with a once-per-process UserWarning when `warn_float64`).
+    """
     dtype = np.dtype(dtype)
     if jnp.issubdtype(dtype, jnp.floating):
-        # float64 without jax_enable_x64 becomes float32 (no truncation warning).
-        return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+        if dtype.itemsize < 4:
+            return np.dtype(np.float32)
+        out = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+        if warn_float64 and out.itemsize < dtype.itemsize:
+            _warn_float64_once()
+        return out
     if jnp.issubdtype(dtype, jnp.integer) or dtype == np.bool_:
         return np.dtype(jnp.zeros((), dtype=float).dtype)  # default float (x64 aware)
     raise TypeError(f"`{name}` must be a real numeric array; got dtype {dtype}.")
 
 
-def as_data(x: Any, name: str = "x", *, check_values: bool = True) -> jax.Array:
-    """Converts `x` to a floating 2-D array, checking rank, size, dtype and finiteness."""
+def as_data(
+    x: Any, name: str = "x", *, check_values: bool = True, warn_float64: bool = True
+) -> jax.Array:
+    """Converts `x` to a floating 2-D array, checking rank, size, dtype and finiteness.
+
+    The array is in the compute dtype (:func:`_float_dtype`): float16/bfloat16 become
+    float32; a float64 array stays float64 with jax_enable_x64, else becomes float32 with
+    a once-per-process UserWarning (when `warn_float64`; nested lists, which have no
+    dtype of their own, take JAX's default float dtype silently).
+    """
     if x is None:
         raise TypeError(f"`{name}` must be a 2-D array of shape (n_samples, n_features); got None.")
     if isinstance(x, str | bytes | dict):
@@ -121,7 +165,8 @@ def as_data(x: Any, name: str = "x", *, check_values: bool = True) -> jax.Array:
             f"`{name}` must be a 2-D array of shape (n_samples, n_features); "
             f"got {type(x).__name__}."
         )
-    if not hasattr(x, "dtype"):
+    has_dtype = hasattr(x, "dtype")
+    if not has_dtype:
         try:
             x = np.asarray(x)
         except ValueError as e:  # ragged lists
@@ -134,7 +179,7 @@ def as_data(x: Any, name: str = "x", *, check_values: bool = True) -> jax.Array:
                 f"`{name}` must be a 2-D numeric array; got an object array "
                 f"(ragged rows or non-numbers)."
             )
-    dtype = _float_dtype(x.dtype, name)
+    dtype = _float_dtype(x.dtype, name, warn_float64=warn_float64 and has_dtype)
     if x.ndim != 2:
         raise ValueError(
             f"`{name}` must be a 2-D array of shape (n_samples, n_features); "
@@ -148,8 +193,16 @@ def as_data(x: Any, name: str = "x", *, check_values: bool = True) -> jax.Array:
         x = jnp.asarray(x, dtype=dtype)
         finite = is_traced(x) or not check_values or bool(jnp.isfinite(x).all())
     else:  # host data: check on the host (no device round trip, nothing to compile)
-        xh = np.asarray(x, dtype=dtype)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: said below
+            xh = np.asarray(x, dtype=dtype)
         finite = not check_values or bool(np.isfinite(xh).all())
+        if not finite and np.dtype(x.dtype).itemsize > dtype.itemsize:
+            if bool(np.isfinite(np.asarray(x)).all()):
+                raise ValueError(
+                    f"`{name}` must contain only finite values in the compute dtype; it has "
+                    f"{x.dtype} values beyond the {dtype} range (float64 data is computed "
+                    f'in float32 unless jax.config.update("jax_enable_x64", True)).'
+                )
         x = jnp.asarray(xh)
     if not finite:
         raise ValueError(f"`{name}` must contain only finite values; it has NaN or inf.")
@@ -157,7 +210,9 @@ def as_data(x: Any, name: str = "x", *, check_values: bool = True) -> jax.Array:
 
 
 def as_centers(centers: Any, n_features: int, dtype: Any, name: str = "centers") -> jax.Array:
-    c = as_data(centers, name)
+    """`centers` checked like data and cast to the data's compute `dtype` (no float64
+    warning: the data's dtype decides the computation)."""
+    c = as_data(centers, name, warn_float64=False)
     if c.shape[1] != n_features:
         raise ValueError(
             f"`{name}` must have {n_features} columns to match the data; "

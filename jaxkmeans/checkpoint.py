@@ -51,6 +51,7 @@ __all__ = [
     "CheckpointStore",
     "Checkpointer",
     "latest_checkpoint",
+    "read_checkpoint",
 ]
 
 _STATE_ITEM = "state"
@@ -594,7 +595,7 @@ class CheckpointStore:
         problems = [
             f"{key}={config[key]!r} ({note})"
             for key, (value, note) in expected.items()
-            if value is not None and config[key] != value
+            if value is not None and key in config and config[key] != value
         ]
         if problems:
             raise ValueError(
@@ -629,3 +630,22 @@ def latest_checkpoint(directory: str | os.PathLike) -> str | None:
     """Path of the newest finalized checkpoint in `directory`; None if none or no dir."""
     with Checkpointer(directory, max_to_keep=None) as checkpointer:
         return checkpointer.checkpoint_path()
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[int, dict[str, np.ndarray], dict]:
+    """``(step, state, config)`` of one checkpoint, given its step directory (a path
+    returned by :func:`latest_checkpoint`, or ``model_dir/<step>``), verified.
+
+    Raises:
+        ValueError: `path` is not a finalized checkpoint step directory.
+        CheckpointError: it is damaged or unreadable.
+    """
+    p = pathlib.Path(path).expanduser().resolve()
+    if not _STEP_NAME.match(p.name) or not p.is_dir():
+        raise ValueError(
+            "`checkpoint_path` must be a checkpoint directory (a path returned by "
+            f"latest_checkpoint(), or model_dir/<step>); got {str(path)!r}"
+            + (" (it does not exist)." if not p.exists() else ".")
+        )
+    with Checkpointer(p.parent, max_to_keep=None) as checkpointer:
+        return checkpointer.restore(step=int(p.name))

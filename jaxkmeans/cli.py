@@ -16,21 +16,44 @@ comments. A 1-D array or a single column is one feature per row.
 ``fit`` and ``export`` print a one-line JSON summary on stdout, ``info`` a JSON object;
 training progress goes to stderr. Every error is one line on stderr
 (``jaxkmeans: error: ...``) and a non-zero exit: 2 for a bad command line, 1 otherwise.
+
+Names used in every output (fit summary, ``info``, progress):
+
+- ``loss``: the sum, over the rows of one training step, of the distance of each row
+  to its nearest center (before the step's update). Full batch: over all the rows;
+  mini-batch: over the step's batch.
+- ``mean_loss``: ``loss`` divided by the rows of that step (only ever under this name).
+- ``score``: the sum over all the given rows of the distance to the nearest final center.
+
+Distances are squared Euclidean, or 1 - cos for ``--metric cosine``.
+
+``fit`` saves a checkpoint every 600 seconds of training (``--save-every-secs``,
+``--save-every-steps``) and at the end. Ctrl-C (SIGINT) or SIGTERM saves the last
+completed step, says so on stderr and exits with status 130; the same command resumes.
+On a ``--model-dir`` with a checkpoint, ``fit`` resumes: what defines the model
+(--num-clusters, --metric, the width of DATA, --mini-batch or not) must match it, and
+start-only settings (--init, --seed) are ignored with a warning.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import json
 import math
 import os
 import pathlib
+import secrets
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
+import jax
 import numpy as np
 
 import jaxkmeans
@@ -48,10 +71,21 @@ DEFAULT_FULL_BATCH_STEPS = 300
 DEFAULT_MINI_BATCH_PASSES = 100
 DEFAULT_BATCH_SIZE = 1024
 DEFAULT_TOLERANCE = 1e-4
+# k-means++ extra candidates per pick: the estimator's default.
+DEFAULT_NUM_RETRIES = 2
 # Points drawn by `plot` (a fixed random subset beyond this).
 PLOT_MAX_POINTS = 20_000
 PLOT_SIZE_INCHES = (11.0, 4.5)
 PLOT_DPI = 100
+# Full batch with --batch-size: the sampling inits draw from a uniform random sample of
+# this many rows of the whole file (not from the first batch only).
+INIT_SAMPLE_MIN_ROWS = 10_000
+INIT_SAMPLE_ROWS_PER_CLUSTER = 100
+# `info`: loss history entries shown (all with --history).
+INFO_HISTORY = 10
+# What the CLI remembers about how it started a model (beside the checkpoints): the init
+# method when it passed centers computed from a sample of the file.
+CLI_STATE_FILE = "jaxkmeans_cli.json"
 
 
 class CommandError(Exception):
@@ -227,32 +261,129 @@ def _check_width(data: np.ndarray, name: str, dims: int, model_dir: str) -> None
 # --------------------------------------------------------------------------- model
 
 
-def _open_model(model_dir: str) -> tuple[jaxkmeans.KMeans, dict[str, Any]]:
-    """The trained KMeans in `model_dir` and its checkpoint config."""
+def _saved_config(model_dir: str) -> dict[str, Any] | None:
+    """The config of the newest checkpoint in `model_dir` (None: no checkpoint)."""
     path = pathlib.Path(model_dir).expanduser()
-    if not path.exists():
-        raise CommandError(f"--model-dir {model_dir!r} does not exist.")
-    if not path.is_dir():
+    if path.exists() and not path.is_dir():
         raise CommandError(f"--model-dir {model_dir!r} is not a directory.")
+    if not path.exists():
+        return None
     ckpt = Checkpointer(path, max_to_keep=None)
     try:
-        if ckpt.latest_step() is None:
-            raise CommandError(
-                f"--model-dir {model_dir!r} holds no checkpoint; train one with "
-                f"`{PROG} fit DATA --num-clusters K --model-dir DIR`."
-            )
+        step = ckpt.latest_step()
+        if step is None:
+            return None
         config = ckpt.read_config()
     finally:
         ckpt.close()
     if config.get("format") != "jaxkmeans-estimator":
         raise CommandError(f"--model-dir {model_dir!r} does not hold a jaxkmeans.KMeans model.")
-    model = jaxkmeans.KMeans(
+    return config
+
+
+def _saved_step(model_dir: str) -> int | None:
+    ckpt = Checkpointer(pathlib.Path(model_dir).expanduser(), max_to_keep=None)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()
+
+
+def _open_model(model_dir: str) -> tuple[jaxkmeans.KMeans, dict[str, Any]]:
+    """The trained KMeans in `model_dir` and its checkpoint config."""
+    path = pathlib.Path(model_dir).expanduser()
+    if not path.exists():
+        raise CommandError(f"--model-dir {model_dir!r} does not exist.")
+    config = _saved_config(model_dir)
+    if config is None:
+        raise CommandError(
+            f"--model-dir {model_dir!r} holds no checkpoint; train one with "
+            f"`{PROG} fit DATA --num-clusters K --model-dir DIR`."
+        )
+    model = _resumed_model(
         num_clusters=config["num_clusters"],
         model_dir=path,
         distance_metric=config["distance_metric"],
         use_mini_batch=bool(config.get("use_mini_batch", True)),
+        seed=config.get("seed"),
     )
     return model, config
+
+
+def _resumed_model(resuming: bool = True, **kwargs: Any) -> jaxkmeans.KMeans:
+    """KMeans(**kwargs) without the estimator's warnings about start-only settings
+    (init, seed) that differ on resume: the CLI reports those itself, naming its own
+    options. Other warnings are shown."""
+    if not resuming:
+        return jaxkmeans.KMeans(**kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = jaxkmeans.KMeans(**kwargs)
+    for w in caught:
+        text = str(w.message)
+        if "initial_clusters" in text or "seed" in text:
+            continue
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return model
+
+
+def _cli_state(model_dir: str) -> dict[str, Any]:
+    try:
+        with open(pathlib.Path(model_dir).expanduser() / CLI_STATE_FILE) as f:
+            state = json.load(f)
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cli_state(model_dir: str, state: dict[str, Any]) -> None:
+    path = pathlib.Path(model_dir).expanduser() / CLI_STATE_FILE
+    try:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+    except OSError:  # only a nicety for later resumes
+        pass
+
+
+def _mode(mini_batch: bool) -> str:
+    return "mini_batch" if mini_batch else "full_batch"
+
+
+def _losses(model: jaxkmeans.KMeans, mini_batch: bool, rows: int | None) -> dict[str, float]:
+    """``loss`` (sum over the last step's rows) and ``mean_loss`` (per row of it)."""
+    if not model.global_step:
+        return {}
+    loss = float(model.get_variable_value("loss"))
+    out = {"loss": loss}
+    if mini_batch:
+        # The estimator's history holds each mini-batch step's loss per row of its batch.
+        history = model.loss_history
+        if history and history[-1][0] == model.global_step:
+            out["mean_loss"] = float(history[-1][1])
+    elif rows:
+        out["mean_loss"] = loss / rows
+    return out
+
+
+def _converged(model: jaxkmeans.KMeans, mini_batch: bool, tolerance: float) -> float | None:
+    """The last step's relative loss change when it is below `tolerance` (the rule the
+    estimator stops on: the pass loss in full batch, the smoothed per-row batch loss in
+    mini-batch), else None."""
+    if tolerance <= 0 or not model.global_step:
+        return None
+    try:
+        loss = float(model.get_variable_value("smoothed_loss" if mini_batch else "loss"))
+        prev = float(model.get_variable_value("prev_loss"))
+    except ValueError:  # an estimator without these variables: use the history
+        history = model.loss_history
+        if mini_batch or len(history) < 2:
+            return None
+        prev, loss = history[-2][1], history[-1][1]
+    if not (math.isfinite(loss) and math.isfinite(prev)):
+        return None
+    change = abs(prev - loss) / (1.0 + abs(prev))
+    return change if change < tolerance else None
 
 
 def _predict_labels(model: jaxkmeans.KMeans, data: np.ndarray, name: str) -> np.ndarray:
@@ -268,10 +399,12 @@ def _predict_labels(model: jaxkmeans.KMeans, data: np.ndarray, name: str) -> np.
 
 
 class _Progress:
-    """A one-line progress bar on stderr, redrawn in place with carriage returns.
+    """Training progress: remembers the last completed step seen, and draws a one-line
+    bar on stderr (redrawn in place with carriage returns) when enabled.
 
-    It reads the step and the loss from the estimator between batches, at most
-    every `interval` seconds (reading waits for the device, so not on every batch).
+    `update` is called before every batch; it reads the step and the loss (see the module
+    docstring) from the estimator at most every `interval` seconds (reading waits for the
+    device, so not on every step: a train() hook would read every step's loss).
     """
 
     def __init__(
@@ -284,6 +417,7 @@ class _Progress:
     ):
         self._model = model
         self._start = model.global_step
+        self.last_step = self._start  # the last completed step seen
         self._target = target
         self._stream = stream
         self._enabled = enabled and target - self._start > 1
@@ -298,8 +432,10 @@ class _Progress:
             return
         self._last = now
         step = self._model.global_step
-        history = self._model.loss_history
-        loss = f"{history[-1][1]:.6g}" if history and step > self._start else "-"
+        self.last_step = max(self.last_step, step)
+        loss = "-"
+        if step > self._start:
+            loss = f"{float(self._model.get_variable_value('loss')):.6g}"
         done = min(1.0, (step - self._start) / max(1, self._target - self._start))
         bar = "#" * round(20 * done)
         line = f"[{bar:<20}] step {step}/{self._target}  loss {loss}  {now - self._t0:.1f}s"
@@ -307,81 +443,253 @@ class _Progress:
         self._stream.flush()
         self._width = len(line)
 
-    def close(self) -> None:
+    def close(self, redraw: bool = True) -> None:
         if self._enabled and self._width:
-            self.update(force=True)
+            if redraw:
+                self.update(force=True)
             self._stream.write("\n")
             self._stream.flush()
+            self._width = 0
+
+
+def _accepts(func: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _run_config(args: argparse.Namespace) -> jaxkmeans.RunConfig:
+    """RunConfig from the save options (TF's default: every 600 s)."""
+    if args.save_every_steps is not None:
+        return jaxkmeans.RunConfig(save_checkpoints_steps=args.save_every_steps)
+    if args.save_every_secs is not None:
+        if not _accepts(jaxkmeans.RunConfig, "save_checkpoints_secs"):
+            raise CommandError(
+                "--save-every-secs needs a jaxkmeans.RunConfig with save_checkpoints_secs."
+            )
+        return jaxkmeans.RunConfig(save_checkpoints_secs=args.save_every_secs)
+    return jaxkmeans.RunConfig()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt (as Ctrl-C does) while the block runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted_message(model_dir: str, reached: int, start: int) -> str:
+    """What an interrupted fit left in `model_dir`, as one line."""
+    saved = _saved_step(model_dir)
+    where = str(pathlib.Path(model_dir).expanduser().resolve())
+    if saved is None:
+        return f"{PROG}: interrupted before the first step completed; nothing saved in {where}."
+    if saved >= reached:
+        return (
+            f"{PROG}: interrupted at step {saved}; saved step {saved} to {where} "
+            "(resume with the same command)"
+        )
+    lost = f"steps {saved + 1}-{reached} were not saved" if saved > start else "nothing new saved"
+    return (
+        f"{PROG}: interrupted at step {reached}; {where} holds step {saved} ({lost}; "
+        "resume with the same command)"
+    )
 
 
 # --------------------------------------------------------------------------- commands
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"{PROG}: warning: {message}\n")
+
+
+def _check_resume(
+    args: argparse.Namespace, config: dict[str, Any], dims: int, name: str
+) -> tuple[str, int | None]:
+    """Checks a fit on an existing model; returns the init and seed it resumes with.
+
+    What defines the model must match (a one-line CommandError otherwise); start-only
+    settings given differently are reported as ignored.
+    """
+    where = f"the model in {args.model_dir!r}"
+    fix = "to resume it, or a new --model-dir to start another"
+    k = int(config["num_clusters"])
+    if args.num_clusters != k:
+        raise CommandError(
+            f"--num-clusters {args.num_clusters} does not fit {where}, which has "
+            f"{k} clusters; use --num-clusters {k} {fix}."
+        )
+    metric = config["distance_metric"]
+    if args.metric != metric:
+        raise CommandError(
+            f"--metric {args.metric} does not fit {where}, trained with --metric {metric}; "
+            f"use --metric {metric} {fix}."
+        )
+    if int(config["dims"]) != dims:
+        raise CommandError(
+            f"{name} has {dims} columns but {where} has {config['dims']} features; "
+            "use data of that width, or a new --model-dir."
+        )
+    mini_batch = bool(config.get("use_mini_batch", True))
+    if args.mini_batch != mini_batch:
+        if args.mini_batch:
+            raise CommandError(
+                f"--mini-batch does not fit {where}, trained full batch; drop --mini-batch {fix}."
+            )
+        raise CommandError(
+            f"{where} was trained with --mini-batch; add --mini-batch {fix} (full batch "
+            "would mix two kinds of steps in one model)."
+        )
+    step = config.get("global_step")
+    at = f"{where} resumes" if step is None else f"{where} resumes at step {step}"
+    init = _cli_state(args.model_dir).get("initial_clusters", config.get("initial_clusters"))
+    if args.init is not None and args.init != init:
+        started = f"was started with --init {init}" if init in INIT_METHODS else "keeps its centers"
+        _warn(
+            f"--init {args.init} IGNORED: {at}; it {started} (the init only matters when a "
+            "model starts; use a new --model-dir to start another)."
+        )
+    seed = config.get("seed")
+    if args.seed is not None and args.seed != seed:
+        _warn(
+            f"--seed {args.seed} IGNORED: {at} and keeps its seed {seed} (the seed only "
+            "matters when a model starts; use a new --model-dir to start another)."
+        )
+    return (init if init in INIT_METHODS else jaxkmeans.KMEANS_PLUS_PLUS_INIT), seed
+
+
+def _sample_init(
+    data: np.ndarray, name: str, k: int, init: str, metric: str, seed: int
+) -> tuple[np.ndarray, int]:
+    """Initial centers by `init` from a uniform random sample of all the rows (seeded),
+    and the sample's size."""
+    n = data.shape[0]
+    m = min(n, max(INIT_SAMPLE_MIN_ROWS, INIT_SAMPLE_ROWS_PER_CLUSTER * k))
+    rows = np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
+    sample = np.asarray(data[rows], dtype=np.float32)
+    finite = np.isfinite(sample).all(axis=1)
+    if not finite.all():
+        row = int(rows[np.argmin(finite)]) + 1
+        raise CommandError(f"{name} has NaN or inf values (data row {row}).")
+    # The estimator's split of the seed: the same key as its own init would use.
+    _, init_key = jax.random.split(jax.random.PRNGKey(seed))
+    centers = jaxkmeans.init_centers(
+        init_key, sample, k, init, metric=metric, num_retries=DEFAULT_NUM_RETRIES
+    )
+    return np.asarray(centers, dtype=np.float32), m
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     name = f"DATA {args.data!r}"
     data = load_data(args.data)
     n, d = data.shape
+    config = _saved_config(args.model_dir)  # None: a new model
+    if config is not None:
+        config = dict(config, global_step=_saved_step(args.model_dir))
+        init, seed = _check_resume(args, config, d, name)
+    else:
+        init = args.init or jaxkmeans.KMEANS_PLUS_PLUS_INIT
+        seed = args.seed if args.seed is not None else secrets.randbits(31)
+    mini_batch = args.mini_batch
     batch_size = args.batch_size
-    if args.mini_batch and batch_size is None:
+    if mini_batch and batch_size is None:
         batch_size = DEFAULT_BATCH_SIZE
     if batch_size is not None:
         batch_size = min(batch_size, n)
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
-    model_dir = pathlib.Path(args.model_dir).expanduser()
-    if model_dir.exists() and not model_dir.is_dir():
-        raise CommandError(f"--model-dir {args.model_dir!r} exists and is not a directory.")
-    model = jaxkmeans.KMeans(
+    initial_clusters: Any = init
+    sample_rows = None
+    if config is None and not mini_batch and batch_size is not None and batch_size < n:
+        # Full batch over several batches: the estimator would initialize from the first
+        # batch only (it cannot read a stream twice); a file can be, so sample all of it.
+        initial_clusters, sample_rows = _sample_init(
+            data, name, args.num_clusters, init, args.metric, seed
+        )
+    model = _resumed_model(
+        config is not None,
         num_clusters=args.num_clusters,
         model_dir=args.model_dir,
-        initial_clusters=args.init,
+        initial_clusters=initial_clusters,
         distance_metric=args.metric,
-        seed=args.seed,
-        use_mini_batch=args.mini_batch,
+        seed=seed,
+        use_mini_batch=mini_batch,
         relative_tolerance=tolerance,
+        config=_run_config(args),
     )
-    if model.global_step:  # resuming: the data must fit the model
-        _check_width(data, name, model.cluster_centers().shape[1], args.model_dir)
     max_steps = args.max_steps
     if max_steps is None:
-        passes = DEFAULT_MINI_BATCH_PASSES if args.mini_batch else 1
-        per_pass = math.ceil(n / batch_size) if args.mini_batch else DEFAULT_FULL_BATCH_STEPS
+        passes = DEFAULT_MINI_BATCH_PASSES if mini_batch else 1
+        per_pass = math.ceil(n / batch_size) if mini_batch else DEFAULT_FULL_BATCH_STEPS
         max_steps = passes * per_pass
+    start_step = model.global_step
+    converged = _converged(model, mini_batch, tolerance) if start_step < max_steps else None
+    if converged is not None:
+        sys.stderr.write(
+            f"{PROG}: the model in {args.model_dir!r} has already converged at step "
+            f"{start_step} (relative loss change {converged:.3g} < --tolerance {tolerance:g}); "
+            "nothing to train.\n"
+        )
     show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
-    progress = _Progress(model, max_steps, sys.stderr, show)
+    progress = _Progress(model, max_steps, sys.stderr, show and converged is None)
     # Mini-batch: batches from one fixed shuffle of the rows (seeded, so that a resumed
     # run sees the same batches); full batch: the rows in file order.
     order = None
-    if args.mini_batch:
+    if mini_batch:
         order = np.random.default_rng(model.params["seed"]).permutation(n)
     input_fn = _batches(data, name, batch_size, order, progress.update)
-    start_step = model.global_step
     t0 = time.perf_counter()
     try:
-        model.train(input_fn, max_steps=max_steps)
-    finally:
+        if converged is None and start_step < max_steps:
+            model.train(input_fn, max_steps=max_steps)
+            if config is None and sample_rows is not None:
+                _write_cli_state(args.model_dir, {"initial_clusters": init})
         progress.close()
-    seconds = time.perf_counter() - t0
-    step = model.global_step
-    history = model.loss_history
-    summary = {
-        "model_dir": model.model_dir,
-        "num_clusters": args.num_clusters,
-        "dims": d,
-        "rows": n,
-        "metric": args.metric,
-        "init": args.init,
-        "mini_batch": args.mini_batch,
-        "batch_size": batch_size,
-        "seed": model.params["seed"],
-        "global_step": step,
-        "steps_run": step - start_step,
-        "max_steps": max_steps,
-        "tolerance": tolerance,
-        "stopped": "max_steps" if step >= max_steps else "tolerance",
-        "loss": history[-1][1] if history else float(model.get_variable_value("loss")),
-        "score": model.score(_batches(data, name, PREDICT_BATCH)),
-        "seconds": round(seconds, 3),
-    }
+        seconds = time.perf_counter() - t0
+        step = model.global_step
+        rows = n if step > start_step else (config or {}).get("rows_per_pass")
+        summary = {
+            "model_dir": model.model_dir,
+            "num_clusters": args.num_clusters,
+            "dims": d,
+            "rows": n,
+            "metric": args.metric,
+            "mode": _mode(mini_batch),
+            "init": init,
+            "init_sample_rows": sample_rows,
+            "mini_batch": mini_batch,
+            "batch_size": batch_size,
+            "seed": model.params["seed"],
+            "global_step": step,
+            "steps_run": step - start_step,
+            "max_steps": max_steps,
+            "tolerance": tolerance,
+            "stopped": "max_steps" if step >= max_steps else "tolerance",
+            **_losses(model, mini_batch, rows),
+            "score": model.score(_batches(data, name, PREDICT_BATCH)),
+            "seconds": round(seconds, 3),
+        }
+    except KeyboardInterrupt:
+        progress.close(redraw=False)
+        if config is None and sample_rows is not None and _saved_step(args.model_dir) is not None:
+            _write_cli_state(args.model_dir, {"initial_clusters": init})
+        reached = max(progress.last_step, model.global_step)
+        sys.stdout.flush()
+        sys.stderr.write(_interrupted_message(args.model_dir, reached, start_step) + "\n")
+        return 130
+    except BaseException:
+        progress.close(redraw=False)
+        raise
     print(json.dumps(summary))
     return 0
 
@@ -405,19 +713,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     model, config = _open_model(args.model_dir)
+    mini_batch = bool(config.get("use_mini_batch", True))
+    history = [[int(s), float(v)] for s, v in model.loss_history]
+    shown = history if args.history else history[-INFO_HISTORY:]
+    init = _cli_state(args.model_dir).get("initial_clusters", config.get("initial_clusters"))
     info = {
         "model_dir": model.model_dir,
-        "checkpoint": model.latest_checkpoint(),
         "num_clusters": int(config["num_clusters"]),
         "dims": int(config["dims"]),
         "metric": config["distance_metric"],
+        "mode": _mode(mini_batch),
         "global_step": model.global_step,
-        "loss": float(model.get_variable_value("loss")),
-        "use_mini_batch": config.get("use_mini_batch"),
-        "initial_clusters": config.get("initial_clusters"),
-        "relative_tolerance": config.get("relative_tolerance"),
+        **_losses(model, mini_batch, config.get("rows_per_pass")),
+        # Full batch: each step's loss; mini-batch: each step's mean_loss (per batch row).
+        ("mean_loss_history" if mini_batch else "loss_history"): shown,
+        "history_length": len(history),
+        "init": init,
         "seed": config.get("seed"),
-        "loss_history": [[int(s), float(v)] for s, v in model.loss_history],
+        "tolerance": config.get("relative_tolerance"),
     }
     if args.centers:
         info["cluster_centers"] = model.cluster_centers().tolist()
@@ -517,10 +830,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             ax_loss.set_yscale("log")
     else:
         ax_loss.text(0.5, 0.5, "no loss history", ha="center", va="center")
-    per = "batch loss per point" if config.get("use_mini_batch") else "pass loss"
-    ax_loss.set_title(f"loss per step ({per})")
+    if config.get("use_mini_batch"):
+        what, per = "mean_loss", "per row of the step's batch"
+    else:
+        what, per = "loss", "sum over all rows"
+    ax_loss.set_title(f"{what} per step ({per})")
     ax_loss.set_xlabel("global step")
-    ax_loss.set_ylabel("loss")
+    ax_loss.set_ylabel(what)
     fig.tight_layout()
     fig.savefig(args.output, format="png", dpi=PLOT_DPI)
     print(json.dumps({"output": str(args.output), "points": len(shown), "num_clusters": k}))
@@ -582,9 +898,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--init",
         choices=tuple(INIT_METHODS),
-        default=jaxkmeans.KMEANS_PLUS_PLUS_INIT,
         metavar="NAME",
-        help=f"one of {', '.join(INIT_METHODS)} (default: %(default)s)",
+        help=f"one of {', '.join(INIT_METHODS)} (default: {jaxkmeans.KMEANS_PLUS_PLUS_INIT}; "
+        "ignored when resuming)",
     )
     fit.add_argument("--mini-batch", action="store_true", help="mini-batch steps (one batch each)")
     fit.add_argument(
@@ -608,7 +924,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop once |prev - loss| / (1 + |prev|) < T (default: "
         f"{DEFAULT_TOLERANCE}; 0 never stops early)",
     )
-    fit.add_argument("--seed", type=_int_at_least(0), metavar="S", help="random seed")
+    fit.add_argument(
+        "--seed", type=_int_at_least(0), metavar="S", help="random seed (ignored when resuming)"
+    )
+    save = fit.add_mutually_exclusive_group()
+    save.add_argument(
+        "--save-every-secs",
+        type=_int_at_least(1),
+        metavar="S",
+        help="save a checkpoint every S seconds of training (default: 600)",
+    )
+    save.add_argument(
+        "--save-every-steps",
+        type=_int_at_least(1),
+        metavar="N",
+        help="save a checkpoint every N steps instead",
+    )
     fit.add_argument(
         "--progress",
         choices=("auto", "always", "never"),
@@ -631,6 +962,11 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="the model as JSON")
     info.add_argument("--model-dir", required=True, metavar="DIR")
     info.add_argument("--centers", action="store_true", help="include the cluster centers")
+    info.add_argument(
+        "--history",
+        action="store_true",
+        help=f"the whole loss history (default: the last {INFO_HISTORY} steps)",
+    )
     info.set_defaults(run=_cmd_info)
 
     export = sub.add_parser("export", help="write a self-contained serving artifact")
@@ -661,12 +997,31 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (0 on success)."""
+    """Runs the command line; returns the exit status (0 on success).
+
+    Run as the program (`argv` None), an interrupted command ends the process at once
+    with status 130 once it has said what was saved: an interrupt that lands while JAX
+    compiles or dispatches (the first step) could otherwise crash the interpreter's
+    teardown (a segmentation fault, status 139) after the checkpoint is on disk.
+    """
+    status = _main(argv)
+    if argv is None and status == 130:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     saved_showwarning = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
-        return args.run(args)
+        with _sigterm_as_interrupt():
+            return args.run(args)
     except (CommandError, ValueError, TypeError, OSError) as e:
         if isinstance(e, BrokenPipeError):
             # The reader went away (`... | head`): stop quietly, as other tools do.

@@ -26,7 +26,11 @@ import math
 import os
 import pathlib
 import secrets
+import signal
+import sys
 import tempfile
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -49,7 +53,7 @@ from jaxkmeans._validation import (
     count_distinct,
 )
 from jaxkmeans.assignment import inertia_impl
-from jaxkmeans.checkpoint import CheckpointStore
+from jaxkmeans.checkpoint import CheckpointStore, read_checkpoint
 from jaxkmeans.checkpoint import latest_checkpoint as _latest_checkpoint_path
 from jaxkmeans.initializers import (
     INIT_METHODS,
@@ -89,10 +93,10 @@ VARIABLES = {
     "smoothed_loss": "smoothed_loss",
     "origin": "origin",
 }
-_MAX_UNTIL_CONVERGED_STEPS = 10_000
 # Steps of loss history kept (in memory and in every checkpoint's config): bounded, so
 # that saves do not grow with the length of the run.
 _HISTORY_KEPT = 1000
+_clock = time.monotonic  # seconds, for save_checkpoints_secs (replaceable in tests)
 _FORMAT = "jaxkmeans-estimator"
 _EMPTY_INPUT = "the input is empty: a pass over it gave no rows."
 
@@ -101,33 +105,160 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when predicting, scoring or reading variables before any training."""
 
 
-@dataclasses.dataclass
-class RunConfig:
-    """Run-time settings of :class:`KMeans` (not part of the model).
+class _DefaultSecs(int):
+    """TF's default ``save_checkpoints_secs=600``, told apart from an explicit 600 (a
+    given ``save_checkpoints_steps`` turns the default off, an explicit value is an
+    error)."""
 
-    Attributes:
-      save_checkpoints_steps: also save every this many steps during ``train()`` (a
-        checkpoint is always written when ``train()`` ends). None: only at the end.
+    def __repr__(self) -> str:
+        return "600"
+
+
+_DEFAULT_SECS = _DefaultSecs(600)
+
+# TF RunConfig arguments with no meaning here: accepted with a warning.
+IGNORED_RUN_CONFIG_ARGS = (
+    "save_summary_steps",
+    "log_step_count_steps",
+    "session_config",
+    "keep_checkpoint_every_n_hours",
+    "train_distribute",
+    "device_fn",
+    "protocol",
+    "eval_distribute",
+    "experimental_distribute",
+    "experimental_max_worker_delay_secs",
+    "session_creation_timeout_secs",
+    "checkpoint_save_graph_def",
+)
+
+
+class RunConfig:
+    """Run-time settings of :class:`KMeans` (not part of the model), with TF's names.
+
+    Args:
+      model_dir: the model directory, used when ``KMeans(model_dir=None)`` (both given
+        and different: ValueError, as in TF).
+      save_checkpoints_steps: also save every this many steps during ``train()``.
+      save_checkpoints_secs: also save once this many seconds have passed since the
+        last save (checked after every step). Default 600, as TF's, unless
+        ``save_checkpoints_steps`` is given; giving both is a ValueError. A checkpoint
+        is always written when ``train()`` ends (and when it is interrupted).
       keep_checkpoint_max: how many checkpoints to keep (None: all).
+      tf_random_seed: the seed used when ``KMeans(seed=None)``.
       chunk_size: rows per chunk for distance computations (None: automatic).
       mesh: a ``jax.sharding.Mesh`` to shard batches over (data parallel).
+      **tf_kwargs: TF's arguments with no meaning here (``save_summary_steps``,
+        ``log_step_count_steps``, ``session_config``, ``keep_checkpoint_every_n_hours``,
+        ``train_distribute``, ``device_fn``, ``protocol``, ``eval_distribute``,
+        ``experimental_distribute``, ``experimental_max_worker_delay_secs``,
+        ``session_creation_timeout_secs``, ``checkpoint_save_graph_def``) are accepted
+        with a warning naming them; any other name is a TypeError.
     """
 
-    save_checkpoints_steps: int | None = None
-    keep_checkpoint_max: int | None = 5
-    chunk_size: int | None = None
-    mesh: Any = None
-
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike | None = None,
+        save_checkpoints_steps: int | None = None,
+        save_checkpoints_secs: float | None = _DEFAULT_SECS,
+        keep_checkpoint_max: int | None = 5,
+        tf_random_seed: int | None = None,
+        chunk_size: int | None = None,
+        mesh: Any = None,
+        **tf_kwargs: Any,
+    ):
+        unknown = sorted(set(tf_kwargs) - set(IGNORED_RUN_CONFIG_ARGS))
+        if unknown:
+            raise TypeError(
+                f"RunConfig() got an unexpected argument {unknown[0]!r}; it takes model_dir, "
+                "save_checkpoints_steps, save_checkpoints_secs, keep_checkpoint_max, "
+                "tf_random_seed, chunk_size, mesh, and TF's "
+                f"{', '.join(IGNORED_RUN_CONFIG_ARGS)} (ignored with a warning)."
+            )
+        if tf_kwargs:
+            warnings.warn(
+                f"RunConfig: {', '.join(sorted(tf_kwargs))} ha"
+                f"{'s' if len(tf_kwargs) == 1 else 've'} no meaning in jaxkmeans and "
+                f"{'is' if len(tf_kwargs) == 1 else 'are'} ignored.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if model_dir is not None and not isinstance(model_dir, str | os.PathLike):
+            raise TypeError(
+                "`model_dir` must be None, a str or an os.PathLike; got "
+                f"{type(model_dir).__name__}."
+            )
         # A ValueError for any bad value (bools and non-ints included), as TF's RunConfig.
-        for name in ("save_checkpoints_steps", "keep_checkpoint_max"):
-            value = getattr(self, name)
+        for name, value in (
+            ("save_checkpoints_steps", save_checkpoints_steps),
+            ("keep_checkpoint_max", keep_checkpoint_max),
+        ):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ValueError(f"`{name}` must be None or an int >= 1; got {value!r}.")
-        self.chunk_size = check_positive_int(self.chunk_size, "chunk_size", allow_none=True)
-        self.mesh = check_mesh(self.mesh)
+        if save_checkpoints_secs is _DEFAULT_SECS:
+            save_checkpoints_secs = None if save_checkpoints_steps is not None else 600
+        elif save_checkpoints_secs is not None:
+            if (
+                isinstance(save_checkpoints_secs, bool)
+                or not isinstance(save_checkpoints_secs, int | float)
+                or not save_checkpoints_secs > 0
+                or not math.isfinite(save_checkpoints_secs)
+            ):
+                raise ValueError(
+                    "`save_checkpoints_secs` must be None or a number of seconds > 0; got "
+                    f"{save_checkpoints_secs!r}."
+                )
+            if save_checkpoints_steps is not None:
+                raise ValueError(
+                    "give `save_checkpoints_steps` or `save_checkpoints_secs`, not both; got "
+                    f"save_checkpoints_steps={save_checkpoints_steps}, "
+                    f"save_checkpoints_secs={save_checkpoints_secs}."
+                )
+        if tf_random_seed is not None:
+            tf_random_seed = check_positive_int(tf_random_seed, "tf_random_seed", minimum=0)
+        self.model_dir = None if model_dir is None else os.fspath(model_dir)
+        self.save_checkpoints_steps = save_checkpoints_steps
+        self.save_checkpoints_secs = save_checkpoints_secs
+        self.keep_checkpoint_max = keep_checkpoint_max
+        self.tf_random_seed = tf_random_seed
+        self.chunk_size = check_positive_int(chunk_size, "chunk_size", allow_none=True)
+        self.mesh = check_mesh(mesh)
+        self.ignored = dict(tf_kwargs)
+
+    _FIELDS = (
+        "model_dir",
+        "save_checkpoints_steps",
+        "save_checkpoints_secs",
+        "keep_checkpoint_max",
+        "tf_random_seed",
+        "chunk_size",
+        "mesh",
+    )
+
+    def replace(self, **kwargs: Any) -> RunConfig:
+        """A copy with some arguments changed (as TF's ``RunConfig.replace``)."""
+        values = {name: getattr(self, name) for name in self._FIELDS}
+        if "save_checkpoints_steps" in kwargs and "save_checkpoints_secs" not in kwargs:
+            values["save_checkpoints_secs"] = _DEFAULT_SECS
+        if "save_checkpoints_secs" in kwargs and "save_checkpoints_steps" not in kwargs:
+            values["save_checkpoints_steps"] = None
+        values.update(kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # already warned about when first given
+            return RunConfig(**values, **{k: v for k, v in self.ignored.items() if k not in values})
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RunConfig):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self._FIELDS)
+
+    __hash__ = None  # mutable, like a dataclass
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._FIELDS)
+        return f"RunConfig({args})"
 
 
 # ---------------------------------------------------------------------- state <-> disk
@@ -259,6 +390,8 @@ class _Run:
     # Mini-batch: batches of the current pass already trained on, so that a later
     # train() (or a run resumed from a checkpoint) continues where this one stopped.
     pass_position: int = 0
+    # The dict features trained on: [[name, width], ...] in column order (None: arrays).
+    features: list[list[Any]] | None = None
 
     @property
     def global_step(self) -> int:
@@ -286,6 +419,7 @@ class _Run:
             "seed": seed,
             "rows_per_pass": self.rows_per_pass,
             "pass_position": self.pass_position,
+            "features": self.features,
             "loss_history": self.settled_history(),
         }
 
@@ -297,6 +431,7 @@ class _Run:
             history=[list(h) for h in config.get("loss_history", [])],
             rows_per_pass=config.get("rows_per_pass"),
             pass_position=int(config.get("pass_position", 0)),
+            features=config.get("features"),
         )
 
 
@@ -494,59 +629,190 @@ def _tolerance_reached(tol: float | None, loss: Any, prev: Any) -> bool:
     return abs(prev - loss) / (1.0 + abs(prev)) < tol
 
 
+class _Interrupts:
+    """SIGINT and SIGTERM during one ``train()``: raise KeyboardInterrupt (SIGTERM's
+    default would end the process without a save), but never inside a :attr:`deferred`
+    block (a step's bookkeeping, a save), where they wait for the end of the block.
+
+    Handlers are installed only in the main thread (the only one Python delivers
+    signals to) and only over a handler that is not ``SIG_IGN``; the previous handlers
+    are restored on exit. A previous Python handler (not the default one) is called
+    instead of raising KeyboardInterrupt, so an application's own handler keeps working.
+    """
+
+    _SIGNALS = tuple(
+        getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)
+    )
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.pending: list[tuple[int, Any]] = []
+        self._previous: dict[int, Any] = {}
+        self.deferred = _Deferred(self)
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self._SIGNALS:
+                previous = signal.getsignal(sig)
+                if previous is signal.SIG_IGN or previous is None:
+                    continue
+                try:
+                    signal.signal(sig, self._handler)
+                except (ValueError, OSError):  # e.g. an embedded interpreter
+                    continue
+                self._previous[sig] = previous
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.depth:
+            self.pending.append((signum, frame))
+        else:
+            self._dispatch(signum, frame)
+
+    def _dispatch(self, signum: int, frame: Any) -> None:
+        previous = self._previous.get(signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(signum, frame)
+            return
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    def flush(self) -> None:
+        """Acts on the signals received inside deferred blocks."""
+        while self.pending:
+            self._dispatch(*self.pending.pop(0))
+
+
+class _Deferred:
+    """``with interrupts.deferred:``: signals wait for the end of the block (re-entrant)."""
+
+    def __init__(self, owner: _Interrupts):
+        self._owner = owner
+
+    def __enter__(self) -> None:
+        self._owner.depth += 1
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        owner = self._owner
+        owner.depth -= 1
+        if not owner.depth and exc_type is None:
+            owner.flush()
+
+
+def _check_hooks(hooks: Any, what: str) -> list[Callable]:
+    if hooks is None:
+        return []
+    items = [hooks] if callable(hooks) else hooks
+    try:
+        items = list(items)
+    except TypeError:
+        items = [hooks]
+    bad = [h for h in items if not callable(h)]
+    if bad:
+        raise TypeError(
+            f"`hooks` must be callables {what}, or a list of them (TensorFlow SessionRunHook "
+            f"objects have no meaning here); got {type(bad[0]).__name__}."
+        )
+    return items
+
+
+def _check_listeners(listeners: Any) -> list[Any]:
+    if listeners is None:
+        return []
+    items = [listeners] if not isinstance(listeners, list | tuple) else list(listeners)
+    for item in items:
+        if not (callable(item) or hasattr(item, "after_save") or hasattr(item, "before_save")):
+            raise TypeError(
+                "`saving_listeners` must be callables listener(global_step, checkpoint_path) "
+                "or objects with TensorFlow's before_save/after_save(session, global_step) "
+                f"methods; got {type(item).__name__}."
+            )
+    return items
+
+
 class _Trainer:
     """One ``train()`` call: the steps over `reader`, updating `run` in place.
 
-    `save` writes a checkpoint of `run` (at the end, and every save_checkpoints_steps).
+    `save` writes a checkpoint of `run` (at the end, every save_checkpoints_steps and
+    every save_checkpoints_secs). Every update of `run` happens inside
+    ``interrupts.deferred``, so that a KeyboardInterrupt (or SIGTERM) finds `run` at the
+    end of a step, never halfway through one.
     """
 
     def __init__(
-        self, settings: _Settings, run: _Run, reader: InputReader, save: Callable[[], None]
+        self,
+        settings: _Settings,
+        run: _Run,
+        reader: InputReader,
+        save: Callable[[], None],
+        interrupts: _Interrupts,
+        hooks: list[Callable] = (),
     ):
         self.settings = settings
         self.run = run
         self.reader = reader
-        self._save = save
+        self._save_fn = save
+        self.interrupts = interrupts
+        self.hooks = list(hooks)
         self.step = run.global_step  # a host int: no device read per step
+        self._last_save = _clock()
+
+    def _save(self) -> None:
+        with self.interrupts.deferred:
+            self._save_fn()
+            self._last_save = _clock()
 
     def train(self, steps: int | None, max_steps: int | None, seed: int) -> None:
         start = self.step
         first_pass = None
         if self.run.state is None:
-            self.run.state, first_pass = _initial_state(self.settings, self.reader, seed)
-            self.run.dims = self.reader.dims
+            state, first_pass = _initial_state(self.settings, self.reader, seed)
+            with self.interrupts.deferred:
+                self.run.state, self.run.dims = state, self.reader.dims
+                self.run.features = self.reader.features
+            del state
+        # Neither steps nor max_steps: one pass (the tolerance can only stop it earlier).
         target = start + steps if steps is not None else max_steps
-        tol = self.settings.relative_tolerance
-        until_converged = target is None and tol is not None
-        if until_converged:
-            target = start + _MAX_UNTIL_CONVERGED_STEPS
         if self.settings.use_mini_batch:
-            stopped = self._train_minibatch(first_pass, target)
+            self._train_minibatch(first_pass, target)
         else:
-            stopped = self._train_full(first_pass, target)
-        if until_converged and not stopped and self.run.global_step >= target:
-            warnings.warn(
-                f"relative_tolerance={tol} was not reached in "
-                f"{_MAX_UNTIL_CONVERGED_STEPS} steps; training stopped there.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            self._train_full(first_pass, target)
         self._save()
 
     def _after_step(self, loss: Any, prev: Any, reported: Any) -> bool:
-        """Bookkeeping after one update; True when the tolerance rule says stop.
+        """Bookkeeping after one update (called inside ``interrupts.deferred``); True
+        when the tolerance rule says stop.
 
         The losses may be device scalars: they are only read back when the tolerance
-        rule needs them (or at the next save), so the host does not wait on every step.
+        rule or a hook needs them (or at the next save), so the host does not wait on
+        every step.
         """
         history = self.run.history
         history.append([self.step, reported])
         if len(history) > 2 * _HISTORY_KEPT:
             del history[:-_HISTORY_KEPT]
-        every = self.settings.run_config.save_checkpoints_steps
-        if every is not None and self.step % every == 0:
+        config = self.settings.run_config
+        every, secs = config.save_checkpoints_steps, config.save_checkpoints_secs
+        if (every is not None and self.step % every == 0) or (
+            secs is not None and _clock() - self._last_save >= secs
+        ):
             self._save()
         return _tolerance_reached(self.settings.relative_tolerance, loss, prev)
+
+    def _call_hooks(self, reported: Any) -> bool:
+        """Calls every hook with ``(step, loss)`` (outside the deferred block: a hook may
+        raise KeyboardInterrupt); True when one asks to stop."""
+        if not self.hooks:
+            return False
+        step, loss = self.step, float(reported)
+        stop = False
+        for hook in self.hooks:
+            stop = bool(hook(step, loss)) or stop
+        return stop
 
     # -------------------------------------------------------------- full batch
 
@@ -555,15 +821,13 @@ class _Trainer:
         while one_pass or self.step < target:
             batches = first_pass if first_pass is not None else self.reader.batches()
             first_pass = None
-            loss, prev = self._lloyd_pass(batches)
-            if self._after_step(loss, prev, loss):
-                return True
-            if one_pass:
-                return False
+            stop = self._lloyd_pass(batches)
+            if self._call_hooks(self.run.history[-1][1]) or stop or one_pass:
+                return stop
         return False
 
-    def _lloyd_pass(self, batches: Iterator[np.ndarray]) -> tuple[float, float]:
-        """One exact Lloyd iteration over one pass; returns (its loss, the previous)."""
+    def _lloyd_pass(self, batches: Iterator[np.ndarray]) -> bool:
+        """One exact Lloyd iteration over one pass; True when the tolerance says stop."""
         settings, run = self.settings, self.run
         state = run.state
         acc = None
@@ -586,7 +850,6 @@ class _Trainer:
             _bounded(pending, acc.loss, depth=1)
         if acc is None or rows == 0:
             raise ValueError(_EMPTY_INPUT)
-        run.rows_per_pass = rows
         new_centers, stats = fitting.pass_end(acc, state.centers, state.origin, settings.metric)
         loss = float(stats.loss)
         prev = float(state.loss)
@@ -598,9 +861,12 @@ class _Trainer:
             loss=jnp.asarray(loss, jnp.float32),
             prev_loss=state.loss,
         )
-        run.state = _replicated(new_state, settings.mesh)
-        self.step += 1
-        return loss, prev
+        new_state = _replicated(new_state, settings.mesh)
+        with self.interrupts.deferred:
+            run.rows_per_pass = rows
+            run.state = new_state
+            self.step += 1
+            return self._after_step(loss, prev, loss)
 
     # -------------------------------------------------------------- mini-batch
 
@@ -612,7 +878,8 @@ class _Trainer:
         # directly is already past them.
         skip = 0 if reader.one_shot else run.pass_position
         if reader.one_shot:
-            run.pass_position = 0
+            with self.interrupts.deferred:
+                run.pass_position = 0
         pending: list[Any] = []
         while True:
             stopped, trained = self._minibatch_pass(batches, skip, target, pending)
@@ -649,8 +916,9 @@ class _Trainer:
                 return False, trained
         if not got_any:
             raise ValueError(_EMPTY_INPUT)
-        run.rows_per_pass = rows
-        run.pass_position = 0
+        with self.interrupts.deferred:
+            run.rows_per_pass = rows
+            run.pass_position = 0
         return None, trained
 
     def _minibatch_step(
@@ -664,11 +932,14 @@ class _Trainer:
         state, loss = fitting.minibatch_impl(
             run.state, x, w, alpha, settings.spec, settings.steps_per_iteration
         )
-        run.state = state
-        self.step += 1
-        run.pass_position += 1
+        with self.interrupts.deferred:
+            run.state = state
+            self.step += 1
+            run.pass_position += 1
+            stop = self._after_step(state.smoothed_loss, state.prev_loss, loss / b)
         _bounded(pending, state.step)
-        return b, self._after_step(state.smoothed_loss, state.prev_loss, loss / b)
+        stop = self._call_hooks(loss / b) or stop
+        return b, stop
 
 
 # ---------------------------------------------------------------------- inference
@@ -711,8 +982,26 @@ def _distances(batches: Iterator, cosine: bool) -> Iterator[np.ndarray]:
         yield from d
 
 
+def _with_hooks(batches: Iterator, hooks: list[Callable]) -> Iterator:
+    """The batches, calling ``hook(batches_done, rows_done)`` after each; stops when a
+    hook returns True."""
+    rows = 0
+    for i, item in enumerate(batches, 1):
+        yield item
+        rows += item[0].shape[0]
+        stop = False
+        for hook in hooks:
+            stop = bool(hook(i, rows)) or stop
+        if stop:
+            return
+
+
 def _total_distance(
-    reader: InputReader, centers: np.ndarray, spec: engine.Pass, steps: int | None
+    reader: InputReader,
+    centers: np.ndarray,
+    spec: engine.Pass,
+    steps: int | None,
+    hooks: list[Callable] = (),
 ) -> float:
     total = 0.0
     rows = 0
@@ -722,6 +1011,11 @@ def _total_distance(
         rows += batch.shape[0]
         padded, w = _pad_batch(batch, _bucket(batch.shape[0], None))
         total += float(inertia_impl(padded, centers, w, spec))
+        stop = False
+        for hook in hooks:
+            stop = bool(hook(i + 1, total)) or stop
+        if stop:
+            break
     if not rows:
         # An exhausted iterator must not read as a perfect score of 0.
         raise ValueError(
@@ -734,28 +1028,55 @@ def _total_distance(
 # ---------------------------------------------------------------------- the front
 
 
+class _DefaultInit(str):
+    """The default ``initial_clusters`` ("random"), told apart from an explicit one (only an
+    explicit one that differs from a resumed model's is worth a warning)."""
+
+    __slots__ = ()
+
+
+_DEFAULT_INIT = _DefaultInit(RANDOM_INIT)
+_TRAIN, _EVAL, _INFER = "train", "eval", "infer"  # TF's ModeKeys, passed to input_fn(mode)
+
+
+def _describe_init(init: Any) -> str:
+    if init == "array":
+        return "an array"
+    if not isinstance(init, str) or init == "callable":
+        return "a callable"
+    return repr(str(init))
+
+
 class KMeans:
     """k-means clustering with TensorFlow's estimator interface.
 
     Args:
       num_clusters: k, the number of clusters (int >= 1).
-      model_dir: directory of checkpoints; None makes a temporary one. If it holds
-        checkpoints, the newest is restored (a config that does not fit raises
-        ValueError).
+      model_dir: directory of checkpoints (None: ``config.model_dir``, else a temporary
+        directory, made at the first save with a warning naming it, as TF did; the
+        :attr:`model_dir` property gives its path from the start). If it holds
+        checkpoints, the newest is restored: a saved model that differs in what defines
+        it (num_clusters, dimensions, distance_metric, use_mini_batch) is a ValueError;
+        settings that only matter at the start (initial_clusters, seed) are ignored then,
+        with one warning when they were given and differ from the saved ones.
       initial_clusters: ``"random"``, ``"kmeans_plus_plus"``, ``"kmc2"``,
         ``"kmeans_parallel"``, a (k, d) array, or a callable ``f(batch, k_remaining)``
         returning 0..k_remaining rows, called on successive batches.
       distance_metric: ``"squared_euclidean"`` or ``"cosine"`` (spherical k-means).
-      seed: int seed; the same seed, data and config give bit-identical centers. None
-        draws one (stored in the checkpoint).
+      seed: int seed; the same seed, data and config give bit-identical centers. None:
+        ``config.tf_random_seed``, else one is drawn (stored in the checkpoint).
       use_mini_batch: True for mini-batch steps (one batch each), False for full-batch
         Lloyd steps (one pass each).
       mini_batch_steps_per_iteration: s >= 1; with s > 1 the mini-batch updates go to a
         working copy that becomes the model every s steps (counts restart then).
       kmeans_plus_plus_num_retries: extra candidates per k-means++ pick (negative:
         2 + ln k).
-      relative_tolerance: stop training once ``|prev - loss| / (1 + |prev|)`` falls below
-        it (full batch: the pass loss; mini-batch: the smoothed per-point batch loss).
+      relative_tolerance: stop a ``train()`` call early once ``|prev - loss| / (1 +
+        |prev|)`` falls below it (full batch: the pass loss; mini-batch: the smoothed
+        per-point batch loss). It only ever stops a run earlier than ``steps`` /
+        ``max_steps`` / one pass would; to train until converged, give ``max_steps`` and
+        a tolerance. The previous loss is saved, so a resumed run stops where an
+        uninterrupted one would.
       config: a :class:`RunConfig`.
       feature_columns: names of the dict features to use, in order (default: all,
         sorted by name).
@@ -776,7 +1097,7 @@ class KMeans:
         self,
         num_clusters: int,
         model_dir: str | os.PathLike | None = None,
-        initial_clusters: Any = RANDOM_INIT,
+        initial_clusters: Any = _DEFAULT_INIT,
         distance_metric: str = SQUARED_EUCLIDEAN_DISTANCE,
         seed: int | None = None,
         use_mini_batch: bool = True,
@@ -788,6 +1109,9 @@ class KMeans:
     ):
         k = check_positive_int(num_clusters, "num_clusters")
         metric = check_metric(distance_metric, "distance_metric")
+        init_given = initial_clusters is not _DEFAULT_INIT
+        if isinstance(initial_clusters, str):
+            initial_clusters = str(initial_clusters)
         init, init_array = _check_initial_clusters(initial_clusters, k, metric)
         seed = check_positive_int(seed, "seed", minimum=0, allow_none=True)
         use_mini_batch = check_bool(use_mini_batch, "use_mini_batch")
@@ -800,6 +1124,25 @@ class KMeans:
             config = RunConfig()
         if not isinstance(config, RunConfig):
             raise TypeError(f"`config` must be a jaxkmeans.RunConfig; got {type(config).__name__}.")
+        if model_dir is not None and not isinstance(model_dir, str | os.PathLike):
+            raise TypeError(
+                "`model_dir` must be None, a str or an os.PathLike; got "
+                f"{type(model_dir).__name__}."
+            )
+        if model_dir is not None and config.model_dir is not None:
+            if _resolved(model_dir) != _resolved(config.model_dir):
+                raise ValueError(
+                    "`model_dir` is given both to KMeans and to its RunConfig, with different "
+                    f"values: KMeans(model_dir={os.fspath(model_dir)!r}), "
+                    f"RunConfig(model_dir={config.model_dir!r}); give one, or the same."
+                )
+        if model_dir is None:
+            model_dir = config.model_dir
+        if seed is None:
+            seed = config.tf_random_seed
+        self._temporary = model_dir is None
+        if self._temporary:
+            model_dir = _temporary_dir_name()
         spec = engine.make_pass(metric, chunk_size=config.chunk_size, mesh=config.mesh)
         self._settings = _Settings(
             num_clusters=k,
@@ -815,17 +1158,15 @@ class KMeans:
             spec=spec,
             local_spec=dataclasses.replace(spec, mesh=None),
         )
-        if model_dir is None:
-            model_dir = tempfile.mkdtemp(prefix="jaxkmeans-")
         self._store = CheckpointStore(model_dir, max_to_keep=config.keep_checkpoint_max)
         self._seed = seed
         self._run = _Run(dims=None if init_array is None else int(init_array.shape[1]))
-        self._restore()
+        self._restore(init_given)
         if self._seed is None:
             self._seed = secrets.randbits(31)
         self._store.remember(self._run.copy())
 
-    def _restore(self) -> None:
+    def _restore(self, init_given: bool) -> None:
         """Takes the newest checkpoint of model_dir, if any (checked against self)."""
         s, dims = self._settings, self._run.dims
         values = self._store.load(
@@ -835,29 +1176,94 @@ class KMeans:
                 "num_clusters": (s.num_clusters, f"asked {s.num_clusters}"),
                 "distance_metric": (s.metric, f"asked {s.metric!r}"),
                 "dims": (dims, f"initial_clusters has {dims}"),
+                "use_mini_batch": (
+                    s.use_mini_batch,
+                    f"asked use_mini_batch={s.use_mini_batch}: a model trained "
+                    f"{'in mini-batch' if not s.use_mini_batch else 'in full batch'} mode "
+                    "continues in that mode only",
+                ),
             },
             lambda cfg: _state_template(cfg["num_clusters"], cfg["dims"]),
         )
-        if values is not None:
-            cfg = self._store.config
-            self._run = _Run.from_checkpoint(values, cfg, s.mesh)
-            if self._seed is None:
-                self._seed = cfg.get("seed")
+        if values is None:
+            return
+        cfg = self._store.config
+        self._run = _Run.from_checkpoint(values, cfg, s.mesh)
+        ignored = []
+        saved_init = cfg.get("initial_clusters")
+        mine = s.init if isinstance(s.init, str) else "callable"
+        if init_given and saved_init is not None and mine != saved_init:
+            ignored.append(
+                f"initial_clusters={_describe_init(mine)} (the model was started with "
+                f"{_describe_init(saved_init)})"
+            )
+        saved_seed = cfg.get("seed")
+        if self._seed is not None and saved_seed is not None and self._seed != saved_seed:
+            ignored.append(f"seed={self._seed} (the model was started with seed={saved_seed})")
+        if ignored:
+            warnings.warn(
+                f"model_dir {self.model_dir!r} holds a model at step {self._run.global_step}, "
+                f"which resumes: {' and '.join(ignored)} only matter"
+                f"{'s' if len(ignored) == 1 else ''} at the start and "
+                f"{'is' if len(ignored) == 1 else 'are'} ignored.",
+                UserWarning,
+                stacklevel=3,
+            )
+        if saved_seed is not None:
+            self._seed = saved_seed
 
-    def _save(self) -> None:
+    def _ensure_model_dir(self) -> None:
+        """Makes the temporary model directory (once, at the first write), with a warning
+        naming it."""
+        if not self._temporary:
+            return
+        while True:
+            try:
+                os.makedirs(os.path.dirname(self.model_dir), exist_ok=True)
+                os.mkdir(self.model_dir, 0o700)
+                break
+            except FileExistsError:  # taken meanwhile: another name
+                saved = self._store.saved
+                self._store = CheckpointStore(
+                    _temporary_dir_name(), max_to_keep=self.config.keep_checkpoint_max
+                )
+                self._store.remember(saved)
+        self._temporary = False
+        warnings.warn(
+            f"KMeans: no model_dir was given; using the temporary directory {self.model_dir!r} "
+            "as model directory (it is not deleted).",
+            UserWarning,
+            stacklevel=_caller_stacklevel(),
+        )
+
+    def _save(self, listeners: list[Any] = ()) -> None:
         run = self._run
+        step = int(run.state.step)
+        for listener in listeners:
+            if hasattr(listener, "before_save"):
+                listener.before_save(None, step)
+        self._ensure_model_dir()
         config = run.config_json(self._settings, self._seed)
-        self._store.save(int(run.state.step), _state_to_dict(run.state), config, run.copy())
+        self._store.save(step, _state_to_dict(run.state), config, run.copy())
+        for listener in listeners:
+            if hasattr(listener, "after_save"):
+                listener.after_save(None, step)
+            elif callable(listener):
+                listener(step, os.path.join(self.model_dir, str(step)))
 
     # ------------------------------------------------------------------ properties
 
     @property
     def model_dir(self) -> str:
-        """Absolute path of the checkpoint directory."""
+        """Absolute path of the checkpoint directory. Without a model_dir, the temporary
+        directory's path is chosen at construction but the directory is only made at
+        the first save (until then the path does not exist)."""
         return self._store.directory
 
     @property
     def config(self) -> RunConfig:
+        """The :class:`RunConfig` given (or the default one); the directory in use is
+        :attr:`model_dir`."""
         return self._settings.run_config
 
     @property
@@ -887,19 +1293,39 @@ class KMeans:
 
     # ------------------------------------------------------------------ training
 
-    def _reader(self, input_fn: Any) -> InputReader:
-        return InputReader(input_fn, self._settings.feature_names, self._run.dims)
+    def _reader(self, input_fn: Any, mode: str) -> InputReader:
+        fn_args = {"params": self.params, "mode": mode, "config": self.config}
+        return InputReader(input_fn, self._settings.feature_names, self._run.dims, fn_args)
 
-    def train(self, input_fn: Any, steps: int | None = None, max_steps: int | None = None):
+    def train(
+        self,
+        input_fn: Any,
+        steps: int | None = None,
+        hooks: Any = None,
+        max_steps: int | None = None,
+        saving_listeners: Any = None,
+    ):
         """Trains the model.
 
         Args:
-          input_fn: the input (see :mod:`jaxkmeans.inputs`) or a callable returning it.
+          input_fn: the input (see :mod:`jaxkmeans.inputs`) or a callable returning it
+            (it may take ``params``, ``mode`` and ``config`` by name, as in TF).
           steps: run this many more steps.
+          hooks: callables (or one) called after every step as ``hook(step, loss)``
+            (step: the global step after the update; loss: as in :attr:`loss_history`);
+            one returning True stops training (then the usual end-of-train save).
           max_steps: run until ``global_step == max_steps`` (nothing if already there).
             With neither: one pass over the input (one step in full batch, one epoch of
-            batches in mini-batch), or, with ``relative_tolerance``, until it stops
-            training (at most 10,000 steps).
+            batches in mini-batch). ``relative_tolerance`` may only stop it earlier.
+          saving_listeners: callables ``listener(global_step, checkpoint_path)`` called
+            after every save, or objects with TF's ``before_save(session, global_step)``
+            / ``after_save(session, global_step)`` (session is None).
+
+        A checkpoint is written at the end, every ``config.save_checkpoints_steps`` steps
+        and every ``config.save_checkpoints_secs`` seconds. On KeyboardInterrupt (or
+        SIGTERM, which raises KeyboardInterrupt while train() runs in the main thread),
+        the last completed step is saved and the KeyboardInterrupt re-raised; on any other
+        error the model goes back to its last checkpoint.
 
         Returns:
           self.
@@ -910,17 +1336,43 @@ class KMeans:
             raise ValueError(
                 f"give `steps` or `max_steps`, not both; got steps={steps}, max_steps={max_steps}."
             )
+        hooks = _check_hooks(hooks, "hook(step, loss)")
+        listeners = _check_listeners(saving_listeners)
         if max_steps is not None and self.global_step >= max_steps:
             return self
-        reader = self._reader(input_fn)
-        try:
-            _Trainer(self._settings, self._run, reader, self._save).train(
-                steps, max_steps, self._seed
-            )
-        except BaseException:
-            self._run = self._store.saved.copy()
-            raise
+        reader = self._reader(input_fn, _TRAIN)
+        save = functools.partial(self._save, listeners)
+        with _Interrupts() as interrupts:
+            try:
+                _Trainer(self._settings, self._run, reader, save, interrupts, hooks).train(
+                    steps, max_steps, self._seed
+                )
+            except KeyboardInterrupt:
+                self._save_interrupted(interrupts, save)
+                raise
+            except BaseException:
+                self._run = self._store.saved.copy()
+                raise
         return self
+
+    def _save_interrupted(self, interrupts: _Interrupts, save: Callable[[], None]) -> None:
+        """After a KeyboardInterrupt: saves the last completed step (if any since the last
+        save); on a failed save, goes back to the last checkpoint with a warning."""
+        run, saved = self._run, self._store.saved
+        if run.state is None or run.global_step <= saved.global_step:
+            self._run = saved.copy()
+            return
+        try:
+            with interrupts.deferred:
+                save()
+        except Exception as e:
+            self._run = saved.copy()
+            warnings.warn(
+                f"train() was interrupted and step {run.global_step} could not be saved "
+                f"({e}); the model is back at its last checkpoint (step {saved.global_step}).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ inference
 
@@ -932,22 +1384,69 @@ class KMeans:
             )
         return self._run.state
 
-    def _predict_batches(self, input_fn: Any) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
-        centers = np.asarray(self._require_fitted().centers)  # inference is per process
-        reader = self._reader(input_fn)
-        return _predict_batches(reader, centers, _jitted_predict(self._settings.metric))
+    def _checkpoint(self, checkpoint_path: Any) -> tuple[np.ndarray, int, list | None]:
+        """``(centers, global step, features)`` of the model (checkpoint_path None) or of
+        the checkpoint at `checkpoint_path`, checked against this KMeans."""
+        if checkpoint_path is None:
+            state = self._require_fitted()
+            return np.asarray(state.centers), self.global_step, self._run.features
+        if not isinstance(checkpoint_path, str | os.PathLike):
+            raise TypeError(
+                "`checkpoint_path` must be None or a path (str or os.PathLike); got "
+                f"{type(checkpoint_path).__name__}."
+            )
+        step, values, cfg = read_checkpoint(checkpoint_path)
+        s = self._settings
+        if cfg.get("format") != _FORMAT:
+            raise ValueError(
+                f"`checkpoint_path` {os.fspath(checkpoint_path)!r} was not written by "
+                "jaxkmeans.KMeans."
+            )
+        problems = [
+            f"{key}={cfg.get(key)!r} (this KMeans has {mine!r})"
+            for key, mine in (
+                ("num_clusters", s.num_clusters),
+                ("distance_metric", s.metric),
+                ("dims", self._run.dims),
+            )
+            if mine is not None and cfg.get(key) != mine
+        ]
+        if problems:
+            raise ValueError(
+                f"`checkpoint_path` {os.fspath(checkpoint_path)!r} does not fit this KMeans: it "
+                f"has {', '.join(problems)}."
+            )
+        centers = np.asarray(values[CLUSTER_CENTERS_VAR_NAME], np.float32)
+        return centers, step, cfg.get("features")
+
+    def _predict_batches(
+        self, input_fn: Any, checkpoint_path: Any = None, hooks: list[Callable] = ()
+    ) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+        centers, _, _ = self._checkpoint(checkpoint_path)  # inference is per process
+        reader = self._reader(input_fn, _INFER)
+        batches = _predict_batches(reader, centers, _jitted_predict(self._settings.metric))
+        return _with_hooks(batches, hooks) if hooks else batches
 
     def predict(
         self,
         input_fn: Any,
         predict_keys: str | list[str] | None = None,
+        hooks: Any = None,
+        checkpoint_path: str | os.PathLike | None = None,
         yield_single_examples: bool = True,
     ) -> Iterator[dict[str, Any]]:
         """Yields ``{"cluster_index": int, "all_distances": float32[k]}`` per example
         (or per batch with ``yield_single_examples=False``); ``all_distances`` are squared
-        Euclidean distances (or 1 - cos)."""
+        Euclidean distances (or 1 - cos).
+
+        `hooks`: callables called after each batch as ``hook(batches_done, rows_done)``;
+        one returning True ends the predictions. `checkpoint_path`: predict with that
+        checkpoint's centers (a path returned by :meth:`latest_checkpoint`, or a step
+        directory ``model_dir/<step>``) instead of the current model's."""
         keys = _check_predict_keys(predict_keys)
-        return _predictions(self._predict_batches(input_fn), keys, yield_single_examples)
+        hooks = _check_hooks(hooks, "hook(batches_done, rows_done)")
+        batches = self._predict_batches(input_fn, checkpoint_path, hooks)
+        return _predictions(batches, keys, yield_single_examples)
 
     def predict_cluster_index(self, input_fn: Any) -> Iterator[int]:
         """Yields the nearest center's index for every example."""
@@ -960,25 +1459,38 @@ class KMeans:
         cosine = self._settings.metric == COSINE_DISTANCE
         return _distances(self._predict_batches(input_fn), cosine)
 
-    def _total_distance(self, input_fn: Any, steps: int | None = None) -> float:
-        centers = np.asarray(self._require_fitted().centers)
-        reader = self._reader(input_fn)
-        return _total_distance(reader, centers, self._settings.local_spec, steps)
-
     def score(self, input_fn: Any) -> float:
         """Sum over ALL the input of the distance to the nearest center (squared
         Euclidean, or 1 - cos)."""
-        return self._total_distance(input_fn)
+        centers, _, _ = self._checkpoint(None)
+        reader = self._reader(input_fn, _EVAL)
+        return _total_distance(reader, centers, self._settings.local_spec, None)
 
-    def evaluate(self, input_fn: Any, steps: int | None = None, name: str | None = None):
+    def evaluate(
+        self,
+        input_fn: Any,
+        steps: int | None = None,
+        hooks: Any = None,
+        checkpoint_path: str | os.PathLike | None = None,
+        name: str | None = None,
+    ):
         """``{"loss", "score", "global_step"}``: loss = score = the summed distance over
         the input (its first `steps` batches if given). Appends the result as a JSON
-        line to ``eval_dir(name)/metrics.jsonl``."""
+        line to ``eval_dir(name)/metrics.jsonl``.
+
+        `hooks`: callables called after each batch as ``hook(batches_done, loss_so_far)``;
+        one returning True ends the evaluation there. `checkpoint_path`: evaluate that
+        checkpoint (a path returned by :meth:`latest_checkpoint`, or ``model_dir/<step>``);
+        ``global_step`` is then its step."""
         steps = check_positive_int(steps, "steps", allow_none=True)
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(f"`name` must be None or a non-empty str without '/'; got {name!r}.")
-        total = self._total_distance(input_fn, steps)
-        result = {"loss": total, "score": total, "global_step": self.global_step}
+        hooks = _check_hooks(hooks, "hook(batches_done, loss_so_far)")
+        centers, step, _ = self._checkpoint(checkpoint_path)
+        reader = self._reader(input_fn, _EVAL)
+        total = _total_distance(reader, centers, self._settings.local_spec, steps, hooks)
+        result = {"loss": total, "score": total, "global_step": step}
+        self._ensure_model_dir()
         out = pathlib.Path(self.eval_dir(name))
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "metrics.jsonl", "a") as f:
@@ -1006,15 +1518,43 @@ class KMeans:
         """Path of the newest checkpoint in model_dir (None before the first save)."""
         return _latest_checkpoint_path(self.model_dir)
 
-    def export_saved_model(self, export_dir_base: str | os.PathLike) -> str:
+    def export_saved_model(
+        self,
+        export_dir_base: str | os.PathLike,
+        serving_input_receiver_fn: Any = None,
+        assets_extra: dict[str, Any] | None = None,
+        as_text: bool = False,
+        checkpoint_path: str | os.PathLike | None = None,
+    ) -> str:
         """Writes a self-contained serving artifact under `export_dir_base`; returns its
-        path. Load it with :func:`jaxkmeans.load_exported`."""
-        state = self._require_fitted()
+        path. Load it with :func:`jaxkmeans.load_exported`; it takes an (n, d) array, or
+        the dict of features the model was trained on.
+
+        Args:
+          export_dir_base: the parent directory; the export is ``<it>/<timestamp>``.
+          serving_input_receiver_fn: accepted for TF compatibility and ignored (the
+            exported predictor takes the array or the training dict directly).
+          assets_extra: ``{destination: source file}`` copied under ``assets.extra/``.
+          as_text: no meaning here (the program is serialized by ``jax.export``): True
+            warns and is ignored.
+          checkpoint_path: export that checkpoint (``latest_checkpoint()`` or
+            ``model_dir/<step>``) instead of the current model.
+        """
+        del serving_input_receiver_fn  # see the docstring
+        if as_text:
+            warnings.warn(
+                "export_saved_model(as_text=True) has no meaning in jaxkmeans (the export is a "
+                "serialized jax.export program, not a SavedModel protobuf); ignored.",
+                UserWarning,
+                stacklevel=2,
+            )
+        centers, step, features = self._checkpoint(checkpoint_path)
         return export_lib.export_model(
             export_dir_base,
-            np.asarray(state.centers),
+            centers,
             self._settings.metric,
-            {"global_step": self.global_step, "model_dir": self.model_dir},
+            {"global_step": step, "model_dir": self.model_dir, "features": features},
+            assets_extra=assets_extra,
         )
 
     def __repr__(self) -> str:
@@ -1024,6 +1564,27 @@ class KMeans:
             f"use_mini_batch={s.use_mini_batch}, model_dir={self.model_dir!r}, "
             f"global_step={self.global_step})"
         )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside jaxkmeans (for warnings raised
+    deep inside a call)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == (
+        package
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _resolved(path: str | os.PathLike) -> str:
+    return str(pathlib.Path(path).expanduser().resolve())
+
+
+def _temporary_dir_name() -> str:
+    """A fresh path in the temporary directory (not created)."""
+    return os.path.join(tempfile.gettempdir(), f"jaxkmeans-{secrets.token_hex(6)}")
 
 
 def _open(model_dir: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

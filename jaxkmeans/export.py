@@ -10,7 +10,7 @@ import pathlib
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -20,12 +20,14 @@ from jax import export as jax_export
 
 from jaxkmeans import metrics
 from jaxkmeans._validation import check_metric
+from jaxkmeans.inputs import to_matrix
 from jaxkmeans.kernels.xla import block_argmin
 
 __all__ = ["predict_fn", "export_model", "load_exported", "ExportedModel"]
 
 PROGRAM_FILE = "predict.jaxexport"
 METADATA_FILE = "metadata.json"
+ASSETS_EXTRA_DIR = "assets.extra"
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
@@ -62,11 +64,45 @@ def _unique_dir(base: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def _check_assets_extra(assets_extra: Any) -> dict[str, pathlib.Path]:
+    """TF's ``assets_extra``: {destination path inside assets.extra: source file}."""
+    if assets_extra is None:
+        return {}
+    if not isinstance(assets_extra, dict):
+        raise TypeError(
+            "`assets_extra` must be None or a dict {destination path: source file}; "
+            f"got {type(assets_extra).__name__}."
+        )
+    out = {}
+    for dest, src in assets_extra.items():
+        rel = pathlib.PurePosixPath(str(dest))
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise ValueError(
+                f"`assets_extra` destinations must be relative paths inside the export; got "
+                f"{dest!r}."
+            )
+        source = pathlib.Path(src).expanduser()
+        if not source.is_file():
+            raise ValueError(f"`assets_extra[{dest!r}]` must be an existing file; got {src!r}.")
+        out[str(rel)] = source
+    return out
+
+
 def export_model(
-    export_dir_base: str | os.PathLike, centers: Any, metric: str, metadata: dict[str, Any]
+    export_dir_base: str | os.PathLike,
+    centers: Any,
+    metric: str,
+    metadata: dict[str, Any],
+    assets_extra: dict[str, Any] | None = None,
 ) -> str:
     """Writes ``export_dir_base/<timestamp>/`` with the program and metadata; returns its
-    path. The directory appears whole or not at all (written aside, then renamed)."""
+    path. The directory appears whole or not at all (written aside, then renamed).
+
+    ``metadata`` may hold ``"features"``: ``[[name, width], ...]``, the dict features the
+    model was trained on (in column order); the loaded predictor then also accepts such a
+    dict. ``assets_extra`` (as TensorFlow's): ``{destination: source file}``, copied under
+    ``assets.extra/``."""
+    assets = _check_assets_extra(assets_extra)
     centers = jnp.asarray(np.asarray(centers, np.float32))
     k, d = centers.shape
     fn = predict_fn(metric)
@@ -92,6 +128,10 @@ def export_model(
             **metadata,
         }
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        for dest, source in assets.items():
+            target = tmp / ASSETS_EXTRA_DIR / dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -101,7 +141,11 @@ def export_model(
 
 class ExportedModel:
     """A loaded export: call it on an (n, d) array to get
-    ``{"cluster_index": (n,) int32, "all_distances": (n, k) float32}`` (numpy)."""
+    ``{"cluster_index": (n,) int32, "all_distances": (n, k) float32}`` (numpy).
+
+    A model trained on dict features also accepts the same dict (feature name -> (n,)
+    or (n, d_i) array; extra keys are ignored), or ``(features, None)``; its columns are
+    put in the training order (``feature_names``)."""
 
     def __init__(self, path: pathlib.Path):
         self.path = str(path)
@@ -109,8 +153,33 @@ class ExportedModel:
         self._exported = jax_export.deserialize(bytearray((path / PROGRAM_FILE).read_bytes()))
         self.num_clusters = int(self.metadata["num_clusters"])
         self.dims = int(self.metadata["dims"])
+        features = self.metadata.get("features")
+        self.features: list[list[Any]] | None = features
+        self.feature_names: list[str] | None = (
+            None if features is None else [str(name) for name, _ in features]
+        )
+
+    def _from_dict(self, x: Any) -> np.ndarray:
+        if self.features is None:
+            raise TypeError(
+                "`x` must be a numeric (n, d) array: this model was trained on arrays, not "
+                f"on dict features; got {type(x).__name__}."
+            )
+        arr = to_matrix(x, self.feature_names)  # checks the names, types and row counts
+        for name, width in self.features:
+            got = int(np.prod(np.shape(x[name])[1:], dtype=int))
+            if got != width:
+                raise ValueError(
+                    f"feature {name!r} must have {width} column(s), as in training; got shape "
+                    f"{np.shape(x[name])}."
+                )
+        return arr
 
     def __call__(self, x: Any) -> dict[str, np.ndarray]:
+        if isinstance(x, tuple) and len(x) == 2 and x[1] is None:
+            x = x[0]  # TensorFlow's (features, labels) with no labels
+        if isinstance(x, Mapping):
+            x = self._from_dict(x)
         arr = np.asarray(x)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"`x` must be a numeric array; got dtype {arr.dtype}.")

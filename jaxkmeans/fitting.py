@@ -264,7 +264,8 @@ def fit(
     )
     w = as_weights(sample_weight, n, x.dtype)
     if isinstance(init, str):
-        init_spec = make_init(init, k, passes.metric, num_retries, init_options, "init")
+        kernel = passes.kernel if passes.mesh is None else "xla"  # native would gather rows
+        init_spec = make_init(init, k, passes.metric, num_retries, init_options, "init", kernel)
         init_array = None
     else:
         init_spec, init_array, n_init = None, as_centers(init, d, x.dtype, "init"), 1

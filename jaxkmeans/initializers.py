@@ -378,13 +378,16 @@ def make_init(
     num_retries: Any = -1,
     options: dict[str, Any] | None = None,
     name: str = "method",
+    kernel: str = "auto",
 ) -> InitSpec:
-    """Checks an init method name, `num_retries` and the method's options (the kernel is
-    what ``kernel="auto"`` resolves to for float32 data; see :func:`engine.make_pass`)."""
+    """Checks an init method name, `num_retries` and the method's options. `kernel` is
+    what k-means|| measures candidate distances with (``"auto"``: as
+    :func:`engine.make_pass` resolves it for float32 data; on row-sharded data pass
+    ``"xla"``, which the compiler partitions, where the native call would gather)."""
     method = check_choice(method, name, INIT_METHODS, " or a (k, d) array")
     opts = check_method_options(method, dict(options or {}))
     retries = check_int(num_retries, "num_retries", "an int (negative: 2 + ln k)")
-    kernel = engine.make_pass().kernel
+    kernel = engine.make_pass(kernel=kernel).kernel
     return InitSpec(k, method, metric, retries, tuple(sorted(opts.items())), kernel)
 
 

@@ -1,6 +1,6 @@
 """Turns what users pass as input into host numpy batches.
 
-Accepted (directly or returned by a zero-argument callable ``input_fn``):
+Accepted (directly or returned by a callable ``input_fn``):
 
 * an array ``(n, d)`` (numpy, JAX, or anything ``np.asarray`` reads as 2-D numbers);
 * a dict of feature name -> array ``(n,)`` or ``(n, d_i)``; columns are concatenated in
@@ -9,18 +9,21 @@ Accepted (directly or returned by a zero-argument callable ``input_fn``):
 * an iterable of any of those (one batch each, one pass).
 
 A callable is called again for every further pass; an iterator passed directly gives one
-pass only.
+pass only. As in TensorFlow, a callable may take the arguments ``params``, ``mode`` and
+``config`` (by those names): the estimator passes its ``params``, the mode (``"train"``,
+``"eval"`` or ``"infer"``) and its ``RunConfig``.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["InputReader", "feature_names", "to_matrix"]
+__all__ = ["InputReader", "feature_layout", "feature_names", "to_matrix"]
 
 # Elements per block of the finiteness check (a bounded temporary, however big the batch).
 _CHECK_BLOCK = 1 << 20
@@ -52,6 +55,33 @@ def feature_names(feature_columns: Any) -> list[str] | None:
     if len(set(names)) != len(names):
         raise ValueError(f"`feature_columns` must not repeat names; got {names}.")
     return names
+
+
+def _unpair(obj: Any) -> Any:
+    if isinstance(obj, tuple) and len(obj) == 2 and not _is_array_like(obj) and obj[1] is None:
+        return obj[0]
+    return obj
+
+
+def feature_layout(obj: Any, names: Sequence[str] | None = None) -> list[list[Any]] | None:
+    """``[[name, width], ...]`` of the columns of one dict batch (in column order), or
+    None when the batch is not a dict. Call it on a batch that ``to_matrix`` accepted."""
+    obj = _unpair(obj)
+    if not isinstance(obj, collections.abc.Mapping):
+        return None
+    keys = list(names) if names is not None else sorted(obj, key=str)
+    return [[str(key), int(np.prod(np.shape(obj[key])[1:], dtype=int))] for key in keys]
+
+
+def _passable_args(fn: Any, available: collections.abc.Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `available` that `fn` takes by name (TF's input_fn(params, ...))."""
+    if not available:
+        return {}
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins and other callables without a signature
+        return {}
+    return {name: value for name, value in available.items() if name in parameters}
 
 
 def _is_array_like(obj: Any) -> bool:
@@ -185,18 +215,32 @@ class InputReader:
     """Reads batches from an input, pass after pass.
 
     Args:
-      input_fn: the input or a zero-argument callable returning it.
+      input_fn: the input or a callable returning it.
       feature_columns: optional feature names (dict inputs).
       dims: expected number of columns (None: taken from the first batch).
+      fn_args: arguments a callable `input_fn` may take by name (``params``, ``mode``,
+        ``config``): only those its signature names are passed.
+
+    Attributes:
+      features: ``[[name, width], ...]`` of the first dict batch read (None until one
+        is read, and for array inputs).
     """
 
-    def __init__(self, input_fn: Any, feature_columns: Any = None, dims: int | None = None):
+    def __init__(
+        self,
+        input_fn: Any,
+        feature_columns: Any = None,
+        dims: int | None = None,
+        fn_args: collections.abc.Mapping[str, Any] | None = None,
+    ):
         if input_fn is None or isinstance(input_fn, str | bytes):
             raise TypeError(f"`input_fn` must be {ACCEPTED}; got {input_fn!r:.60}.")
         self._source = input_fn
         self._names = feature_names(feature_columns)
         self.dims = dims
         self._one_shot_used = False
+        self._fn_args = dict(fn_args or {})
+        self.features: list[list[Any]] | None = None
         self.passes = 0
         # An iterator passed directly (not returned by a callable): one pass only, and
         # a later reader of the same iterator continues where this one stopped.
@@ -205,12 +249,15 @@ class InputReader:
     def _obtain(self) -> Any:
         src = self._source
         if callable(src) and not _is_array_like(src) and not isinstance(src, Iterable):
+            kwargs = _passable_args(src, self._fn_args)
             try:
-                return src()
+                return src(**kwargs)
             except TypeError as e:
                 if "argument" in str(e):
                     raise TypeError(
-                        f"`input_fn` must be callable with no arguments; calling it failed: {e}"
+                        "`input_fn` must be callable with no arguments or with some of "
+                        f"{sorted(self._fn_args) or ['params']} by name; calling it with "
+                        f"{sorted(kwargs)} failed: {e}"
                     ) from None
                 raise
         return src
@@ -250,6 +297,8 @@ class InputReader:
         self.passes += 1
         for item in items:
             batch = self._check(to_matrix(item, self._names))
+            if self.features is None:
+                self.features = feature_layout(item, self._names)
             # Hold no batch while the input reads the next one: a consumer that lets
             # go of each batch keeps one alive, not two, whatever the input's size.
             item = None

@@ -19,6 +19,7 @@ from jaxkmeans.checkpoint import (
     CheckpointError,
     CheckpointWarning,
     latest_checkpoint,
+    read_checkpoint,
 )
 
 CONFIG = {"num_clusters": 4, "dims": 3, "metric": "squared_euclidean", "seed": 7}
@@ -306,6 +307,19 @@ def test_latest_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path / "model") == str(tmp_path / "model" / "9")
     (tmp_path / "model" / "12.orbax-checkpoint-tmp").mkdir()  # unfinished: ignored
     assert latest_checkpoint(tmp_path / "model") == str(tmp_path / "model" / "9")
+
+
+def test_read_checkpoint_by_its_path(tmp_path):
+    with Checkpointer(str(tmp_path / "model"), max_to_keep=None) as ckpt:
+        ckpt.save(3, make_state(3), CONFIG)
+        ckpt.save(9, make_state(9), CONFIG)
+    step, state, config = read_checkpoint(tmp_path / "model" / "3")
+    assert step == 3 and config == CONFIG
+    assert_states_equal(make_state(3), state)
+    assert read_checkpoint(latest_checkpoint(tmp_path / "model"))[0] == 9
+    for bad in (tmp_path / "model" / "4", tmp_path / "model", tmp_path / "nothing" / "3"):
+        with pytest.raises(ValueError, match="checkpoint_path"):
+            read_checkpoint(bad)
 
 
 CHILD = textwrap.dedent(

@@ -333,7 +333,5 @@ def test_pallas_kernel_lowers_into_every_public_entry_point(platform, target):
         export = jax.export.export(jax.jit(fn), platforms=[platform], disabled_checks=checks)
         text = export(*args).mlir_module()
         assert target in text, name
-        blocks = {
-            (int(a), int(b)) for a, b in re.findall(r"tensor<(\d+)x(\d+)xf32>", text)
-        }
+        blocks = {(int(a), int(b)) for a, b in re.findall(r"tensor<(\d+)x(\d+)xf32>", text)}
         assert not [s for s in blocks if s[0] >= 1000 and s[1] >= k], (name, sorted(blocks))

@@ -62,6 +62,16 @@ CASES = {
         ValueError,
         r"`x`.*finite",
     ),
+    "inf in float16 x (computed in float32)": (
+        lambda: jaxkmeans.assign(with_inf().astype(np.float16), C),
+        ValueError,
+        r"`x`.*finite",
+    ),
+    "inf in bfloat16 centers": (
+        lambda: jaxkmeans.assign(X, with_inf()[:3].astype(jax.numpy.bfloat16)),
+        ValueError,
+        r"`centers`.*finite",
+    ),
     # rank / shape / type
     "x 1-D": (lambda: jaxkmeans.fit(KEY, X[:, 0], 3), ValueError, r"`x`.*2-D.*\(20,\)"),
     "x 3-D": (lambda: jaxkmeans.assign(X[None], C), ValueError, r"`x`.*2-D.*\(1, 20, 2\)"),

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -242,21 +243,41 @@ def test_relative_tolerance_stops_full_batch(tmp_path):
         c, stats = jaxkmeans.lloyd_step(X, c)
         np.testing.assert_allclose(loss, stats.loss, rtol=1e-5)
     np.testing.assert_allclose(km.cluster_centers(), c, rtol=1e-5, atol=1e-6)
-    # Neither steps nor max_steps: runs until the rule stops it (same stopping point).
+    # max_steps and a tolerance: until the rule stops it (same stopping point).
     km2 = make(tmp_path, "m2", relative_tolerance=tol)
-    km2.train(BATCHES)
+    km2.train(BATCHES, max_steps=1000)
     assert km2.global_step == n
     # (The frame origin is the mean of the first batch: float32 rounding differs.)
     np.testing.assert_allclose(km2.cluster_centers(), km.cluster_centers(), rtol=1e-6, atol=1e-6)
     # Already converged: the next call stops after one more step.
-    km2.train(BATCHES)
+    km2.train(BATCHES, max_steps=1000)
     assert km2.global_step == n + 1
+
+
+def test_relative_tolerance_only_stops_earlier(tmp_path):
+    # Issue 14: neither steps nor max_steps is one pass, with or without a tolerance, so
+    # the loop of one-step train() calls behaves the same (no "delta: 0" from call 2 on).
+    with_tol = make(tmp_path, "tol", relative_tolerance=1e-3)
+    without = make(tmp_path, "none")
+    for i in range(1, 9):
+        with_tol.train(BATCHES)
+        without.train(BATCHES)
+        assert with_tol.global_step == without.global_step == i
+    np.testing.assert_array_equal(with_tol.cluster_centers(), without.cluster_centers())
+    assert with_tol.loss_history == without.loss_history
+    # Mini-batch: one epoch (3 batches) at most; a tolerance of 0 never stops it.
+    mb = make(tmp_path, "mb", use_mini_batch=True, relative_tolerance=0.0)
+    mb.train(BATCHES)
+    assert mb.global_step == 3
+    loose = make(tmp_path, "loose", use_mini_batch=True, relative_tolerance=10.0)
+    loose.train(BATCHES)  # stops at the first step that has a previous loss
+    assert loose.global_step < 3
 
 
 def test_relative_tolerance_stops_mini_batch(tmp_path):
     tol = 1e-2
     km = make(tmp_path, use_mini_batch=True, relative_tolerance=tol)
-    km.train(BATCHES)  # neither steps nor max_steps: until the rule stops it
+    km.train(BATCHES, max_steps=10_000)  # until the rule stops it
     assert 2 <= km.global_step < 10_000
     smoothed = km.get_variable_value("smoothed_loss")
     prev = km.get_variable_value("prev_loss")
@@ -269,23 +290,23 @@ def test_relative_tolerance_stops_mini_batch(tmp_path):
 def test_relative_tolerance_survives_a_restore(tmp_path):
     kw = dict(relative_tolerance=1e-2, use_mini_batch=True)
     ref = make(tmp_path, "ref", **kw)
-    ref.train(BATCHES)
+    ref.train(BATCHES, max_steps=10_000)
     assert ref.global_step > 2
     km = make(tmp_path, **kw)
     km.train(BATCHES, steps=2)
     resumed = make(tmp_path, **kw)
-    resumed.train(BATCHES)
+    resumed.train(BATCHES, max_steps=10_000)
     assert resumed.global_step == ref.global_step
     np.testing.assert_array_equal(resumed.cluster_centers(), ref.cluster_centers())
 
 
-@pytest.mark.slow
-def test_relative_tolerance_not_reached_stops_at_10000_steps_with_a_warning(tmp_path):
+def test_relative_tolerance_not_reached_runs_to_max_steps_without_a_warning(tmp_path):
     # Three different batches in turn: the smoothed loss keeps moving by more than 0.
     km = make(tmp_path, use_mini_batch=True, relative_tolerance=0.0)
-    with pytest.warns(RuntimeWarning, match="10000 steps"):
-        km.train(BATCHES)
-    assert km.global_step == 10_000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        km.train(BATCHES, max_steps=40)
+    assert km.global_step == 40
     assert np.isfinite(km.cluster_centers()).all()
 
 
@@ -754,10 +775,16 @@ def test_run_config_errors():
 
 
 def test_model_dir_none_uses_a_temporary_directory():
+    # Issue 14: made at the first save (with a warning naming it), not at construction.
     km = jaxkmeans.KMeans(3, initial_clusters=INIT, use_mini_batch=False, seed=0)
-    km.train(X)
-    assert os.path.isdir(km.model_dir)
-    assert jaxkmeans.latest_checkpoint(km.model_dir) == km.latest_checkpoint()
+    try:
+        assert not os.path.exists(km.model_dir)
+        with pytest.warns(UserWarning, match="temporary directory"):
+            km.train(X)
+        assert os.path.isdir(km.model_dir)
+        assert jaxkmeans.latest_checkpoint(km.model_dir) == km.latest_checkpoint()
+    finally:
+        shutil.rmtree(km.model_dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -784,8 +811,9 @@ def test_restore_continues_like_an_uninterrupted_run(tmp_path, mini_batch):
     assert again.global_step == 7
     np.testing.assert_array_equal(again.cluster_centers(), ref.cluster_centers())
     assert again.loss_history == ref.loss_history
-    # Restoring needs only k (anything else that does not conflict is fine).
-    bare = jaxkmeans.KMeans(K, model_dir=tmp_path / "m")
+    # Restoring needs only k and the mode (issue 14: a different use_mini_batch is a
+    # conflict; anything else that does not conflict is fine).
+    bare = jaxkmeans.KMeans(K, model_dir=tmp_path / "m", use_mini_batch=mini_batch)
     assert bare.global_step == 7
     np.testing.assert_array_equal(bare.cluster_centers(), ref.cluster_centers())
 

@@ -107,6 +107,72 @@ def test_load_errors(tmp_path):
             jaxkmeans.load_exported(bad)
 
 
+def _features(x):
+    return {"b": x[:, 1], "a": x[:, :1], "unused": np.zeros(len(x), np.float32)}
+
+
+@pytest.mark.parametrize("columns", [None, ["b", "a"]], ids=["sorted", "feature_columns"])
+def test_dict_trained_model_exports_a_predictor_of_the_same_dict(tmp_path, columns):
+    # Issue 14: the exported predictor rejected the training dict ("got dtype object").
+    feats = {"b": X[:, 1], "a": X[:, :1]} if columns is None else _features(X)
+    km = jaxkmeans.KMeans(
+        3, model_dir=tmp_path / "m", use_mini_batch=False, seed=0, feature_columns=columns
+    )
+    km.train(feats, steps=2)
+    expected = [p["cluster_index"] for p in km.predict(feats)]
+    path = km.export_saved_model(tmp_path / "export")
+    order = ["a", "b"] if columns is None else ["b", "a"]
+    meta = json.loads((pathlib.Path(path) / "metadata.json").read_text())
+    assert meta["features"] == [[name, 1] for name in order]
+    model = jaxkmeans.load_exported(path)
+    assert model.feature_names == order
+    # The dict (keys in any order, extra keys ignored), (dict, None), or the array.
+    np.testing.assert_array_equal(model(_features(X))["cluster_index"], expected)
+    np.testing.assert_array_equal(model((_features(X), None))["cluster_index"], expected)
+    matrix = np.stack([X[:, 0] if name == "a" else X[:, 1] for name in order], axis=1)
+    np.testing.assert_array_equal(model(matrix)["cluster_index"], expected)
+    with pytest.raises(ValueError, match="'a'.*missing"):
+        model({"b": X[:, 1]})
+    with pytest.raises(ValueError, match="feature 'a' must have 1 column"):
+        model({"a": X, "b": X[:, 1]})
+    # Restored from the checkpoint, the model still knows its features.
+    restored = jaxkmeans.KMeans(
+        3, model_dir=tmp_path / "m", use_mini_batch=False, feature_columns=columns
+    )
+    again = jaxkmeans.load_exported(restored.export_saved_model(tmp_path / "export2"))
+    assert again.feature_names == order
+
+
+def test_array_trained_export_rejects_a_dict_clearly(tmp_path):
+    model = jaxkmeans.load_exported(trained(tmp_path).export_saved_model(tmp_path / "export"))
+    assert model.feature_names is None
+    with pytest.raises(TypeError, match="trained on arrays"):
+        model({"a": X[:, 0], "b": X[:, 1]})
+
+
+def test_export_takes_tf_arguments(tmp_path):
+    km = trained(tmp_path)
+    first = km.latest_checkpoint()
+    centers = km.cluster_centers()
+    km.train(BATCHES, steps=2)
+    (tmp_path / "vocab.txt").write_text("hello")
+    path = km.export_saved_model(
+        tmp_path / "export",
+        lambda: None,  # serving_input_receiver_fn: ignored
+        assets_extra={"sub/vocab.txt": tmp_path / "vocab.txt"},
+        checkpoint_path=first,
+    )
+    assert (pathlib.Path(path) / "assets.extra/sub/vocab.txt").read_text() == "hello"
+    model = jaxkmeans.load_exported(path)
+    assert model.metadata["global_step"] == 2
+    d = ((X[:, None, :] - centers[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(model(X)["cluster_index"], d.argmin(1))
+    with pytest.warns(UserWarning, match="as_text"):
+        km.export_saved_model(tmp_path / "export", as_text=True)
+    with pytest.raises(ValueError, match="assets_extra"):
+        km.export_saved_model(tmp_path / "export", assets_extra={"../x": tmp_path / "vocab.txt"})
+
+
 def test_export_before_training_writes_nothing(tmp_path):
     km = jaxkmeans.KMeans(3, model_dir=tmp_path / "m")
     with pytest.raises(jaxkmeans.NotFittedError):

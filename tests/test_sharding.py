@@ -187,7 +187,8 @@ for mode in ["full", "mini"]:
     km = jaxkmeans.KMeans(6, model_dir=d, initial_clusters=x[init], use_mini_batch=(mode == "mini"),
                           seed=0, config=jaxkmeans.RunConfig(mesh=mesh))
     km.train(batches, steps=6)
-    again = jaxkmeans.KMeans(6, model_dir=d, config=jaxkmeans.RunConfig(mesh=mesh))
+    again = jaxkmeans.KMeans(6, model_dir=d, use_mini_batch=(mode == "mini"),
+                            config=jaxkmeans.RunConfig(mesh=mesh))
     out[mode] = {"centers": km.cluster_centers().tolist(), "step": again.global_step,
                  "restored": again.cluster_centers().tolist(), "score": km.score(x)}
 print(json.dumps(out))
@@ -281,7 +282,7 @@ x = data(n=4000, d=7)
 xs, ws, n = sharding.shard_rows(x, None, mesh)
 out = {}
 for method in ["kmeans_plus_plus", "kmeans_parallel", "random", "kmc2"]:
-    spec = initializers.make_init(method, 6, "squared_euclidean")
+    spec = initializers.make_init(method, 6, "squared_euclidean", kernel="xla")  # as fit(mesh)
     f = jax.jit(lambda key, xs, ws: initializers.init_impl(key, xs, ws, spec))
     hlo = f.lower(jax.random.PRNGKey(0), xs, ws).compile().as_text()
     gathers = [l for l in hlo.splitlines() if "all-gather(" in l]
