@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -211,6 +212,22 @@ def _is_batch(obj: Any) -> bool:
     return False
 
 
+_WARNED_FLOAT64 = False
+
+
+def _warn_float64_once() -> None:
+    """KMeans (its state and checkpoints are float32) computes in float32: say so once
+    per process when float64 input is converted."""
+    global _WARNED_FLOAT64
+    _WARNED_FLOAT64 = True
+    warnings.warn(
+        "jaxkmeans.KMeans computes in float32 (its state and checkpoints are float32): "
+        "float64 input is converted. (This warning is shown once per process.)",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
 class InputReader:
     """Reads batches from an input, pass after pass.
 
@@ -270,6 +287,8 @@ class InputReader:
                 f"input batches must have {self.dims} features (columns); got a batch of shape "
                 f"{batch.shape}."
             )
+        if np.asarray(batch).dtype == np.float64 and not _WARNED_FLOAT64:
+            _warn_float64_once()
         batch = np.asarray(batch, dtype=np.float32)
         # Checked in blocks of rows: no temporary the size of the batch.
         step = max(1, _CHECK_BLOCK // max(1, batch.shape[1]))
