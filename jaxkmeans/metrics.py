@@ -93,6 +93,10 @@ def to_distance(base: jax.Array, score: jax.Array) -> jax.Array:
     return jnp.maximum(base + score, 0.0)
 
 
+# Rows the spread of the data is estimated from (a strided sample).
+_SPREAD_SAMPLE = 4096
+
+
 def frame_origin(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.Array | None:
     """The point subtracted from the rows `x` (n, d) before the Euclidean expansion
     (None for cosine): the (weighted) mean, rounded per feature to a multiple of the
@@ -108,22 +112,22 @@ def frame_origin(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.A
     - Stability: batches whose means differ only by float rounding (a batch and the
       same batch padded with zero-weight rows) get the same origin.
 
-    One fused pass over `x`: the spread comes from moments about the first row.
+    Cost: one matrix-vector product for the mean (multithreaded, unlike a column
+    reduction) and a strided sample of at most 4096 rows for the spread (the grid only
+    needs its scale).
     """
     if metric == COSINE_DISTANCE:
         return None
-    x0 = x[0]
-    dev = x - x0[None, :]
-    if w is None:
-        mean_dev = jnp.mean(dev, axis=0)
-        sq = jnp.mean(dev * dev, axis=0)
-    else:
-        total = jnp.sum(w)
-        safe = jnp.where(total > 0, total, jnp.ones_like(total))
-        mean_dev = jnp.sum(dev * w[:, None], axis=0) / safe
-        sq = jnp.sum(dev * dev * w[:, None], axis=0) / safe
-    var = jnp.maximum(sq - mean_dev * mean_dev, 0.0)
-    mean = x0 + mean_dev
+    n = x.shape[0]
+    weights = jnp.ones((n,), x.dtype) if w is None else w.astype(x.dtype)
+    total = jnp.sum(weights)
+    safe = jnp.where(total > 0, total, jnp.ones_like(total))
+    mean = lax.dot(weights, x, precision=lax.Precision.HIGHEST) / safe
+    stride = max(1, n // _SPREAD_SAMPLE)
+    xs, ws = x[::stride], weights[::stride]
+    ws = jnp.where(jnp.sum(ws) > 0, ws, jnp.ones_like(ws))  # a sample of zero weights only
+    dev = xs - mean[None, :]
+    var = jnp.sum(dev * dev * ws[:, None], axis=0) / jnp.sum(ws)
     tiny = jnp.finfo(x.dtype).tiny
     grid = jnp.exp2(jnp.floor(jnp.log2(jnp.maximum(jnp.sqrt(var), tiny))))
     return jnp.where(var > 0, jnp.round(mean / grid) * grid, mean).astype(x.dtype)
