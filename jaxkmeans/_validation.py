@@ -98,12 +98,6 @@ def check_choice(value: Any, name: str, choices: tuple[str, ...], extra: str = "
     return value
 
 
-def check_chunk_size(chunk_size: Any) -> int | None:
-    if chunk_size is None:
-        return None
-    return check_positive_int(chunk_size, "chunk_size")
-
-
 _FLOAT64_WARNED = False
 
 FLOAT64_WARNING = (

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxkmeans import engine, kernels, metrics
+from jaxkmeans import engine, kernels, metrics, updates
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
@@ -79,14 +79,9 @@ def merge_duplicates(x: jax.Array, w: jax.Array, metric: str) -> jax.Array:
       group's total, the other copies 0.
     """
     n = x.shape[0]
-    ident = row_identity(x, metric)
-    idx = jnp.arange(n, dtype=jnp.int32)
-    s1, s2, perm = lax.sort((ident[:, 0], ident[:, 1], idx), num_keys=3)
-    first = jnp.concatenate([jnp.ones((1,), bool), (s1[1:] != s1[:-1]) | (s2[1:] != s2[:-1])])
-    run = jnp.cumsum(first.astype(jnp.int32)) - 1
-    total = jax.ops.segment_sum(w[perm], run, num_segments=n)
-    rep = jnp.where(first, total[run], 0.0)
-    return jnp.zeros_like(w).at[perm].set(rep)
+    first, group = updates.identity_groups(row_identity(x, metric))
+    total = jax.ops.segment_sum(w, group, num_segments=n)
+    return jnp.where(first, total[group], 0.0)
 
 
 def _gumbel_scores(key: jax.Array, w: jax.Array) -> jax.Array:
