@@ -85,7 +85,7 @@ def _pow2(v: int, lo: int = 16) -> int:
     return max(lo, 1 << max(0, int(v) - 1).bit_length())
 
 
-def _round_up(v: int, m: int) -> int:
+def round_up(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
@@ -93,7 +93,7 @@ def _feature_blocks(d: int) -> tuple[int, int]:
     """``(bd, dp)``: features per matmul step (a power of two >= 16, at most
     BLOCK_FEATURES) and the padded feature count (a multiple of bd)."""
     bd = min(_pow2(d), BLOCK_FEATURES)
-    return bd, _round_up(d, bd)
+    return bd, round_up(d, bd)
 
 
 def supported(x: jax.Array) -> bool:
@@ -215,7 +215,7 @@ def _kernel_argmin(spec: Any, x: jax.Array, frame: Any, interpret: bool):
     bd, dp = _feature_blocks(d)
     bm = BLOCK_ROWS
     bk = BLOCK_CENTERS
-    kp = _round_up(k, bk)
+    kp = round_up(k, bk)
     cdtype = jnp.bfloat16 if spec.precision == "bfloat16" else jnp.float32
     cpp, biasp = _pad_centers(cp, bias, kp, dp, cdtype)
     if origin is None:
@@ -259,7 +259,8 @@ def finish(spec: Any, x: jax.Array, frame: Any, idx: jax.Array, smin: jax.Array,
     return labels, jnp.sum(diff * diff, axis=1), xp
 
 
-def _interpret(platform: str, interpret: bool | None) -> bool:
+def interpret_mode(platform: str, interpret: bool | None) -> bool:
+    """Pallas interpret mode: on CPU unless `interpret` says otherwise."""
     return platform == "cpu" if interpret is None else interpret
 
 
@@ -273,8 +274,8 @@ def nearest(
     """
     if not supported(x):
         return xla.nearest(spec, "cpu" if platform == "cpu" else "gpu", x, frame)
-    kp = _round_up(frame[1].shape[0], BLOCK_CENTERS)
-    idx, smin = _kernel_argmin(spec, x, frame, _interpret(platform, interpret))
+    kp = round_up(frame[1].shape[0], BLOCK_CENTERS)
+    idx, smin = _kernel_argmin(spec, x, frame, interpret_mode(platform, interpret))
     labels, dist, _ = finish(spec, x, frame, idx, smin, kp)
     return labels, dist.astype(x.dtype)
 
@@ -319,8 +320,8 @@ def sorted_sums(
     n, d = xp.shape
     br, bt = SUM_BLOCK_ROWS, SUM_BLOCK_CENTERS
     bd, dp = _feature_blocks(d)
-    np_ = _round_up(n, br)
-    kp = _round_up(k, bt)
+    np_ = round_up(n, br)
+    kp = round_up(k, bt)
     order = jnp.argsort(labels, stable=True)
     lab_s = jnp.pad(labels[order], (0, np_ - n), constant_values=-1)
     w_s = jnp.pad(w[order].astype(jnp.float32), (0, np_ - n))
@@ -365,9 +366,9 @@ def statistics(
     :func:`jaxkmeans.kernels.xla.statistics`."""
     if not supported(x):
         return xla.statistics(spec, "cpu" if platform == "cpu" else "gpu", x, w, frame)
-    interp = _interpret(platform, interpret)
+    interp = interpret_mode(platform, interpret)
     k = frame[1].shape[0]
-    kp = _round_up(k, BLOCK_CENTERS)
+    kp = round_up(k, BLOCK_CENTERS)
     idx, smin = _kernel_argmin(spec, x, frame, interp)
     labels, dist, xp = finish(spec, x, frame, idx, smin, kp)
     wv = jnp.ones_like(dist) if w is None else w.astype(x.dtype)

@@ -41,7 +41,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from jaxkmeans._validation import COSINE_DISTANCE
 from jaxkmeans.kernels import xla
-from jaxkmeans.kernels.pallas_gpu import finish, supported
+from jaxkmeans.kernels.pallas_gpu import finish, interpret_mode, round_up, supported
 
 __all__ = ["BLOCK_ROWS", "BLOCK_CENTERS", "blocks", "nearest", "statistics"]
 
@@ -50,17 +50,13 @@ BLOCK_CENTERS = 256
 _VMEM_TILE_BYTES = 4 << 20  # one f32 (rows or centers) tile; 2 buffers each + scratch
 
 
-def _round_up(v: int, m: int) -> int:
-    return -(-v // m) * m
-
-
 def blocks(n: int, k: int, d: int) -> tuple[int, int, int]:
     """``(bm, bk, dp)``: row tile (multiple of 8), center tile (multiple of 128) and
     padded feature count (multiple of 128), small enough for VMEM at large d."""
-    dp = _round_up(max(d, 1), 128)
+    dp = round_up(max(d, 1), 128)
     cap = max(8, (_VMEM_TILE_BYTES // (4 * dp)) // 8 * 8)
-    bm = min(BLOCK_ROWS, cap, _round_up(n, 8))
-    bk = min(BLOCK_CENTERS, max(128, cap // 128 * 128), _round_up(k, 128))
+    bm = min(BLOCK_ROWS, cap, round_up(n, 8))
+    bk = min(BLOCK_CENTERS, max(128, cap // 128 * 128), round_up(k, 128))
     return bm, bk, dp
 
 
@@ -122,7 +118,7 @@ def _kernel_argmin(spec: Any, x: jax.Array, frame: Any, interpret: bool):
     n, d = x.shape
     k = cp.shape[0]
     bm, bk, dp = blocks(n, k, d)
-    kp = _round_up(k, bk)
+    kp = round_up(k, bk)
     cosine = spec.metric == COSINE_DISTANCE
     dtype = jnp.bfloat16 if spec.precision == "bfloat16" else jnp.float32
     cpp = jnp.pad(cp.astype(dtype), ((0, kp - k), (0, dp - d)))
@@ -132,7 +128,7 @@ def _kernel_argmin(spec: Any, x: jax.Array, frame: Any, interpret: bool):
     originp = jnp.pad(origin.astype(jnp.float32), (0, dp - d))[None, :]
     rows = n
     if dp != d:  # features must be padded: pad rows to whole tiles in the same copy
-        rows = _round_up(n, bm)
+        rows = round_up(n, bm)
         x = jnp.pad(x, ((0, rows - n), (0, dp - d)))
     kernel = functools.partial(_kernel, bk=bk, kp=kp, cosine=cosine, precision=spec.precision)
     labels, score = pl.pallas_call(
@@ -160,10 +156,6 @@ def _kernel_argmin(spec: Any, x: jax.Array, frame: Any, interpret: bool):
     return labels[:n, 0], score[:n, 0], kp
 
 
-def _interpret(platform: str, interpret: bool | None) -> bool:
-    return platform == "cpu" if interpret is None else interpret
-
-
 def nearest(
     spec: Any, platform: str, x: jax.Array, frame: Any, *, interpret: bool | None = None
 ) -> tuple[jax.Array, jax.Array]:
@@ -174,7 +166,7 @@ def nearest(
     """
     if not supported(x):
         return xla.nearest(spec, "cpu" if platform == "cpu" else "tpu", x, frame)
-    idx, smin, kp = _kernel_argmin(spec, x, frame, _interpret(platform, interpret))
+    idx, smin, kp = _kernel_argmin(spec, x, frame, interpret_mode(platform, interpret))
     labels, dist, _ = finish(spec, x, frame, idx, smin, kp)
     return labels, dist.astype(x.dtype)
 
@@ -193,7 +185,7 @@ def statistics(
     if not supported(x):
         return xla.statistics(spec, "cpu" if platform == "cpu" else "tpu", x, w, frame)
     k = frame[1].shape[0]
-    idx, smin, kp = _kernel_argmin(spec, x, frame, _interpret(platform, interpret))
+    idx, smin, kp = _kernel_argmin(spec, x, frame, interpret_mode(platform, interpret))
     labels, dist, xp = finish(spec, x, frame, idx, smin, kp)
     wv = jnp.ones_like(dist) if w is None else w.astype(x.dtype)
     sums = jax.ops.segment_sum(xp * wv[:, None], labels, num_segments=k)
