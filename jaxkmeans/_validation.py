@@ -152,6 +152,11 @@ def as_data(
     a once-per-process UserWarning (when `warn_float64`; nested lists, which have no
     dtype of their own, take JAX's default float dtype silently).
     """
+    return jnp.asarray(_checked_array(x, name, check_values, warn_float64))
+
+
+def _checked_array(x: Any, name: str, check_values: bool, warn_float64: bool) -> Any:
+    """:func:`as_data`'s checks; host data stays a numpy array (in the compute dtype)."""
     if x is None:
         raise TypeError(f"`{name}` must be a 2-D array of shape (n_samples, n_features); got None.")
     if isinstance(x, str | bytes | dict):
@@ -197,7 +202,7 @@ def as_data(
                     f"{x.dtype} values beyond the {dtype} range (float64 data is computed "
                     f'in float32 unless jax.config.update("jax_enable_x64", True)).'
                 )
-        x = jnp.asarray(xh)
+        x = xh
     if not finite:
         raise ValueError(f"`{name}` must contain only finite values; it has NaN or inf.")
     return x
@@ -216,6 +221,14 @@ def as_centers(centers: Any, n_features: int, dtype: Any, name: str = "centers")
 
 
 def as_weights(sample_weight: Any, n: int, dtype: Any) -> jax.Array | None:
+    """`sample_weight` checked ((n,), finite, non-negative, some positive) in `dtype`;
+    None stays None."""
+    w = _checked_weights(sample_weight, n, dtype)
+    return None if w is None else jnp.asarray(w)
+
+
+def _checked_weights(sample_weight: Any, n: int, dtype: Any) -> Any:
+    """:func:`as_weights`'s checks; host weights stay a numpy array."""
     if sample_weight is None:
         return None
     traced = is_traced(sample_weight)
@@ -245,7 +258,83 @@ def as_weights(sample_weight: Any, n: int, dtype: Any) -> jax.Array | None:
         raise ValueError("`sample_weight` must be non-negative; it has negative values.")
     if not bool((wh > 0).any()):
         raise ValueError("`sample_weight` must have at least one positive weight; all are 0.")
-    return jnp.asarray(wh)
+    return wh
+
+
+# ---------------------------------------------------------------------- size buckets
+
+# Row counts up to this share one bucket; above, 8 buckets per doubling (padding adds
+# at most 1/8 of the rows).
+_MIN_BUCKET = 256
+# Automatic padding only while the padded copy is small (at most this many elements):
+# beyond, a fit runs long enough that compiling once per size costs little, and a copy
+# of the data would cost memory.
+PAD_LIMIT_ELEMENTS = 1 << 24
+
+
+def bucket_rows(n: int) -> int:
+    """The size bucket of `n` rows: 256 up to 256 rows, else `n` rounded up to a
+    multiple of 2^(e - 4) where 2^(e-1) < n <= 2^e (eight buckets per doubling).
+    ``bucket_rows(bucket_rows(n)) == bucket_rows(n)``."""
+    if n <= _MIN_BUCKET:
+        return _MIN_BUCKET
+    step = 1 << max(0, (n - 1).bit_length() - 4)
+    return -(-n // step) * step
+
+
+def check_pad_rows(pad_rows: Any) -> bool | None:
+    if pad_rows is None or isinstance(pad_rows, bool | np.bool_):
+        return None if pad_rows is None else bool(pad_rows)
+    raise TypeError(f"`pad_rows` must be None (automatic), True or False; got {pad_rows!r}.")
+
+
+def as_bucketed(
+    x: Any, sample_weight: Any, pad_rows: bool | None, name: str = "x"
+) -> tuple[jax.Array, jax.Array | None, int]:
+    """:func:`as_data` and :func:`as_weights`, with the rows padded to their size bucket
+    (:func:`bucket_rows`) by copies of row 0 with weight 0, so that nearby sizes share
+    one compiled program. Padded rows change nothing: every pass weighs rows, and
+    zero-weight rows are never drawn, counted or relocated to.
+
+    `pad_rows`: None pads when the padded array has at most ``PAD_LIMIT_ELEMENTS``
+    elements, True always, False never; arrays traced under a user's jit are not padded.
+    Host data is padded on the host (no per-size device program).
+
+    Returns:
+      ``(x, w, n)``: the (padded) data and weights (None when no weights and no
+      padding) and the number of real rows.
+    """
+    pad_rows = check_pad_rows(pad_rows)
+    xa = _checked_array(x, name, True, True)
+    n, d = xa.shape
+    w = _checked_weights(sample_weight, n, xa.dtype)
+    size = bucket_rows(n)
+    if (
+        pad_rows is False
+        or size == n
+        or is_traced(xa, w)
+        or (pad_rows is None and size * d > PAD_LIMIT_ELEMENTS)
+    ):
+        return jnp.asarray(xa), (None if w is None else jnp.asarray(w)), n
+    if isinstance(xa, np.ndarray):
+        xp = np.empty((size, d), xa.dtype)
+        xp[:n] = xa
+        xp[n:] = xa[0]
+        xp = jnp.asarray(xp)
+    else:
+        xp = jnp.concatenate([xa, jnp.broadcast_to(xa[:1], (size - n, d))])
+    if w is None or isinstance(w, np.ndarray):
+        wp = np.zeros((size,), xa.dtype)
+        wp[:n] = 1.0 if w is None else w
+        wp = jnp.asarray(wp)
+    else:
+        wp = jnp.concatenate([w, jnp.zeros((size - n,), w.dtype)])
+    return xp, wp, n
+
+
+def real_rows(a: jax.Array, n: int) -> jax.Array:
+    """The first `n` rows of a per-row result of a padded call."""
+    return a if a.shape[0] == n else lax.slice_in_dim(a, 0, n)
 
 
 # ------------------------------------------------------------------- row identity
@@ -339,13 +428,19 @@ def count_distinct(
 
 
 def check_enough_distinct(
-    x: jax.Array, k: int, metric: str, sample_weight: jax.Array | None = None, name: str = "x"
+    x: jax.Array,
+    k: int,
+    metric: str,
+    sample_weight: jax.Array | None = None,
+    name: str = "x",
+    rows: int | None = None,
 ) -> None:
     """ValueError when `x` (rows with positive weight) has fewer than k distinct points
-    (cosine: distinct non-zero directions). Skipped for traced arrays."""
+    (cosine: distinct non-zero directions). Skipped for traced arrays. `rows`: the
+    number of real rows when `x` is padded (:func:`as_bucketed`)."""
     if is_traced(x, sample_weight):
         return
-    n = x.shape[0]
+    n = x.shape[0] if rows is None else rows
     if n < k:
         raise ValueError(
             f"`num_clusters` must be <= the number of samples in `{name}`; "

@@ -13,7 +13,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxkmeans import engine, metrics
-from jaxkmeans._validation import SQUARED_EUCLIDEAN_DISTANCE, as_centers, as_data, as_weights
+from jaxkmeans._validation import (
+    SQUARED_EUCLIDEAN_DISTANCE,
+    as_bucketed,
+    as_centers,
+    real_rows,
+)
 from jaxkmeans.kernels import xla
 
 __all__ = ["assign", "inertia", "auto_chunk_size"]
@@ -40,9 +45,10 @@ def auto_chunk_size(
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def nearest_impl(x: jax.Array, centers: jax.Array, spec: engine.Pass):
-    """Labels and distances of checked rows `x` to `centers` (frame from `x`)."""
-    origin = metrics.frame_origin(x, spec.metric)
+def nearest_impl(x: jax.Array, centers: jax.Array, w: jax.Array | None, spec: engine.Pass):
+    """Labels and distances of checked rows `x` to `centers` (frame from the rows with
+    positive weight `w`)."""
+    origin = metrics.frame_origin(x, spec.metric, w)
     frame = engine.frame_of(centers, origin, spec.metric)
     return engine.nearest(spec, x, frame)
 
@@ -56,10 +62,10 @@ def inertia_impl(x: jax.Array, centers: jax.Array, w: jax.Array | None, spec: en
     return jnp.sum(dist) if w is None else jnp.sum(w * dist)
 
 
-def _checked(x: Any, centers: Any, metric: Any, options: dict[str, Any]):
-    x = as_data(x, "x")
+def _checked(x: Any, centers: Any, metric: Any, w: Any, pad_rows: Any, options: dict[str, Any]):
+    x, w, n = as_bucketed(x, w, pad_rows)
     centers = as_centers(centers, x.shape[1], x.dtype)
-    return x, centers, engine.make_pass(metric, dtype=x.dtype, **options)
+    return x, w, n, centers, engine.make_pass(metric, dtype=x.dtype, **options)
 
 
 def assign(
@@ -70,6 +76,7 @@ def assign(
     chunk_size: int | None = None,
     precision: str = "float32",
     kernel: str = "auto",
+    pad_rows: bool | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Nearest center of every row, computed in chunks (never an (n, k) matrix).
 
@@ -81,6 +88,7 @@ def assign(
       precision: ``"float32"`` (default), ``"tf32"`` or ``"bfloat16"``.
       kernel: ``"auto"`` (native on CPU where it applies, else XLA), ``"xla"`` or
         ``"native"``.
+      pad_rows: as in :func:`jaxkmeans.lloyd_step` (size buckets; results unchanged).
 
     Returns:
       ``(labels, min_dist)``: (n,) int32 indices of the nearest center (ties go to the
@@ -93,8 +101,9 @@ def assign(
       ([0, 1], [1.0, 1.0])
     """
     options = dict(chunk_size=chunk_size, precision=precision, kernel=kernel)
-    x, centers, spec = _checked(x, centers, metric, options)
-    return nearest_impl(x, centers, spec)
+    x, w, n, centers, spec = _checked(x, centers, metric, None, pad_rows, options)
+    labels, dist = nearest_impl(x, centers, w, spec)
+    return real_rows(labels, n), real_rows(dist, n)
 
 
 def inertia(
@@ -106,6 +115,7 @@ def inertia(
     chunk_size: int | None = None,
     precision: str = "float32",
     kernel: str = "auto",
+    pad_rows: bool | None = None,
 ) -> jax.Array:
     """Weighted sum over rows of the distance to the nearest center.
 
@@ -117,6 +127,7 @@ def inertia(
       chunk_size: rows per chunk; ``None`` picks one for the platform.
       precision: ``"float32"`` (default), ``"tf32"`` or ``"bfloat16"``.
       kernel: ``"auto"``, ``"xla"`` or ``"native"`` (as in :func:`assign`).
+      pad_rows: as in :func:`assign`.
 
     Returns:
       Scalar ``sum_i w_i * min_j dist(x_i, c_j)``.
@@ -127,6 +138,5 @@ def inertia(
       2.0
     """
     options = dict(chunk_size=chunk_size, precision=precision, kernel=kernel)
-    x, centers, spec = _checked(x, centers, metric, options)
-    w = as_weights(sample_weight, x.shape[0], x.dtype)
+    x, w, _, centers, spec = _checked(x, centers, metric, sample_weight, pad_rows, options)
     return inertia_impl(x, centers, w, spec)

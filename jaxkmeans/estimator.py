@@ -44,6 +44,7 @@ from jaxkmeans import export as export_lib
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
+    bucket_rows,
     check_bool,
     check_int,
     check_mesh,
@@ -457,10 +458,10 @@ def _pad_batch(batch: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _bucket(b: int, standard: int | None) -> int:
     """Rows a batch of `b` is padded to: the pass's first batch size when it fits, else
-    the next power of two."""
+    its size bucket (:func:`jaxkmeans._validation.bucket_rows`)."""
     if standard is not None and b <= standard:
         return standard
-    return 1 << max(0, math.ceil(math.log2(b)))
+    return bucket_rows(b)
 
 
 def _synced(batches: Iterator[np.ndarray], mesh: Any, dims: int) -> Iterator[np.ndarray]:
@@ -558,15 +559,19 @@ def _centers_from_callable(init: Callable, k: int, it: Iterator, seen: list) -> 
 
 def _centers_from_method(settings: _Settings, it: Iterator, seen: list, key: jax.Array):
     k, metric = settings.num_clusters, settings.metric
-    sample = None
+    sample = w = None
+    distinct = 0
     for batch in it:
         seen.append(batch)
         sample = np.concatenate(seen) if len(seen) > 1 else batch
-        if sample.shape[0] >= k and count_distinct(sample, metric, at_least=k) >= k:
-            break
+        # Padded to its size bucket (one compiled program for nearby sizes).
+        sample, w = _pad_batch(sample, _bucket(sample.shape[0], None))
+        if int(np.sum(w)) >= k:
+            distinct = count_distinct(sample, metric, w, at_least=k)
+            if distinct >= k:
+                break
     if sample is None:
         raise ValueError("the input is empty: train() needs at least one row.")
-    distinct = count_distinct(sample, metric, at_least=k)
     if distinct < k:
         what = "distinct non-zero directions" if metric == COSINE_DISTANCE else "distinct points"
         raise ValueError(
@@ -574,7 +579,7 @@ def _centers_from_method(settings: _Settings, it: Iterator, seen: list, key: jax
             "k-means needs at least num_clusters of them."
         )
     spec = initializers.make_init(settings.init, k, metric, settings.num_retries)
-    return initializers.init_impl(key, jnp.asarray(sample), None, spec)
+    return initializers.init_impl(key, jnp.asarray(sample), jnp.asarray(w), spec)
 
 
 @jax.jit

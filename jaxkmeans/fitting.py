@@ -21,6 +21,7 @@ from jaxkmeans import engine, metrics, sharding
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
+    as_bucketed,
     as_centers,
     as_data,
     as_weights,
@@ -28,6 +29,7 @@ from jaxkmeans._validation import (
     check_non_negative,
     check_positive_int,
     is_traced,
+    real_rows,
 )
 from jaxkmeans.initializers import KMEANS_PLUS_PLUS_INIT, InitSpec, init_impl, make_init
 from jaxkmeans.state import FitResult, KMeansState, StepStats
@@ -72,6 +74,7 @@ def lloyd_step(
     precision: str = "float32",
     kernel: str = "auto",
     update_method: str | None = None,
+    pad_rows: bool | None = None,
 ) -> tuple[jax.Array, StepStats]:
     """One exact Lloyd iteration: assign every row, then move each center to the
     (weighted) mean of its rows.
@@ -93,12 +96,15 @@ def lloyd_step(
         and per-center sums.
       update_method: deprecated alias: ``"segment_sum"`` / ``"onehot"`` mean the XLA
         kernel forming sums that way, ``"native"``/``"auto"`` as `kernel`.
+      pad_rows: pad the rows to a size bucket with zero-weight rows so that nearby
+        sizes share one compiled program (results unchanged): None (default) when the
+        padded copy is at most 2^24 elements, True always, False never.
 
     Returns:
       ``(new_centers, StepStats(loss, counts, shift))`` where ``loss`` is the weighted
       sum of distances before the update.
     """
-    x = as_data(x, "x")
+    x, w, _ = as_bucketed(x, sample_weight, pad_rows)
     spec = engine.make_pass(
         metric,
         precision=precision,
@@ -108,7 +114,6 @@ def lloyd_step(
         dtype=x.dtype,
     )
     centers = as_centers(centers, x.shape[1], x.dtype)
-    w = as_weights(sample_weight, x.shape[0], x.dtype)
     return _lloyd_step_impl(x, centers, w, spec)
 
 
@@ -206,6 +211,7 @@ def fit(
     precision: str = "float32",
     kernel: str = "auto",
     update_method: str | None = None,
+    pad_rows: bool | None = None,
 ) -> FitResult:
     """k-means by Lloyd's algorithm, entirely inside one compiled program.
 
@@ -234,7 +240,8 @@ def fit(
       num_retries: k-means++ extra candidates per pick (negative: 2 + ln k).
       init_options: options of the init method (e.g. ``{"chain_length": 100}``).
       precision: ``"float32"`` (default), ``"tf32"`` or ``"bfloat16"`` distances.
-      kernel, update_method: as in :func:`lloyd_step`.
+      kernel, update_method, pad_rows: as in :func:`lloyd_step` (no padding with a
+        mesh).
 
     Returns:
       ``FitResult(centers (k, d), labels (n,), loss (), n_iter (), converged ())``; the
@@ -251,8 +258,8 @@ def fit(
     max_iter = check_positive_int(max_iter, "max_iter", minimum=0)
     n_init = check_positive_int(n_init, "n_init")
     tol = check_non_negative(tol, "tol")
-    x = as_data(x, "x")
-    n, d = x.shape
+    x, w, n = as_bucketed(x, sample_weight, False if mesh is not None else pad_rows)
+    d = x.shape[1]
     passes = engine.make_pass(
         metric,
         precision=precision,
@@ -262,7 +269,6 @@ def fit(
         mesh=mesh,
         dtype=x.dtype,
     )
-    w = as_weights(sample_weight, n, x.dtype)
     if isinstance(init, str):
         kernel = passes.kernel if passes.mesh is None else "xla"  # native would gather rows
         init_spec = make_init(init, k, passes.metric, num_retries, init_options, "init", kernel)
@@ -275,14 +281,17 @@ def fit(
             )
     if passes.mesh is None or jax.process_count() == 1:
         # One process holds all rows: the distinct-point check (skipped under jit).
-        check_enough_distinct(x, k, passes.metric, w)
+        check_enough_distinct(x, k, passes.metric, w, rows=n)
     vectorize = (
-        passes.mesh is None and jax.default_backend() != "cpu" and n_init * n * max(d, k) <= 1 << 26
+        passes.mesh is None
+        and jax.default_backend() != "cpu"
+        and n_init * x.shape[0] * max(d, k) <= 1 << 26
     )
     spec = FitSpec(k, init_spec, n_init, vectorize, "loss", passes)
     args = (jnp.asarray(tol, x.dtype), np.int32(min(max_iter, 2**31 - 1)))
     if passes.mesh is None:
-        return fit_impl(key, x, w, init_array, *args, spec)
+        result = fit_impl(key, x, w, init_array, *args, spec)
+        return result._replace(labels=real_rows(result.labels, n))
     xs, ws, n_total = sharding.shard_rows(x, w, passes.mesh)
     if n_total < k:
         raise ValueError(f"`num_clusters` must be <= the number of samples; got {k} > {n_total}.")

@@ -28,6 +28,7 @@ from jaxkmeans._validation import (
     SQUARED_EUCLIDEAN_DISTANCE,
     as_centers,
     as_data,
+    bucket_rows,
     check_metric,
     check_precision,
 )
@@ -123,8 +124,10 @@ def frame_origin(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.A
     total = jnp.sum(weights)
     safe = jnp.where(total > 0, total, jnp.ones_like(total))
     mean = lax.dot(weights, x, precision=lax.Precision.HIGHEST) / safe
-    # A symbolic row count (jax.export with a polymorphic batch) takes every row.
-    stride = max(1, n // _SPREAD_SAMPLE) if isinstance(n, int) else 1
+    # The stride follows the size bucket of n, so that the same rows padded to their
+    # bucket (zero-weight rows at the end) give the same sample. A symbolic row count
+    # (jax.export with a polymorphic batch) takes every row.
+    stride = max(1, bucket_rows(n) // _SPREAD_SAMPLE) if isinstance(n, int) else 1
     xs, ws = x[::stride], weights[::stride]
     ws = jnp.where(jnp.sum(ws) > 0, ws, jnp.ones_like(ws))  # a sample of zero weights only
     dev = xs - mean[None, :]

@@ -99,9 +99,8 @@ _RANDOM = "random"
 _CORE_INIT = {_KMEANS_PLUS_PLUS: jaxkmeans.KMEANS_PLUS_PLUS_INIT, _RANDOM: jaxkmeans.RANDOM_INIT}
 _ALGORITHMS = ("lloyd", "elkan")
 
-# Shapes up to these are padded to them (one compiled program for all small problems).
-_SMALL_ROWS = 256
-_POW2_ROWS = 4096  # up to here rows are padded to the next power of two
+# Columns up to this are padded to it (one compiled program for all small problems);
+# rows are padded to their size bucket (:func:`jaxkmeans._validation.bucket_rows`).
 _SMALL_COLS = 32
 _NO_LIMIT = 2**31 - 1
 
@@ -114,12 +113,7 @@ def _compute_dtype(dtype: Any) -> np.dtype:
     return np.dtype(jax.dtypes.canonicalize_dtype(np.dtype(dtype)))
 
 
-def _bucket_rows(n: int) -> int:
-    if n <= _SMALL_ROWS:
-        return _SMALL_ROWS
-    if n <= _POW2_ROWS:
-        return 1 << (n - 1).bit_length()
-    return n
+_bucket_rows = _validation.bucket_rows
 
 
 def _bucket_cols(d: int) -> int:
@@ -624,6 +618,7 @@ class KMeans(_BaseKMeans):
         Returns:
           self.
         """
+        jaxkmeans._config.use_default_compilation_cache()
         self._check_common_params()
         if self.algorithm not in _ALGORITHMS:
             raise ValueError(
@@ -797,6 +792,7 @@ class MiniBatchKMeans(_BaseKMeans):
         Returns:
           self.
         """
+        jaxkmeans._config.use_default_compilation_cache()
         self._check_minibatch_params()
         X = self._validate_X(X, reset=True)
         self._check_enough_samples(X)
@@ -872,6 +868,7 @@ class MiniBatchKMeans(_BaseKMeans):
         Returns:
           self.
         """
+        jaxkmeans._config.use_default_compilation_cache()
         has_centers = hasattr(self, "cluster_centers_")
         if not has_centers:
             self._check_minibatch_params()

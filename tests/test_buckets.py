@@ -1,0 +1,136 @@
+"""Size buckets: row counts padded with zero-weight rows so that nearby sizes share one
+compiled program, with results identical to the unpadded run."""
+
+import jax
+import numpy as np
+import pytest
+
+import jaxkmeans
+from jaxkmeans import _validation, assignment, fitting
+
+
+def _blobs(n, d=5, seed=0, integer=False):
+    rng = np.random.default_rng(seed)
+    centers = rng.uniform(-8, 8, size=(6, d))
+    x = centers[rng.integers(0, 6, n)] + rng.normal(size=(n, d))
+    if integer:
+        x = np.round(x * 3)
+    return x.astype(np.float32)
+
+
+def test_bucket_rows_is_idempotent_monotone_and_tight():
+    assert _validation.bucket_rows(1) == 256
+    assert _validation.bucket_rows(256) == 256
+    assert _validation.bucket_rows(257) == 288
+    assert _validation.bucket_rows(12345) == 13312
+    prev = 0
+    for n in list(range(1, 5000, 7)) + [2**20 + 1, 10**7 + 3]:
+        b = _validation.bucket_rows(n)
+        assert b >= n and b >= prev
+        assert _validation.bucket_rows(b) == b
+        if n > 256:
+            assert b - n < n / 8  # at most 1/8 of the rows are padding
+        prev = b
+
+
+def _same_fit(a, b):
+    assert int(a.n_iter) == int(b.n_iter)
+    assert a.labels.shape == b.labels.shape
+    np.testing.assert_array_equal(np.asarray(a.labels), np.asarray(b.labels))
+    np.testing.assert_allclose(np.asarray(a.centers), np.asarray(b.centers), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(float(a.loss), float(b.loss), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "init, metric, weighted, integer",
+    [
+        ("kmeans_plus_plus", "squared_euclidean", False, False),
+        ("kmeans_plus_plus", "squared_euclidean", True, True),
+        ("random", "squared_euclidean", True, False),
+        ("kmc2", "squared_euclidean", False, True),
+        ("kmeans_parallel", "squared_euclidean", False, False),
+        ("kmeans_plus_plus", "cosine", True, False),
+    ],
+)
+def test_fit_padded_equals_unpadded(init, metric, weighted, integer):
+    n = 3001  # bucket 3072
+    x = _blobs(n, integer=integer)
+    w = np.random.default_rng(1).uniform(0.5, 2.0, n).astype(np.float32) if weighted else None
+    key = jax.random.PRNGKey(3)
+    kw = dict(init=init, metric=metric, sample_weight=w, max_iter=20)
+    padded = jaxkmeans.fit(key, x, 6, pad_rows=True, **kw)
+    plain = jaxkmeans.fit(key, x, 6, pad_rows=False, **kw)
+    _same_fit(padded, plain)
+    assert padded.labels.shape == (n,)
+
+
+def test_fit_with_given_centers_and_empty_clusters_padded_equals_unpadded():
+    # Duplicates and far-away initial centers: empty clusters are relocated, and the
+    # zero-weight padding (copies of row 0) must never be chosen.
+    base = np.array([[10, 10], [10, 0], [0, 10], [0, 0]], np.float32)
+    x = np.concatenate([np.repeat(base, 20, axis=0), [[5, 5]]]).astype(np.float32)
+    init = np.array([[6, 6], [1000, 1000], [-1000, 1000], [1000, -1000], [2000, 2000]], np.float32)
+    key = jax.random.PRNGKey(0)
+    a = jaxkmeans.fit(key, x, 5, init=init, max_iter=3, pad_rows=True)
+    b = jaxkmeans.fit(key, x, 5, init=init, max_iter=3, pad_rows=False)
+    _same_fit(a, b)
+
+
+def test_lloyd_step_assign_inertia_padded_equal_unpadded():
+    x = _blobs(1000, integer=True)
+    c = x[:7]
+    w = np.random.default_rng(2).uniform(0, 3, 1000).astype(np.float32)
+    for kw in ({}, {"sample_weight": w}):
+        a, sa = jaxkmeans.lloyd_step(x, c, pad_rows=True, **kw)
+        b, sb = jaxkmeans.lloyd_step(x, c, pad_rows=False, **kw)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(sa.counts), np.asarray(sb.counts))
+        np.testing.assert_allclose(float(sa.loss), float(sb.loss), rtol=1e-6)
+        ia = jaxkmeans.inertia(x, c, pad_rows=True, **kw)
+        ib = jaxkmeans.inertia(x, c, pad_rows=False, **kw)
+        np.testing.assert_allclose(float(ia), float(ib), rtol=1e-6)
+    la, da = jaxkmeans.assign(x, c, pad_rows=True)
+    lb, db = jaxkmeans.assign(x, c, pad_rows=False)
+    assert la.shape == (1000,) and da.shape == (1000,)
+    np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
+    np.testing.assert_array_equal(np.asarray(da), np.asarray(db))
+
+
+def test_nearby_sizes_share_one_compiled_program():
+    x = _blobs(1200)
+    key = jax.random.PRNGKey(0)
+    jaxkmeans.fit(key, x[:1100], 4, max_iter=5)
+    jaxkmeans.assign(x[:1100], x[:4])
+    fits = fitting.fit_impl._cache_size()
+    assigns = assignment.nearest_impl._cache_size()
+    for n in (1030, 1090, 1151):  # all in the 1152-row bucket
+        r = jaxkmeans.fit(key, x[:n], 4, max_iter=5)
+        assert r.labels.shape == (n,)
+        labels, _ = jaxkmeans.assign(x[:n], x[:4])
+        assert labels.shape == (n,)
+    assert fitting.fit_impl._cache_size() == fits
+    assert assignment.nearest_impl._cache_size() == assigns
+    # pad_rows=False compiles for the exact size.
+    jaxkmeans.fit(key, x[:1151], 4, max_iter=5, pad_rows=False)
+    assert fitting.fit_impl._cache_size() == fits + 1
+
+
+def test_too_few_rows_is_still_an_error_after_padding():
+    x = _blobs(5)
+    with pytest.raises(ValueError, match="num_clusters"):
+        jaxkmeans.fit(jax.random.PRNGKey(0), x, 6)
+
+
+def test_pad_rows_must_be_a_bool_or_none():
+    with pytest.raises(TypeError, match="pad_rows"):
+        jaxkmeans.assign(_blobs(10), _blobs(2), pad_rows="yes")
+
+
+def test_padding_under_jit_is_skipped():
+    x = _blobs(300)
+
+    @jax.jit
+    def f(x):
+        return jaxkmeans.assign(x, x[:3])[0]
+
+    assert f(x).shape == (300,)
