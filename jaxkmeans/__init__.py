@@ -5,6 +5,7 @@ A functional core of jit-composable pure functions (``pairwise_distances``, ``as
 TensorFlow-estimator-compatible ``KMeans``.
 """
 
+from jaxkmeans._config import enable_compilation_cache, show_config
 from jaxkmeans._validation import COSINE_DISTANCE, SQUARED_EUCLIDEAN_DISTANCE
 from jaxkmeans.assignment import assign, auto_chunk_size, inertia
 from jaxkmeans.estimator import (
@@ -65,4 +66,6 @@ __all__ = [
     "list_variables",
     "latest_checkpoint",
     "load_exported",
+    "enable_compilation_cache",
+    "show_config",
 ]

@@ -31,6 +31,7 @@ is collective, like Orbax's); only process 0 writes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -40,10 +41,12 @@ import re
 import shutil
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import orbax.checkpoint as ocp
+
+if TYPE_CHECKING:  # orbax (and tensorstore through it) is imported on first use
+    import orbax.checkpoint as ocp
 
 __all__ = [
     "CheckpointError",
@@ -58,8 +61,9 @@ _STATE_ITEM = "state"
 _CONFIG_ITEM = "config"
 _INTEGRITY_KEY = "jaxkmeans_integrity"
 _FORMAT_VERSION = 1
-# Orbax treats any directory whose name contains this marker as unfinished.
-_TMP_MARKER = ocp.path.step.TMP_DIR_SUFFIX
+# Orbax treats any directory whose name contains this marker as unfinished
+# (``orbax.checkpoint.path.step.TMP_DIR_SUFFIX``; `_orbax` checks that they agree).
+_TMP_MARKER = ".orbax-checkpoint-tmp"
 # Orbax's default step folder names (no prefix, no zero padding): "0", "7", "120".
 _STEP_NAME = re.compile(r"^(0|[1-9][0-9]*)$")
 _barrier_ids = itertools.count()
@@ -77,33 +81,47 @@ class _Damaged(Exception):
     """Internal: one checkpoint step cannot be read back intact."""
 
 
+@functools.cache
+def _orbax() -> Any:
+    """``orbax.checkpoint``, imported on first use: ``import jaxkmeans`` stays light."""
+    import orbax.checkpoint
+
+    if orbax.checkpoint.path.step.TMP_DIR_SUFFIX != _TMP_MARKER:  # pragma: no cover
+        raise ImportError(
+            "this orbax-checkpoint marks unfinished saves with "
+            f"{orbax.checkpoint.path.step.TMP_DIR_SUFFIX!r}, jaxkmeans expects {_TMP_MARKER!r}"
+        )
+    return orbax.checkpoint
+
+
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
-    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-    registry.add(_STATE_ITEM, ocp.args.StandardSave)
-    registry.add(_STATE_ITEM, ocp.args.StandardRestore)
-    registry.add(_CONFIG_ITEM, ocp.args.JsonSave)
-    registry.add(_CONFIG_ITEM, ocp.args.JsonRestore)
+    orbax_ckpt = _orbax()
+    registry = orbax_ckpt.handlers.DefaultCheckpointHandlerRegistry()
+    registry.add(_STATE_ITEM, orbax_ckpt.args.StandardSave)
+    registry.add(_STATE_ITEM, orbax_ckpt.args.StandardRestore)
+    registry.add(_CONFIG_ITEM, orbax_ckpt.args.JsonSave)
+    registry.add(_CONFIG_ITEM, orbax_ckpt.args.JsonRestore)
     return registry
 
 
 def _new_manager(root: pathlib.Path) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
+    options = _orbax().CheckpointManagerOptions(
         create=False,  # directories are created by `save`, never on open
         enable_async_checkpointing=False,  # `save` returns only after the commit
         max_to_keep=None,  # pruning is done here, with atomic renames
         cleanup_tmp_directories=False,  # done synchronously by `_cleanup_unfinished`
         lightweight_initialize=True,
     )
-    return ocp.CheckpointManager(root, options=options, handler_registry=_handler_registry())
+    return _orbax().CheckpointManager(root, options=options, handler_registry=_handler_registry())
 
 
 def _is_primary() -> bool:
-    return ocp.multihost.process_index() == 0
+    return _orbax().multihost.process_index() == 0
 
 
 def _barrier(tag: str) -> None:
     """Waits for every process (a no-op in a single-process run)."""
-    ocp.multihost.sync_global_processes(f"jaxkmeans_checkpoint_{tag}_{next(_barrier_ids)}")
+    _orbax().multihost.sync_global_processes(f"jaxkmeans_checkpoint_{tag}_{next(_barrier_ids)}")
 
 
 def _remove_tree(path: pathlib.Path) -> None:
@@ -342,16 +360,16 @@ class Checkpointer:
 
     def _cleanup_unfinished(self) -> None:
         """Removes leftovers of interrupted saves, replaces and deletions."""
-        for tmp in ocp.path.step.all_temporary_paths(self.directory):
+        for tmp in _orbax().path.step.all_temporary_paths(self.directory):
             shutil.rmtree(tmp.get(), ignore_errors=True)
 
     def _orbax_save(self, manager, step, arrays, config, integrity) -> None:
         manager.save(
             step,
-            args=ocp.args.Composite(
+            args=_orbax().args.Composite(
                 **{
-                    _STATE_ITEM: ocp.args.StandardSave(arrays),
-                    _CONFIG_ITEM: ocp.args.JsonSave(config),
+                    _STATE_ITEM: _orbax().args.StandardSave(arrays),
+                    _CONFIG_ITEM: _orbax().args.JsonSave(config),
                 }
             ),
             custom_metadata={_INTEGRITY_KEY: integrity},
@@ -475,7 +493,7 @@ class Checkpointer:
 
     def _recorded_integrity(self, step: int) -> dict | None:
         # Raises ValueError when _CHECKPOINT_METADATA is missing or unreadable.
-        custom = ocp.metadata.get_step_metadata(self._step_dir(step)).custom_metadata
+        custom = _orbax().metadata.get_step_metadata(self._step_dir(step)).custom_metadata
         return (custom or {}).get(_INTEGRITY_KEY)
 
     def _read(self, step: int) -> tuple[dict[str, np.ndarray], dict]:
@@ -489,10 +507,10 @@ class Checkpointer:
                 raise _Damaged("the directory is missing")
             restored = manager.restore(
                 step,
-                args=ocp.args.Composite(
+                args=_orbax().args.Composite(
                     **{
-                        _STATE_ITEM: ocp.args.StandardRestore(),
-                        _CONFIG_ITEM: ocp.args.JsonRestore(),
+                        _STATE_ITEM: _orbax().args.StandardRestore(),
+                        _CONFIG_ITEM: _orbax().args.JsonRestore(),
                     }
                 ),
             )

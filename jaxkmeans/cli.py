@@ -8,6 +8,7 @@
     jaxkmeans info --model-dir DIR
     jaxkmeans export --model-dir DIR --output DIR
     jaxkmeans plot --model-dir DIR DATA --output FILE.png
+    jaxkmeans show-config
 
 DATA is a ``.npy`` file (read memory-mapped) or a ``.csv`` / ``.txt`` file of numbers,
 comma or whitespace separated; a header row is detected and skipped, ``#`` lines are
@@ -33,6 +34,12 @@ completed step, says so on stderr and exits with status 130; the same command re
 On a ``--model-dir`` with a checkpoint, ``fit`` resumes: what defines the model
 (--num-clusters, --metric, the width of DATA, --mini-batch or not) must match it, and
 start-only settings (--init, --seed) are ignored with a warning.
+
+Compiled programs are kept in JAX's persistent compilation cache, by default in
+``$XDG_CACHE_HOME/jaxkmeans/jax-compilation-cache`` (``~/.cache/...``), so a second run
+skips compiling; a cache the user configured for JAX (``JAX_COMPILATION_CACHE_DIR``) is
+used as it is, and ``JAXKMEANS_COMPILATION_CACHE=0`` turns the cache off. ``show-config``
+prints versions, devices, the native kernel's status and the cache in use.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ import jax
 import numpy as np
 
 import jaxkmeans
+from jaxkmeans import _config
 from jaxkmeans.checkpoint import Checkpointer
 from jaxkmeans.initializers import INIT_METHODS
 
@@ -843,6 +851,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_show_config(args: argparse.Namespace) -> int:
+    if args.json:
+        print(json.dumps(_config.show_config(mode="dicts"), indent=2, default=str))
+    else:
+        _config.show_config()
+    return 0
+
+
 # --------------------------------------------------------------------------- parsing
 
 
@@ -981,6 +997,13 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--model-dir", required=True, metavar="DIR")
     plot.add_argument("--output", "-o", required=True, metavar="FILE.png")
     plot.set_defaults(run=_cmd_plot)
+
+    show = sub.add_parser(
+        "show-config",
+        help="versions, devices, native kernel status and compile cache (for bug reports)",
+    )
+    show.add_argument("--json", action="store_true", help="print a JSON object instead")
+    show.set_defaults(run=_cmd_show_config)
     return parser
 
 
@@ -1017,6 +1040,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    _config.use_default_compilation_cache()
     saved_showwarning = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

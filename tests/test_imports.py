@@ -1,0 +1,45 @@
+"""`import jaxkmeans` pays only for what is used: heavy optional modules load on first use."""
+
+import json
+import os
+import subprocess
+import sys
+
+# Never imported by `import jaxkmeans` (orbax and tensorstore load at the first checkpoint
+# read or write; the others belong to optional extras or the user's own code).
+HEAVY = ("orbax", "tensorstore", "matplotlib", "sklearn", "scipy", "pandas", "pyarrow")
+
+
+def _loaded_after(code: str) -> dict[str, bool]:
+    script = (
+        f"import json, sys\n{code}\nprint(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_import_jaxkmeans_loads_no_heavy_module():
+    # the command line module and show_config (which reads versions from package
+    # metadata) stay as light as the package
+    loaded = _loaded_after(
+        "import io, jaxkmeans, jaxkmeans.cli, jaxkmeans.export\n"
+        "jaxkmeans.show_config(file=io.StringIO())"
+    )
+    assert not any(loaded.values()), {m for m, v in loaded.items() if v}
+
+
+def test_checkpoint_imports_orbax_on_first_save(tmp_path):
+    model = str(tmp_path / "model")
+    loaded = _loaded_after(
+        "import numpy as np\n"
+        "from jaxkmeans.checkpoint import Checkpointer\n"
+        f"ckpt = Checkpointer({model!r})\n"
+        "assert 'orbax' not in sys.modules, 'orbax loaded before the first save'\n"
+        "ckpt.save(1, {'centers': np.ones((2, 3), np.float32)}, {'num_clusters': 2})\n"
+        "assert ckpt.restore()[0] == 1"
+    )
+    assert loaded["orbax"]
