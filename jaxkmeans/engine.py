@@ -306,18 +306,22 @@ def candidates(
 
 
 def lloyd_pass(
-    spec: Pass, x: jax.Array, w: jax.Array | None, frame: Frame
+    spec: Pass, x: jax.Array, w: jax.Array | None, frame: Frame, *, relocate: bool = True
 ) -> tuple[PassStats, jax.Array, jax.Array]:
     """The statistics of one Lloyd pass over all of `x` (candidates for empty clusters
-    only when a cluster is empty). Returns ``(stats, labels, min_dist)``."""
+    only when a cluster is empty; never with ``relocate=False``, for a caller that does
+    not finish a pass with an empty cluster). Returns ``(stats, labels, min_dist)``."""
     k, d = frame.cp.shape
     sums, counts, loss, labels, dist = statistics(spec, x, w, frame)
+    none = (updates.no_candidates(k, d, x.dtype), jnp.zeros((k,), jnp.int32))
+    if not relocate:
+        return PassStats(sums, counts, loss, *none), labels, dist
     # Candidates matter only if a cluster is empty; a cluster that has rows here has
     # rows over any larger set (a pass over many batches) too.
     far, rows = lax.cond(
         jnp.any(counts <= 0),
         lambda: candidates(spec, x, w, labels, dist, frame.origin, k),
-        lambda: (updates.no_candidates(k, d, x.dtype), jnp.zeros((k,), jnp.int32)),
+        lambda: none,
     )
     return PassStats(sums, counts, loss, far, rows), labels, dist
 
@@ -342,7 +346,12 @@ def merge(a: PassStats | None, b: PassStats) -> PassStats:
 
 
 def finish(
-    metric: str, centers: jax.Array, origin: jax.Array | None, st: PassStats
+    metric: str,
+    centers: jax.Array,
+    origin: jax.Array | None,
+    st: PassStats,
+    *,
+    relocate: bool = True,
 ) -> tuple[jax.Array, StepStats]:
     """The one Lloyd finish: empty clusters move to distinct farthest points, then each
     center moves to the mean of its rows (cosine: the normalized sum).
@@ -352,18 +361,23 @@ def finish(
       centers: (k, d) the pass's centers (in data coordinates).
       origin: the frame origin the pass's sums were taken in (None for cosine).
       st: the pass's statistics.
+      relocate: False leaves out the relocation (a smaller program) for a caller that
+        never finishes a pass with an empty cluster this way (see
+        :func:`jaxkmeans.fitting.lloyd_run`).
 
     Returns:
       ``(new_centers, StepStats(loss, counts, shift))``, the shift measured in data
       coordinates (so a converged model is an exact fixed point whatever the frame).
     """
     c = to_frame(centers, origin, metric)
-    sums, counts = lax.cond(
-        jnp.any(st.counts <= 0),
-        lambda a: updates.relocate_empty(*a, st.far, st.rows),
-        lambda a: a,
-        (st.sums, st.counts),
-    )
+    sums, counts = st.sums, st.counts
+    if relocate:
+        sums, counts = lax.cond(
+            jnp.any(st.counts <= 0),
+            lambda a: updates.relocate_empty(*a, st.far, st.rows),
+            lambda a: a,
+            (st.sums, st.counts),
+        )
     new = from_frame(updates.centers_from_stats(sums, counts, c, metric), origin)
     old = c if metric == COSINE_DISTANCE else centers  # cosine: from the unit centers
     shift = jnp.sum((new - old) ** 2)

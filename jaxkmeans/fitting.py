@@ -42,6 +42,7 @@ __all__ = [
     "relative_change",
     "FitSpec",
     "fit_impl",
+    "lloyd_run",
     "minibatch_impl",
     "pass_add",
     "pass_end",
@@ -193,6 +194,94 @@ def fit_impl(key, x, w, init, tol, max_iter, spec: FitSpec) -> FitResult:
     return jax.tree_util.tree_map(lambda a: a[best], results)
 
 
+# ------------------------------------------------------------ host-stepped Lloyd loop
+#
+# The same iterations as fit_impl, in programs that leave out the empty-cluster
+# relocation (most of a Lloyd program's compile time) until a pass actually leaves a
+# cluster empty: only then is the relocating step compiled and run, from the host.
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _run_start(key, x, w, init, spec: FitSpec):
+    """Starting centers and the frame origin of one run."""
+    c = init if spec.init is None else init_impl(key, x, w, spec.init)
+    if spec.passes.metric == COSINE_DISTANCE:
+        c = metrics.normalize_rows(c)
+    return c, metrics.frame_origin(x, spec.passes.metric, w)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _run_until_empty(x, w, c, origin, it, prev, tol, max_iter, spec: FitSpec):
+    """Lloyd iterations (as in :func:`_fit_one`) until `max_iter`, convergence, or a
+    pass that leaves a cluster empty: that pass's update is not made (``needs``)."""
+    passes = spec.passes
+
+    def cond(carry):
+        _, it, _, converged, needs = carry
+        return (it < max_iter) & ~converged & ~needs
+
+    def body(carry):
+        c, it, prev, converged, _ = carry
+        frame = engine.frame_of(c, origin, passes.metric)
+        st, _, _ = engine.lloyd_pass(passes, x, w, frame, relocate=False)
+        empty = jnp.any(st.counts <= 0)
+        new, stats = engine.finish(passes.metric, c, origin, st, relocate=False)
+        done = _converged(spec.stop, it, prev, stats, tol)
+        old, now = (c, it, prev, converged), (new, it + 1, stats.loss, done)
+        kept = jax.tree_util.tree_map(lambda a, b: jnp.where(empty, a, b), old, now)
+        return (*kept, empty)
+
+    return lax.while_loop(cond, body, (c, it, prev, jnp.array(False), jnp.array(False)))
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _run_relocating_step(x, w, c, origin, it, prev, tol, spec: FitSpec):
+    """One Lloyd iteration with empty clusters relocated (the body of :func:`_fit_one`)."""
+    new, stats = engine.lloyd_update(spec.passes, x, w, c, origin)
+    return new, it + 1, stats.loss, _converged(spec.stop, it, prev, stats, tol)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def _run_end(x, w, c, origin, spec: FitSpec):
+    """Labels and loss of the final centers."""
+    passes = spec.passes
+    labels, dist = engine.nearest(passes, x, engine.frame_of(c, origin, passes.metric))
+    return labels, jnp.sum(dist) if w is None else jnp.sum(w * dist)
+
+
+def _run_one(key, x, w, init, tol, max_iter: int, spec: FitSpec) -> FitResult:
+    c, origin = _run_start(key, x, w, init, spec)
+    it, prev = jnp.int32(0), jnp.array(jnp.inf, x.dtype)
+    converged = jnp.array(False)
+    while True:
+        c, it, prev, converged, needs = _run_until_empty(
+            x, w, c, origin, it, prev, tol, np.int32(max_iter), spec
+        )
+        if not bool(needs):
+            break
+        c, it, prev, converged = _run_relocating_step(x, w, c, origin, it, prev, tol, spec)
+        if bool(converged) or int(it) >= max_iter:
+            break
+    labels, loss = _run_end(x, w, c, origin, spec)
+    return FitResult(c, labels, loss, it, converged)
+
+
+def lloyd_run(key, x, w, init, tol, max_iter: int, spec: FitSpec) -> FitResult:
+    """:func:`fit_impl` driven from the host (not under jit): the same iterations and
+    result, compiled as a few smaller programs (initialization, Lloyd iterations without
+    the empty-cluster relocation, the final assignment); the step that relocates empty
+    clusters is compiled only when some pass needs it. Restarts run one after another
+    (the keys :func:`fit_impl` uses; the lowest final loss wins, the first on ties)."""
+    if spec.n_init == 1:
+        return _run_one(key, x, w, init, tol, max_iter, spec)
+    results = [
+        _run_one(k, x, w, init, tol, max_iter, spec) for k in jax.random.split(key, spec.n_init)
+    ]
+    losses = np.array([float(r.loss) for r in results])
+    best = int(np.argmin(np.where(np.isnan(losses), np.inf, losses)))
+    return results[best]
+
+
 def fit(
     key: Any,
     x: Any,
@@ -288,14 +377,24 @@ def fit(
         and n_init * x.shape[0] * max(d, k) <= 1 << 26
     )
     spec = FitSpec(k, init_spec, n_init, vectorize, "loss", passes)
-    args = (jnp.asarray(tol, x.dtype), np.int32(min(max_iter, 2**31 - 1)))
+    tol = jnp.asarray(tol, x.dtype)
+    max_iter = min(max_iter, 2**31 - 1)
+    # Driven from the host (smaller programs) unless traced (under the user's jit or
+    # vmap), with vectorized restarts, or over several processes.
+    stepped = not (vectorize or is_traced(key, x, w, init_array)) and jax.process_count() == 1
+
+    def run(x, w):
+        if stepped:
+            return lloyd_run(key, x, w, init_array, tol, max_iter, spec)
+        return fit_impl(key, x, w, init_array, tol, np.int32(max_iter), spec)
+
     if passes.mesh is None:
-        result = fit_impl(key, x, w, init_array, *args, spec)
+        result = run(x, w)
         return result._replace(labels=real_rows(result.labels, n))
     xs, ws, n_total = sharding.shard_rows(x, w, passes.mesh)
     if n_total < k:
         raise ValueError(f"`num_clusters` must be <= the number of samples; got {k} > {n_total}.")
-    result = fit_impl(key, xs, ws, init_array, *args, spec)
+    result = run(xs, ws)
     return result._replace(labels=sharding.local_rows(result.labels, n))
 
 

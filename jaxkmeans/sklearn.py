@@ -255,12 +255,12 @@ def _init_program(key, x, w, *, k, method):
 
 
 def _lloyd_program(x, w, centers, tol, max_iter):
-    """Lloyd iterations (the core's fit loop, :func:`jaxkmeans.fitting.fit_impl`, from
+    """Lloyd iterations (the core's fit loop, :func:`jaxkmeans.fitting.lloyd_run`, from
     the given centers) until the total squared center shift is <= `tol` (scikit-learn's
     rule) or `max_iter`; returns (centers, n_iter, inertia)."""
     passes = engine.make_pass(dtype=x.dtype)
     spec = fitting.FitSpec(centers.shape[0], None, 1, False, "shift", passes)
-    result = fitting.fit_impl(None, x, w, centers, tol, max_iter, spec)
+    result = fitting.lloyd_run(None, x, w, centers, tol, int(max_iter), spec)
     return result.centers, result.n_iter, result.loss
 
 

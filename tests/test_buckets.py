@@ -101,18 +101,18 @@ def test_nearby_sizes_share_one_compiled_program():
     key = jax.random.PRNGKey(0)
     jaxkmeans.fit(key, x[:1100], 4, max_iter=5)
     jaxkmeans.assign(x[:1100], x[:4])
-    fits = fitting.fit_impl._cache_size()
+    fits = fitting._run_until_empty._cache_size() + fitting._run_start._cache_size()
     assigns = assignment.nearest_impl._cache_size()
     for n in (1030, 1090, 1151):  # all in the 1152-row bucket
         r = jaxkmeans.fit(key, x[:n], 4, max_iter=5)
         assert r.labels.shape == (n,)
         labels, _ = jaxkmeans.assign(x[:n], x[:4])
         assert labels.shape == (n,)
-    assert fitting.fit_impl._cache_size() == fits
+    assert fitting._run_until_empty._cache_size() + fitting._run_start._cache_size() == fits
     assert assignment.nearest_impl._cache_size() == assigns
     # pad_rows=False compiles for the exact size.
     jaxkmeans.fit(key, x[:1151], 4, max_iter=5, pad_rows=False)
-    assert fitting.fit_impl._cache_size() == fits + 1
+    assert fitting._run_until_empty._cache_size() + fitting._run_start._cache_size() == fits + 2
 
 
 def test_too_few_rows_is_still_an_error_after_padding():
@@ -134,3 +134,53 @@ def test_padding_under_jit_is_skipped():
         return jaxkmeans.assign(x, x[:3])[0]
 
     assert f(x).shape == (300,)
+
+
+# ----------------------------------------------- the host-stepped loop = the one program
+
+
+@pytest.mark.parametrize("n_init", [1, 3])
+def test_host_stepped_fit_equals_the_one_program_fit(n_init):
+    # Heavy duplicates and far initial centers: passes leave clusters empty, so the
+    # host-stepped driver must run its relocating step, and land where fit_impl (one
+    # program, relocation inside the loop) lands.
+    base = np.array([[10, 10], [10, 0], [0, 10], [0, 0]], np.float32)
+    x = np.concatenate([np.repeat(base, 20, axis=0), [[5, 5]]]).astype(np.float32)
+    init = np.array([[6, 6], [1000, 1000], [-1000, 1000], [1000, -1000], [2000, 2000]], np.float32)
+    key = jax.random.PRNGKey(0)
+    passes = fitting.engine.make_pass(dtype=np.float32)
+    for spec, start in [
+        (fitting.FitSpec(5, None, 1, False, "loss", passes), init),
+        (
+            fitting.FitSpec(
+                5,
+                fitting.make_init("random", 5, "squared_euclidean", -1, None),
+                n_init,
+                False,
+                "shift",
+                passes,
+            ),
+            None,
+        ),
+    ]:
+        tol = np.float32(1e-4)
+        one = fitting.fit_impl(key, x, None, start, tol, np.int32(10), spec)
+        stepped = fitting.lloyd_run(key, x, None, start, tol, 10, spec)
+        for a, b in zip(one, stepped, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_fit_without_empty_clusters_never_compiles_the_relocating_step():
+    x = _blobs(2000, seed=5)
+    before = fitting._run_relocating_step._cache_size()
+    r = jaxkmeans.fit(jax.random.PRNGKey(1), x, 6, max_iter=50)
+    assert int(r.n_iter) > 1
+    assert fitting._run_relocating_step._cache_size() == before
+
+
+def test_fit_under_jit_and_vmap_still_runs_the_one_program():
+    x = _blobs(500)
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    out = jax.vmap(lambda k: jaxkmeans.fit(k, x, 4, max_iter=5).loss)(keys)
+    eager = [float(jaxkmeans.fit(k, x, 4, max_iter=5).loss) for k in keys]
+    np.testing.assert_allclose(np.asarray(out), eager, rtol=1e-5)
