@@ -112,6 +112,54 @@ def _mass_table(mass: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return local.reshape(-1), sums, jnp.cumsum(sums)
 
 
+def _draw(
+    u: jax.Array, mass: jax.Array, table: tuple[jax.Array, jax.Array, jax.Array] | None = None
+) -> jax.Array:
+    """The two-level draws of :func:`_sample_by_mass`, before the zero-mass check (an
+    index may have mass 0 through rounding, or when every mass is 0).
+
+    Without `table`, and when the draws are few (``num * B <= n``), only the block
+    totals are formed (one O(n) reduction) and the prefix sums of the ~sqrt(n) rows of
+    the num blocks drawn: the same two-level distribution as the full table, at one
+    cheap pass instead of a prefix sum over all n masses per call.
+    """
+    n = mass.shape[0]
+    size, num_blocks = _mass_blocks(n)
+    num = u.shape[0]
+    u = u.astype(mass.dtype)
+    few = table is None and num * size <= max(n, size)
+    if few:
+        blocks = jnp.pad(mass, (0, num_blocks * size - n)).reshape(num_blocks, size)
+        sums = jnp.sum(blocks, axis=1)
+        starts = jnp.cumsum(sums)
+    else:
+        local, sums, starts = _mass_table(mass) if table is None else table
+    total = starts[-1]
+    # Clamped below the top so that rounding never picks past the last positive mass;
+    # the first prefix sum above t then ends on a positive mass (block and row alike).
+    t = jnp.minimum(u[:, 0] * total, jnp.nextafter(total, -jnp.inf))
+    b = jnp.clip(jnp.searchsorted(starts, t, side="right"), 0, num_blocks - 1).astype(jnp.int32)
+    base = b * size
+    if few:
+        # The drawn blocks' own prefix sums; the row scale is their last entry, so
+        # that r stays below it whatever the rounding of the block totals above.
+        local_b = jnp.cumsum(blocks[b], axis=1)
+        s = local_b[:, -1]
+        r = jnp.minimum(u[:, 1] * s, jnp.nextafter(s, -jnp.inf))
+        pos = jnp.sum(local_b <= r[:, None], axis=1, dtype=jnp.int32)
+        return jnp.minimum(base + pos, n - 1)
+    s = sums[b]
+    r = jnp.minimum(u[:, 1] * s, jnp.nextafter(s, -jnp.inf))
+    # Binary search of r in block b's prefix sums (gathers: no (num, B) copy of the
+    # blocks): pos = how many of them are <= r.
+    pos = jnp.zeros_like(b)
+    step = size // 2
+    while step:
+        pos = jnp.where(local[base + pos + step - 1] <= r, pos + step, pos)
+        step //= 2
+    return jnp.minimum(base + pos, n - 1)
+
+
 def _sample_by_mass(
     u: jax.Array,
     mass: jax.Array,
@@ -132,26 +180,7 @@ def _sample_by_mass(
     Indices whose mass is 0 are never returned (a draw that lands on one through
     rounding, or when every mass is 0, returns `fallback` instead).
     """
-    n = mass.shape[0]
-    size, num_blocks = _mass_blocks(n)
-    local, sums, starts = _mass_table(mass) if table is None else table
-    total = starts[-1]
-    u = u.astype(mass.dtype)
-    # Clamped below the top so that rounding never picks past the last positive mass;
-    # the first prefix sum above t then ends on a positive mass (block and row alike).
-    t = jnp.minimum(u[:, 0] * total, jnp.nextafter(total, -jnp.inf))
-    b = jnp.clip(jnp.searchsorted(starts, t, side="right"), 0, num_blocks - 1).astype(jnp.int32)
-    s = sums[b]
-    r = jnp.minimum(u[:, 1] * s, jnp.nextafter(s, -jnp.inf))
-    # Binary search of r in block b's prefix sums (gathers: no (num, B) copy of the
-    # blocks): pos = how many of them are <= r.
-    base = b * size
-    pos = jnp.zeros_like(b)
-    step = size // 2
-    while step:
-        pos = jnp.where(local[base + pos + step - 1] <= r, pos + step, pos)
-        step //= 2
-    idx = jnp.minimum(base + pos, n - 1)
+    idx = _draw(u, mass, table)
     return jnp.where(mass[idx] > 0, idx, fallback)
 
 
@@ -159,6 +188,11 @@ def _row(a: jax.Array, i: jax.Array) -> jax.Array:
     """Row `i` of `a` as a gather (not a dynamic slice), which the compiler can
     partition when `a` is row-sharded instead of gathering all of `a` first."""
     return jnp.take(a, jnp.reshape(i, (1,)), axis=0)[0]
+
+
+def _rows(a: jax.Array, i: jax.Array) -> jax.Array:
+    """Rows `i` (t,) of `a` as one gather (one collective when `a` is row-sharded)."""
+    return jnp.take(a, i, axis=0)
 
 
 def _sq_dists(xp: jax.Array, xsq: jax.Array, cp: jax.Array) -> jax.Array:
@@ -186,14 +220,82 @@ def _num_candidates(num_retries: int, k: int) -> int:
 # ----------------------------------------------------------------------------- methods
 
 
-def _random(key, x, w, k):
-    _, idx = lax.top_k(_gumbel_scores(key, w), k)
+def _random_merged(key, x, w, k, metric):
+    """k distinct rows by weight: duplicates merged first (a hash and a sort of all n
+    rows), then Gumbel top-k. The general path of :func:`_random`."""
+    if metric == COSINE_DISTANCE:
+        w = jnp.where(jnp.any(x != 0, axis=1), w, 0.0)
+    _, idx = lax.top_k(_gumbel_scores(key, merge_duplicates(x, w, metric)), k)
     return idx
+
+
+def _random(key, x, w, k, metric):
+    """k distinct rows of `x`, drawn without replacement with probability proportional
+    to the weight of each distinct point (the total of its copies).
+
+    The Gumbel top-m order of the rows (m = min(n, 2k + 16)) is the order of successive
+    draws without replacement by row weight; skipping the rows identical to an earlier
+    one in that order (cosine: also all-zero rows) leaves the successive draws of
+    distinct points by their total weight. So the first k rows kept among the top m are
+    exactly a draw of the merged sampler, at the cost of one pass over the weights and a
+    hash of m rows (not all n). When fewer than k survive (many copies at the top) the
+    merged sampler runs instead.
+    """
+    n = x.shape[0]
+    m = min(n, 2 * k + 16)
+    scores, top = lax.top_k(_gumbel_scores(key, w), m)
+    rows = _rows(x, top)
+    keep = updates.first_copies(row_identity(rows, metric), jnp.arange(m, dtype=jnp.int32))
+    keep &= jnp.isfinite(scores)
+    if metric == COSINE_DISTANCE:
+        keep &= jnp.any(rows != 0, axis=1)
+    # The first k kept, in score order (a stable sort of the dropped rows to the end).
+    order = jnp.argsort(~keep, stable=True)[:k]
+    return lax.cond(
+        jnp.sum(keep) >= k,
+        lambda: top[order].astype(jnp.int32),
+        lambda: _random_merged(key, x, w, k, metric).astype(jnp.int32),
+    )
+
+
+def _candidate_potentials(
+    xp: jax.Array, xsq: jax.Array, w: jax.Array, d2: jax.Array, cand: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``(pot (t,), dc (n, t))`` for t candidate rows: ``dc = min(d2, D(x, x[cand]))`` and
+    each candidate's potential ``sum_i w_i dc[i, j]``, with every candidate at distance
+    exactly 0 from itself.
+
+    One (n, d) x (d, t) product for all t candidates, and the min, the clamp and the
+    weighted sum fused over it; the self distance (which the expansion may round away
+    from 0) is corrected on the t potentials instead of masking an (n, t) block. Only
+    the min is new: ``dc[:, best]`` is the next ``d2`` (set 0 at the chosen row).
+    """
+    c = _rows(xp, cand)
+    csq = jnp.sum(c * c, axis=1)
+    prod = metrics.dot(xp, c, "float32")
+    dc = jnp.minimum(d2[:, None], jnp.maximum(xsq[:, None] - 2.0 * prod + csq[None, :], 0.0))
+    self_d = dc[cand, jnp.arange(cand.shape[0])]
+    pot = jnp.sum(w[:, None] * dc, axis=0) - w[cand] * self_d
+    return pot, dc
+
+
+def _unchosen_fallback(mass_at_draws, chosen, w):
+    """The heaviest unchosen row, computed only when a draw landed on a zero mass
+    (rounding, or every mass 0): an O(n) pass that ordinary rounds skip."""
+    return lax.cond(
+        jnp.any(mass_at_draws <= 0),
+        lambda: jnp.argmax(jnp.where(chosen, 0.0, w)).astype(jnp.int32),
+        lambda: jnp.int32(0),
+    )
 
 
 def _kmeans_pp(key, xp, w, k, num_retries):
     """Greedy k-means++: `1 + num_retries` D^2-sampled candidates per pick, keep the one
-    that lowers the potential most. Returns indices (k,)."""
+    that lowers the potential most. Returns indices (k,).
+
+    Per pick: one cheap pass over the masses ``w D^2`` (block totals; only the drawn
+    blocks get prefix sums), one pass over the rows for all candidates' distances and
+    potentials (:func:`_candidate_potentials`)."""
     n = xp.shape[0]
     num_cand = _num_candidates(num_retries, k)
     xsq = jnp.sum(xp * xp, axis=1)
@@ -207,18 +309,19 @@ def _kmeans_pp(key, xp, w, k, num_retries):
     u_all = jax.random.uniform(key, (k, num_cand, 2))
 
     def pick(i, carry):
-        key, d2, chosen, idx = carry
-        fallback = jnp.argmax(jnp.where(chosen, 0.0, w)).astype(jnp.int32)
-        cand = _sample_by_mass(u_all[i], w * d2, fallback)
-        dc = jnp.minimum(d2[:, None], _sq_dists(xp, xsq, xp[cand]))
-        # A candidate is at distance exactly 0 from itself (the expansion may round).
-        dc = jnp.where(jnp.arange(n)[:, None] == cand[None, :], 0.0, dc)
-        pot = jnp.sum(w[:, None] * dc, axis=0)
+        d2, chosen, idx = carry
+        mass = w * d2
+        drawn = _draw(u_all[i], mass)
+        drawn_mass = mass[drawn]
+        fallback = _unchosen_fallback(drawn_mass, chosen, w)
+        cand = jnp.where(drawn_mass > 0, drawn, fallback)
+        pot, dc = _candidate_potentials(xp, xsq, w, d2, cand)
         best = jnp.argmin(pot)
         new = cand[best]
-        return key, dc[:, best], chosen.at[new].set(True), idx.at[i].set(new)
+        d2 = lax.dynamic_index_in_dim(dc, best, axis=1, keepdims=False).at[new].set(0.0)
+        return d2, chosen.at[new].set(True), idx.at[i].set(new)
 
-    _, _, _, idx = lax.fori_loop(1, k, pick, (key, d2, chosen, idx))
+    _, _, idx = lax.fori_loop(1, k, pick, (d2, chosen, idx))
     return idx
 
 
@@ -393,13 +496,13 @@ def init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec)
     k, metric, opts = spec.k, spec.metric, dict(spec.options)
     if w is None:
         w = jnp.ones((n,), x.dtype)
-    if metric == COSINE_DISTANCE:
-        # Rows are compared by direction; an all-zero row has none and is never chosen.
-        w = jnp.where(jnp.any(x != 0, axis=1), w, 0.0)
-    w = merge_duplicates(x, w, metric)
     if spec.method == RANDOM_INIT:
-        idx = _random(key, x, w, k)
+        idx = _random(key, x, w, k, metric)
     else:
+        if metric == COSINE_DISTANCE:
+            # Rows are compared by direction; an all-zero row has none, never chosen.
+            w = jnp.where(jnp.any(x != 0, axis=1), w, 0.0)
+        w = merge_duplicates(x, w, metric)
         xp = _prepare(x, w, metric)
         if spec.method == KMEANS_PLUS_PLUS_INIT:
             idx = _kmeans_pp(key, xp, w, k, spec.num_retries)

@@ -225,6 +225,111 @@ def test_sample_by_mass_small_and_edge_cases(n):
         np.testing.assert_array_equal(np.asarray(batched).ravel(), idx[:-3])
 
 
+def _chi2_z(cnt, p, num):
+    """Per-row chi-square of counts `cnt` against probabilities `p`, as a z-score with
+    the multinomial's exact mean and variance (rows with p > 0)."""
+    ok = p > 0
+    k = ok.sum()
+    e = num * p[ok]
+    chi2 = np.sum((cnt[ok] - e) ** 2 / e)
+    var = 2 * (k - 1) + (np.sum(1 / p[ok]) - k * k - 2 * k + 2) / num
+    return (chi2 - (k - 1)) / np.sqrt(var)
+
+
+def test_sample_by_mass_few_draws_exact():
+    """The few-draws path (k-means++ rounds: only the drawn blocks get prefix sums) is
+    the same exact two-level distribution: 2^18 calls of 8 draws over 2^16 masses."""
+    from jaxkmeans.initializers import _mass_blocks, _sample_by_mass
+
+    n, calls, t = 2**16, 2**18, 8
+    assert t * _mass_blocks(n)[0] <= n  # the few-draws path
+    rng = np.random.default_rng(1)
+    m = (rng.random(n) ** 3).astype(np.float32)  # uneven masses
+    m[::13] = 0.0
+    u = jax.random.uniform(jax.random.PRNGKey(5), (calls, t, 2))
+    f = jax.jit(jax.vmap(lambda u: _sample_by_mass(u, jnp.asarray(m), jnp.int32(n))))
+    idx = np.asarray(f(u)).ravel()
+    cnt = np.bincount(idx, minlength=n + 1)
+    assert cnt[n] == 0 and cnt[:n][m == 0].sum() == 0
+    p = m.astype(np.float64) / m.astype(np.float64).sum()
+    assert abs(_chi2_z(cnt[:n], p, idx.size)) < 5
+    # Extreme uniforms: never past the last positive mass, never a zero mass.
+    edge = jnp.array([[0.0, 0.0], [1 - 2**-24, 1 - 2**-24], [0.0, 1 - 2**-24], [0.5, 0.0]])
+    e = np.asarray(jax.jit(_sample_by_mass)(edge, jnp.asarray(m), jnp.int32(-1)))
+    assert ((e >= 0) & (m[e] > 0)).all()
+
+
+def test_kmeans_plus_plus_first_round_is_exact_d2():
+    """The candidates of the first k-means++ round are drawn with probability exactly
+    proportional to w D^2 from the first center (checked on the pick's own code:
+    candidates of 2 distinct clusters, many keys)."""
+    from jaxkmeans import initializers as I
+
+    rng = np.random.default_rng(2)
+    n = 300
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    w = rng.uniform(0.2, 2.0, n).astype(np.float32)
+    xp = jnp.asarray(x)
+    xsq = jnp.sum(xp * xp, axis=1)
+    first = 17
+    d2 = I._sq_dists(xp, xsq, xp[first][None])[:, 0].at[first].set(0.0)
+    mass = jnp.asarray(w) * d2
+
+    @jax.jit
+    @jax.vmap
+    def draw(key):
+        return I._draw(jax.random.uniform(key, (4, 2)), mass)
+
+    keys = jax.random.split(jax.random.PRNGKey(9), 100_000)
+    idx = np.asarray(draw(keys)).ravel()
+    p = w.astype(np.float64) * ((x.astype(np.float64) - x[first]) ** 2).sum(1)
+    p[first] = 0.0
+    p /= p.sum()
+    cnt = np.bincount(idx, minlength=n)
+    assert cnt[first] == 0
+    assert abs(_chi2_z(cnt, p, idx.size)) < 5
+    # The candidates' potentials are those of the exact D^2 update, self distance 0.
+    cand = jnp.array([3, 200, 3, first], jnp.int32)
+    pot, dc = I._candidate_potentials(xp, xsq, jnp.asarray(w), d2, cand)
+    x64, d64 = x.astype(np.float64), np.asarray(d2, np.float64)
+    for j, c in enumerate(np.asarray(cand)):
+        dj = np.minimum(d64, ((x64 - x64[c]) ** 2).sum(1))
+        dj[c] = 0.0
+        np.testing.assert_allclose(float(pot[j]), (w * dj).sum(), rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(dc[:, j]), dj, rtol=1e-4, atol=1e-4)
+
+
+def test_random_init_by_weight_of_distinct_points():
+    """Random init draws distinct points with probability proportional to the total
+    weight of their copies, never a zero-weight row (the top-m path skips copies)."""
+    pts = np.arange(12, dtype=np.float32).reshape(6, 2)
+    reps = np.array([1, 1, 1, 1, 5, 30])  # point 5 has 30 copies
+    x = np.repeat(pts, reps, axis=0)
+    w = np.ones(len(x), np.float32)
+    w[: reps[0]] = 0.0  # point 0: never
+    w[-1] = 0.0  # one copy of point 5 weighs nothing
+    tot = np.array([(w[np.repeat(np.arange(6), reps) == g]).sum() for g in range(6)])
+    f = jax.jit(
+        jax.vmap(
+            lambda key: jaxkmeans.initializers.init_impl(
+                key,
+                jnp.asarray(x),
+                jnp.asarray(w),
+                jaxkmeans.initializers.make_init("random", 1, "squared_euclidean"),
+            )
+        )
+    )
+    c = np.asarray(f(jax.random.split(KEY, 40_000)))[:, 0]
+    first = rows_of(c, pts)
+    assert (first > 0).all()
+    freq = np.bincount(first, minlength=6) / len(first)
+    np.testing.assert_allclose(freq, tot / tot.sum(), atol=0.01)
+    # k = 5 of 5 distinct positive-weight points: all of them, each once.
+    for seed in range(5):
+        c5 = jaxkmeans.init_centers(jax.random.PRNGKey(seed), x, 5, "random", sample_weight=w)
+        assert sorted(rows_of(c5, pts).tolist()) == [1, 2, 3, 4, 5]
+
+
 # ------------------------------------------------------------------ fit quality
 
 
