@@ -267,13 +267,259 @@ def memory_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- whole fit
+
+FIT_LABELS = {
+    "jaxkmeans_fit": "jaxkmeans.fit",
+    "jaxkmeans_train": "KMeans.train",
+    "jaxkmeans_sklearn": "jaxkmeans.sklearn",
+    "sklearn": "scikit-learn",
+    "faiss": "faiss-cpu",
+    "jaxkmeans_fit_from_centers": "fit from centers",
+    "jaxkmeans_steps_assign": "lloyd_steps + assign",
+}
+FIT_MAIN = ("jaxkmeans_fit", "jaxkmeans_train", "jaxkmeans_sklearn", "sklearn", "faiss")
+FIT_MINE = ("jaxkmeans_fit", "jaxkmeans_train", "jaxkmeans_sklearn")
+
+
+def _fit_shape(row: dict[str, Any]) -> str:
+    return f"{_shape(row)}"
+
+
+def _x(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}×"
+
+
+def fit_line(row: dict[str, Any]) -> str:
+    parts = []
+    for name, entry in row["contestants"].items():
+        label = FIT_LABELS.get(name, name)
+        if entry.get("seconds") is not None:
+            ratio = entry.get("time_vs_best_peer")
+            parts.append(
+                f"{label} {entry['seconds']:.3g} s"
+                + ("" if ratio is None or name in ("sklearn", "faiss") else f" ({ratio:.2f}x)")
+            )
+        elif entry.get("error"):
+            parts.append(f"{label} error")
+    if row.get("fit_vs_steps_assign") is not None:
+        parts.append(f"fit/(steps+assign) {row['fit_vs_steps_assign']:.2f}")
+    return "; ".join(parts)
+
+
+def fit_memory_line(mem: dict[str, Any]) -> str:
+    if mem.get("error"):
+        return f"error: {mem['error']}"
+    return (
+        f"peak extra 1st call {_gib(mem.get('first_peak_extra'))} "
+        f"({_g(mem.get('first_peak_extra_x'))}x data), 2nd call "
+        f"{_gib(mem.get('second_peak_extra'))} ({_g(mem.get('second_peak_extra_x'))}x; "
+        f"{_g(mem.get('second_call_extra_x'))}x above its start); "
+        f"cold fit {_g(mem.get('first_s'))} s, warm {_g(mem.get('second_s'))} s"
+    )
+
+
+def _fit_cell(entry: dict[str, Any]) -> str:
+    if entry.get("seconds") is None:
+        return "error" if entry.get("error") else "—"
+    return _g(entry["seconds"])
+
+
+def fit_table(result: dict[str, Any]) -> str:
+    rows = result.get("fit", [])
+    if not rows:
+        return "(no whole-fit results)"
+    head = ["N × D × K", "init", "iters"]
+    head += [f"{FIT_LABELS[n]} s" for n in FIT_MAIN]
+    head += [f"{FIT_LABELS[n]} / faster peer" for n in FIT_MINE]
+    head += ["inertia / scikit-learn's (" + " / ".join(FIT_LABELS[n] for n in FIT_MAIN) + ")"]
+    head += ["fit / (lloyd_steps + assign)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cs = row["contestants"]
+        peer = FIT_LABELS.get(row.get("best_peer", ""), "")
+        cells = [_fit_shape(row), row["init"], str(row["iters"])]
+        cells += [_fit_cell(cs.get(n, {})) for n in FIT_MAIN]
+        for n in FIT_MINE:
+            r = cs.get(n, {}).get("time_vs_best_peer")
+            cells.append("—" if r is None else f"{r:.2f} ({peer})")
+        cells.append(" / ".join(_g(cs.get(n, {}).get("inertia_vs_sklearn"), 4) for n in FIT_MAIN))
+        pair = row.get("fit_vs_steps_assign")
+        rel = row.get("fit_vs_steps_assign_inertia_rel_diff")
+        cells.append(
+            "—" if pair is None else f"{pair:.2f}" + ("" if rel is None else f" (Δ {rel:+.0e})")
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fit_memory_table(result: dict[str, Any]) -> str:
+    rows = [
+        row
+        for row in result.get("fit", [])
+        if any("memory" in e for e in row["contestants"].values())
+    ]
+    if not rows:
+        return "(no whole-fit memory results)"
+    head = ["N × D × K", "init", "data"]
+    head += [f"{FIT_LABELS[n]}: 1st / 2nd call (2nd above its start)" for n in FIT_MAIN]
+    head += ["cold 1st fit s (" + " / ".join(FIT_LABELS[n] for n in FIT_MAIN) + ")"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        mems = [row["contestants"].get(n, {}).get("memory") or {} for n in FIT_MAIN]
+        x_bytes = next((m["x_bytes"] for m in mems if m.get("x_bytes")), None)
+        cells = [_fit_shape(row), row["init"], _gib(x_bytes)]
+        for m in mems:
+            if m.get("error"):
+                cells.append("error")
+            elif not m:
+                cells.append("—")
+            else:
+                polluted = "" if m.get("hwm_resettable", True) else " (ru_maxrss)"
+                own = m.get("second_call_extra_x")
+                cells.append(
+                    f"{_x(m.get('first_peak_extra_x'))} / {_x(m.get('second_peak_extra_x'))}"
+                    + ("" if own is None else f" ({_x(own)})")
+                    + polluted
+                )
+        cells.append(" / ".join(_g(m.get("first_s")) for m in mems))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fit_notes(result: dict[str, Any]) -> list[str]:
+    notes = []
+    for row in result.get("fit", []):
+        for name, entry in row["contestants"].items():
+            its = entry.get("n_iter_all")
+            if its and min(its) < row["iters"]:
+                notes.append(
+                    f"- {_fit_shape(row)} {row['init']}: {FIT_LABELS.get(name, name)} stopped "
+                    f"after {sorted(set(its))} of {row['iters']} iterations."
+                )
+    return notes
+
+
+# --------------------------------------------------------------------------- compile time
+
+COMPILE_LABELS = {
+    "fit_kmeans_plus_plus": "`fit` (k-means++, n_init=1)",
+    "fit_given_centers": "`fit` (given centers)",
+    "assign": "`assign`",
+    "inertia": "`inertia`",
+    "lloyd_step": "`lloyd_step`",
+    "init_centers_kmeans_plus_plus": "`init_centers` (k-means++)",
+    "minibatch_step": "`minibatch_step`",
+    "train_full_batch": "`KMeans.train` (full batch, 10 steps)",
+    "sklearn_dropin": "`jaxkmeans.sklearn.KMeans.fit`",
+    "sklearn": "scikit-learn `KMeans.fit`",
+}
+
+
+def compile_run_line(run: dict[str, Any]) -> str:
+    if run.get("error"):
+        return f"error: {run['error']}"
+    parts = [f"import {_g(run.get('import_s'))} s"]
+    for tag, call in run.get("calls", {}).items():
+        if call.get("error"):
+            parts.append(f"{tag} error: {call['error']}")
+        else:
+            comp = call.get("backend_compiles")
+            parts.append(
+                f"{tag} ({call['rows']} rows) {_g(call.get('s'))} s"
+                + ("" if comp is None else f" [{comp} compiles]")
+                + ("" if call.get("n_iter") is None else f" {call['n_iter']} it")
+            )
+    return "; ".join(parts)
+
+
+def _s_and_compiles(entry: dict[str, Any], tag: str) -> str:
+    s = entry.get(f"{tag}_s")
+    if s is None:
+        return "error" if entry.get("error") else "—"
+    comp = entry.get(f"{tag}_compiles")
+    return _g(s) + ("" if comp is None else f" [{comp}]")
+
+
+def compile_table(result: dict[str, Any]) -> str:
+    sec = result.get("compile")
+    if not sec or not sec.get("entries"):
+        return "(no compile-time results)"
+    sizes = sec.get("sizes", {})
+    head = [
+        "entry point",
+        "import s",
+        f"1st call s [compiles] ({sizes.get('first')} rows)",
+        "2nd call s [compiles]",
+        "≈ compile s (1st − 2nd)",
+        "JAX trace+compile s (1st)",
+        f"new size, same bucket s [compiles] ({sizes.get('same_bucket')} rows)",
+        "same bucket / 2nd",
+        f"new size, other bucket s [compiles] ({sizes.get('other_bucket')} rows)",
+        "other bucket / 2nd",
+        "import + 1st + new size (same / other bucket) / scikit-learn's",
+        "fit iterations (1st / same / other bucket)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, e in sec["entries"].items():
+        ratios = [e.get("session_same_bucket_vs_sklearn"), e.get("session_other_bucket_vs_sklearn")]
+        cells = [
+            COMPILE_LABELS.get(name, name),
+            _g(e.get("import_s")),
+            _s_and_compiles(e, "first"),
+            _s_and_compiles(e, "second"),
+            _g(e.get("compile_s")),
+            _g(e.get("first_compile_s")),
+            _s_and_compiles(e, "same_bucket"),
+            _x(e.get("same_bucket_vs_second"), 1),
+            _s_and_compiles(e, "other_bucket"),
+            _x(e.get("other_bucket_vs_second"), 1),
+            "—" if name == "sklearn" else " / ".join(_x(r, 1) for r in ratios),
+            " / ".join(
+                str(e.get(f"{t}_n_iter", "—")) for t in ("first", "same_bucket", "other_bucket")
+            )
+            if e.get("first_n_iter") is not None
+            else "—",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compile_targets(result: dict[str, Any]) -> list[str]:
+    sec = result.get("compile") or {}
+    entries = sec.get("entries") or {}
+    out = []
+    for name in ("sklearn_dropin", "fit_kmeans_plus_plus"):
+        e = entries.get(name, {})
+        if e.get("session_same_bucket_vs_sklearn") is not None:
+            out.append(
+                f"- {COMPILE_LABELS[name]}: import + first fit + fit at a new size = "
+                f"{_g(e.get('session_same_bucket_s'))} s (same bucket) / "
+                f"{_g(e.get('session_other_bucket_s'))} s (other bucket), "
+                f"{_x(e.get('session_same_bucket_vs_sklearn'), 1)} / "
+                f"{_x(e.get('session_other_bucket_vs_sklearn'), 1)} scikit-learn's "
+                "(issue 15 target for the drop-in: ≤ 2×)."
+            )
+        if e.get("same_bucket_vs_second") is not None:
+            out.append(
+                f"- {COMPILE_LABELS[name]}: fit at a new size within the bucket / repeated fit "
+                f"= {_x(e.get('same_bucket_vs_second'), 1)} (target ≤ 3×)."
+            )
+    return out
+
+
 def errors_section(result: dict[str, Any]) -> list[str]:
     seen: dict[str, str] = {}
-    for section in ("lloyd", "init", "minibatch"):
+    for section in ("lloyd", "init", "minibatch", "fit"):
         for row in result.get(section, []):
             for name, entry in row["contestants"].items():
                 if entry.get("error"):
                     seen.setdefault(f"{section}/{name}", entry["error"])
+                if (entry.get("memory") or {}).get("error"):
+                    seen.setdefault(f"{section}/{name}/memory", entry["memory"]["error"])
+    for name, entry in ((result.get("compile") or {}).get("entries") or {}).items():
+        if entry.get("error"):
+            seen.setdefault(f"compile/{name}", entry["error"])
     for name, msg in (result.get("import_errors") or {}).items():
         seen.setdefault(f"import/{name}", msg)
     return [f"- `{key}`: {msg}" for key, msg in seen.items()]
@@ -371,10 +617,83 @@ def render_markdown(result: dict[str, Any], json_rel: str, png_rel: str | None) 
         memory_table(result),
         "",
     ]
+    if result.get("fit"):
+        out += fit_section(result)
+    if result.get("compile"):
+        out += compile_section(result)
     errs = errors_section(result)
     if errs:
         out += ["## Errors", "", *errs, ""]
     return "\n".join(out)
+
+
+def fit_section(result: dict[str, Any]) -> list[str]:
+    cfg = result.get("config", {})
+    out = [
+        "## Whole fit",
+        "",
+        "What users call, end to end: the library's own initialization, "
+        f"{cfg.get('fit_iters', 10)} Lloyd iterations (`tol=0`) and the final labels, on "
+        "host (numpy) float32 data; seconds are the median of interleaved repetitions after "
+        "one warm-up each. `jaxkmeans.fit(key, x, k, init=..., max_iter, tol=0)` (blocked on "
+        "centers and labels); `KMeans.train` = the estimator, `use_mini_batch=False`, "
+        "`train(input_fn, steps)` + `cluster_centers()` (no labels; includes its end-of-train "
+        "checkpoint); `jaxkmeans.sklearn` = the drop-in with scikit-learn's settings; "
+        "scikit-learn `KMeans(k, init, n_init=1, max_iter, tol=0, algorithm='lloyd')`; "
+        "faiss-cpu `Kmeans(d, k, niter, nredo=1, max_points_per_centroid=1e9)` + "
+        "`index.search(x, 1)` for the labels, with **faiss's own initialization** (random rows; "
+        "its k-means++ for the k-means++ rows). Each library draws its own initial centers, "
+        "so the inertia column (float64 inertia of the final centers / scikit-learn's) "
+        "compares init + iterations, not arithmetic. `… / faster peer` = seconds / the "
+        "faster of scikit-learn and faiss. `fit / (lloyd_steps + assign)` = "
+        "`fit(init=centers)` / (the same number of `lloyd_step`s in one jitted loop + one "
+        "`assign`), both from the same centers on a device array (Δ: their inertia).",
+        "",
+        fit_table(result),
+        "",
+    ]
+    notes = _fit_notes(result)
+    if notes:
+        out += ["Notes:", *notes, ""]
+    out += [
+        "### Peak extra memory of a whole fit",
+        "",
+        "A fresh subprocess per contestant and shape: peak RSS (VmHWM, reset before each call) "
+        "minus the RSS with the data loaded (libraries imported, float32 `x` in memory), as a "
+        "multiple of the data's bytes; 1st call = the first fit in the process (compile "
+        "included), 2nd call = the same fit again; in parentheses the 2nd call's peak above "
+        "the RSS just before it (its own working memory, without what the first call left "
+        "resident: compiled programs and caches, a few hundred MiB for jaxkmeans, which "
+        "dominate at small N). Last column: seconds of that cold first fit.",
+        "",
+        fit_memory_table(result),
+        "",
+    ]
+    return out
+
+
+def compile_section(result: dict[str, Any]) -> list[str]:
+    sec = result.get("compile") or {}
+    out = [
+        "## Compile time",
+        "",
+        f"A fresh process per entry point and repetition (median of {sec.get('reps')}; one "
+        "untimed warm-up process first), no persistent compilation cache "
+        "(`JAXKMEANS_COMPILATION_CACHE=0`, `JAX_COMPILATION_CACHE_DIR` unset), float32 numpy "
+        f"blobs {sec.get('N')} × {sec.get('D')}, k = {sec.get('K')}: import seconds (numpy "
+        "already imported by the harness), then four calls: the first, the same again, a new "
+        "row count in the same size bucket and one in another bucket. `[n]` = JAX backend "
+        "compilations during the call; `JAX trace+compile s` = their reported durations "
+        "(tracing, lowering, XLA compile). Fits use the defaults (`max_iter=300`, `tol=1e-4`, "
+        "k-means++ unless given centers).",
+        "",
+        compile_table(result),
+        "",
+    ]
+    targets = compile_targets(result)
+    if targets:
+        out += ["Issue 15 targets:", *targets, ""]
+    return out
 
 
 # --------------------------------------------------------------------------- plot
@@ -447,9 +766,12 @@ def newest_result(results_dir: Path = RESULTS_DIR) -> Path:
     candidates = []
     for path in results_dir.glob("*.json"):
         try:
-            created = json.loads(path.read_text()).get("created", "")
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        if not isinstance(data, dict) or "schema" not in data:
+            continue  # not a run.py result (e.g. streaming_memory.py's)
+        created = data.get("created", "")
         candidates.append((created, path.stat().st_mtime, path))
     if not candidates:
         raise SystemExit(f"no result JSON in {results_dir}")

@@ -4,11 +4,14 @@
 Every contestant runs in this one process on the same float32 Gaussian blobs (fixed
 seed) from the same initial centers. Repetitions are interleaved round-robin (every
 contestant once per repetition, the starting contestant rotating) and the median is
-reported. See ``bench/README.md`` for what exactly is timed.
+reported. Memory and compile-time figures come from fresh subprocesses. Sections: memory,
+lloyd, init, minibatch, fit (whole fits with each library's own init), compile (fresh
+processes, no compilation cache). See ``bench/README.md`` for what exactly is timed.
 
 Usage::
 
-    nice -n 10 python bench/run.py --quick        # < 2 minutes on a 2-core box
+    nice -n 10 python bench/run.py --quick        # ~3 minutes on an idle 2-core box
+    python bench/run.py --quick --sections fit,compile   # some sections only
     nice -n 10 python bench/run.py                # full grid (long)
     python bench/run.py --report-only [RESULT.json]   # regenerate RESULTS.md + PNG
 
@@ -37,7 +40,9 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
-SCHEMA_VERSION = 1
+# 1: lloyd, init, minibatch, memory. 2: adds "fit" (whole fits) and "compile" (fresh
+# processes); the keys of schema 1 are unchanged, so report.py renders both.
+SCHEMA_VERSION = 2
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 REPORTED_ENV_VARS = (
@@ -47,6 +52,8 @@ REPORTED_ENV_VARS = (
     "JAX_PLATFORMS",
     "JAX_ENABLE_X64",
     "TF_CPP_MIN_LOG_LEVEL",
+    "JAXKMEANS_COMPILATION_CACHE",
+    "JAX_COMPILATION_CACHE_DIR",
 )
 
 
@@ -72,6 +79,9 @@ THREADS = _early_threads(sys.argv[1:])
 for _name in THREAD_ENV_VARS:
     os.environ[_name] = str(THREADS)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The drop-in turns on a persistent compilation cache in the user's cache directory by
+# default; the bench measures without one unless told otherwise (recorded in the JSON).
+os.environ.setdefault("JAXKMEANS_COMPILATION_CACHE", "0")
 
 import numpy as np  # noqa: E402  (after the thread environment is fixed)
 
@@ -91,7 +101,7 @@ LLOYD_CONTESTANTS = (
     "numpy_gemm",
 )
 PEERS = ("sklearn", "faiss")  # real k-means peers; numpy_gemm is the hardware reference
-SECTIONS = ("memory", "lloyd", "init", "minibatch")
+SECTIONS = ("memory", "lloyd", "init", "minibatch", "fit", "compile")
 
 FULL = {
     "lloyd": [
@@ -100,6 +110,18 @@ FULL = {
     "init": [(200_000, 32, 256), (200_000, 32, 1024), (1_000_000, 32, 256)],
     "minibatch": [(32, 256, 1024), (32, 256, 4096), (32, 1024, 1024), (32, 1024, 4096)],
     "memory": [(2_000_000, 32, 4096)],
+    # Whole fits (N, D, K, init): the issue's shapes.
+    "fit": [
+        (250_000, 32, 64, "random"),
+        (1_000_000, 32, 64, "random"),
+        (4_000_000, 32, 64, "random"),
+        (2_000_000, 128, 64, "random"),
+        (250_000, 32, 64, "kmeans_plus_plus"),
+    ],
+    "fit_memory": "all",
+    "compile": (10_000, 10, 8),
+    "compile_entries": "all",
+    "compile_reps": 3,
     "reps": 5,
     "iters": 10,
     "mb_steps": 100,
@@ -110,6 +132,11 @@ QUICK = {
     "init": [(200_000, 32, 64)],
     "minibatch": [(32, 256, 1024), (32, 256, 4096)],
     "memory": [(200_000, 32, 1024)],
+    "fit": [(100_000, 32, 64, "random"), (100_000, 32, 64, "kmeans_plus_plus")],
+    "fit_memory": "first",
+    "compile": (10_000, 10, 8),
+    "compile_entries": ["fit_kmeans_plus_plus", "assign", "sklearn_dropin", "sklearn"],
+    "compile_reps": 1,
     "reps": 3,
     "iters": 3,
     "mb_steps": 30,
@@ -309,7 +336,17 @@ class Libs:
         self.jax = self.jnp = self.lax = self.jkm = None
         self.sklearn = self.faiss = None
 
-    def load(self) -> Libs:
+    def load(self, only: tuple[str, ...] = ("jax", "sklearn", "faiss")) -> Libs:
+        """Imports the groups in `only` ("jax": jax + jaxkmeans, "sklearn", "faiss")."""
+        if "jax" in only:
+            self._load_jax()
+        if "sklearn" in only:
+            self._load_sklearn()
+        if "faiss" in only:
+            self._load_faiss()
+        return self
+
+    def _load_jax(self) -> None:
         try:
             import jax
             import jax.numpy as jnp
@@ -332,6 +369,8 @@ class Libs:
                 self.jkm = jaxkmeans
             except Exception as exc:  # noqa: BLE001
                 self.errors["jaxkmeans"] = _err(exc)
+
+    def _load_sklearn(self) -> None:
         try:
             import sklearn
             import sklearn.cluster  # noqa: F401
@@ -339,6 +378,8 @@ class Libs:
             self.sklearn = sklearn
         except Exception as exc:  # noqa: BLE001
             self.errors["sklearn"] = _err(exc)
+
+    def _load_faiss(self) -> None:
         try:
             import faiss
 
@@ -346,7 +387,6 @@ class Libs:
             self.faiss = faiss
         except Exception as exc:  # noqa: BLE001
             self.errors["faiss"] = _err(exc)
-        return self
 
     def need_jkm(self, *names: str):
         if self.jkm is None:
@@ -570,16 +610,12 @@ def _jax_fit_runner(libs: Libs, xj, init, k, iters, seed) -> Runner:
     return run
 
 
-def _jax_step_runner(
-    libs: Libs, xj, init, iters, kernel: str = "auto"
-) -> tuple[Runner, dict[str, Any]]:
-    """``iters`` x ``jaxkmeans.lloyd_step(kernel=...)`` in one jitted ``fori_loop``.
-
-    Falls back to a python loop of ``lloyd_step`` calls if it does not trace.
-    """
+def _jax_step_loop(libs: Libs, xj, init_j, iters, kernel: str = "auto"):
+    """``call() -> (centers, loss)``: ``iters`` x ``jaxkmeans.lloyd_step(kernel=...)`` in one
+    jitted ``fori_loop`` (compiled here), or a python loop of ``lloyd_step`` calls if it
+    does not trace; and a description of which."""
     jkm = libs.need_jkm("lloyd_step")
     jax, jnp, lax = libs.jax, libs.jnp, libs.lax
-    init_j = jax.device_put(init)
 
     def loop(x, c):
         def body(_, carry):
@@ -604,6 +640,20 @@ def _jax_step_runner(
                 c, stats = jkm.lloyd_step(xj, c, kernel=kernel)
                 loss = stats.loss
             return c, loss
+
+    return call, mode
+
+
+def _jax_step_runner(
+    libs: Libs, xj, init, iters, kernel: str = "auto"
+) -> tuple[Runner, dict[str, Any]]:
+    """``iters`` x ``jaxkmeans.lloyd_step(kernel=...)`` in one jitted ``fori_loop``.
+
+    Falls back to a python loop of ``lloyd_step`` calls if it does not trace.
+    """
+    libs.need_jkm("lloyd_step")
+    jax = libs.jax
+    call, mode = _jax_step_loop(libs, xj, jax.device_put(init), iters, kernel)
 
     def run():
         t0 = time.perf_counter()
@@ -1022,27 +1072,613 @@ def memory_probe(n: int, d: int, k: int, seed: int) -> dict[str, Any]:
     return out
 
 
+def run_probe(
+    probe_args: list[str],
+    marker: str,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Runs ``run.py --threads T <probe_args>`` in a fresh process and returns the JSON
+    it printed after ``marker``, or ``{"error": ...}`` (never raises)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(THREADS), *probe_args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"probe timed out after {timeout} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(marker + " ")]
+    if lines:
+        return json.loads(lines[-1].split(" ", 1)[1])
+    return {
+        "error": f"probe exited {proc.returncode}: "
+        + (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1][:500]
+    }
+
+
 def bench_memory(args, shapes, result, save) -> None:
     for n, d, k in shapes:
         log(f"  memory N={n} D={d} K={k} (subprocess)")
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(THREADS)]
-        cmd += ["--memory-probe", f"{n}x{d}x{k}", "--seed", str(args.seed)]
         row: dict[str, Any] = {"N": n, "D": d, "K": k, "parent_ru_maxrss": ru_maxrss_bytes()}
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.memory_timeout)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MEMPROBE_JSON ")]
-            if lines:
-                row.update(json.loads(lines[-1].split(" ", 1)[1]))
-            else:
-                row["error"] = (
-                    f"probe exited {proc.returncode}: "
-                    + (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1][:500]
-                )
-        except subprocess.TimeoutExpired:
-            row["error"] = f"probe timed out after {args.memory_timeout} s"
+        probe = ["--memory-probe", f"{n}x{d}x{k}", "--seed", str(args.seed)]
+        row.update(run_probe(probe, "MEMPROBE_JSON", args.memory_timeout))
         result["memory"].append(row)
         log("    " + report.memory_line(row))
         save()
+
+
+# --------------------------------------------------------------------------- whole fit
+
+FIT_INITS = {  # init name -> (jaxkmeans, scikit-learn)
+    "random": ("random", "random"),
+    "kmeans_plus_plus": ("kmeans_plus_plus", "k-means++"),
+}
+FIT_INIT_ALIASES = {"kpp": "kmeans_plus_plus", "k-means++": "kmeans_plus_plus", "rand": "random"}
+# What users call, end to end (own init + iterations + labels).
+FIT_CONTESTANTS = ("jaxkmeans_fit", "jaxkmeans_train", "jaxkmeans_sklearn", "sklearn", "faiss")
+# The consistency pair, both from the same given centers on a device array.
+FIT_PAIR = ("jaxkmeans_fit_from_centers", "jaxkmeans_steps_assign")
+FIT_PROBE_LIBS = {
+    "jaxkmeans_fit": ("jax",),
+    "jaxkmeans_train": ("jax",),
+    "jaxkmeans_sklearn": ("jax", "sklearn"),
+    "sklearn": ("sklearn",),
+    "faiss": ("faiss",),
+}
+
+
+def parse_fit_shapes(text: str) -> list[tuple[int, int, int, str]]:
+    """``"1e6x32x64,25e4x32x64:kmeans_plus_plus"`` -> [(N, D, K, init), ...] (default random)."""
+    shapes = []
+    for item in text.split(","):
+        spec, _, init = item.strip().partition(":")
+        init = FIT_INIT_ALIASES.get(init.strip().lower(), init.strip().lower() or "random")
+        if init not in FIT_INITS:
+            raise argparse.ArgumentTypeError(
+                f"init must be one of {sorted(FIT_INITS)} (or kpp), got {item!r}"
+            )
+        shapes.extend((*shape, init) for shape in parse_shapes(spec))
+    return shapes
+
+
+def fit_shape_text(shape: tuple[int, int, int, str]) -> str:
+    n, d, k, init = shape
+    return f"{n}x{d}x{k}:{init}"
+
+
+def whole_fit_runner(
+    libs: Libs, name: str, x: np.ndarray, k: int, init: str, iters: int, seed: int
+) -> Runner:
+    """One whole fit of contestant `name` (one of ``FIT_CONTESTANTS``) on host data `x`.
+
+    A runner returns ``{"t", "n_iter", "centers"}``; the time includes the library's own
+    initialization, the iterations and the final labels (blocked on).
+    """
+    jkm_init, sk_init = FIT_INITS[init]
+    n, d = x.shape
+    if name == "jaxkmeans_fit":
+        jkm = libs.need_jkm("fit")
+        jax = libs.jax
+
+        def run():
+            t0 = time.perf_counter()
+            res = jkm.fit(jax.random.key(seed), x, k, init=jkm_init, max_iter=iters, tol=0.0)
+            jax.block_until_ready((res.centers, res.labels))
+            t = time.perf_counter() - t0
+            return {"t": t, "n_iter": int(res.n_iter), "centers": np.asarray(res.centers)}
+
+        return run
+    if name == "jaxkmeans_train":
+        import shutil
+        import tempfile
+
+        jkm = libs.need_jkm("KMeans")
+
+        def run():
+            model_dir = tempfile.mkdtemp(prefix="jaxkmeans-bench-")
+            try:
+                est = jkm.KMeans(
+                    k,
+                    model_dir=model_dir,
+                    initial_clusters=jkm_init,
+                    seed=seed,
+                    use_mini_batch=False,
+                    kmeans_plus_plus_num_retries=-1,  # 2 + ln k, as scikit-learn
+                )
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    t0 = time.perf_counter()
+                    est.train(lambda: x, steps=iters)
+                    centers = np.asarray(est.cluster_centers())
+                    t = time.perf_counter() - t0
+                n_iter = len(getattr(est, "loss_history", None) or []) or iters
+            finally:
+                shutil.rmtree(model_dir, ignore_errors=True)
+            return {"t": t, "n_iter": n_iter, "centers": centers}
+
+        return run
+    if name in ("jaxkmeans_sklearn", "sklearn"):
+        if libs.sklearn is None:
+            raise RuntimeError("scikit-learn unavailable: " + libs.errors.get("sklearn", "?"))
+        if name == "sklearn":
+            from sklearn.cluster import KMeans
+        else:
+            libs.need_jkm()
+            from jaxkmeans.sklearn import KMeans
+
+        def run():
+            km = KMeans(
+                n_clusters=k,
+                init=sk_init,
+                n_init=1,
+                max_iter=iters,
+                tol=0.0,
+                algorithm="lloyd",
+                random_state=seed,
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t0 = time.perf_counter()
+                km.fit(x)
+                np.asarray(km.labels_)
+                t = time.perf_counter() - t0
+            return {"t": t, "n_iter": int(km.n_iter_), "centers": np.asarray(km.cluster_centers_)}
+
+        return run
+    if name == "faiss":
+        faiss = libs.faiss
+        if faiss is None:
+            raise RuntimeError("faiss unavailable: " + libs.errors.get("faiss", "?"))
+        extra: dict[str, Any] = {}
+        if init == "kmeans_plus_plus":
+            if not hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS"):
+                raise RuntimeError(f"faiss {faiss.__version__} has no k-means++ init")
+            extra["init_method"] = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
+
+        def run():
+            km = faiss.Kmeans(
+                d,
+                k,
+                niter=iters,
+                nredo=1,
+                seed=seed,
+                verbose=False,
+                max_points_per_centroid=10**9,  # no silent subsampling
+                min_points_per_centroid=1,
+                **extra,
+            )
+            t0 = time.perf_counter()
+            km.train(x)
+            km.index.search(x, 1)  # the labels
+            t = time.perf_counter() - t0
+            return {"t": t, "n_iter": len(km.obj), "centers": np.array(km.centroids)}
+
+        return run
+    raise ValueError(f"unknown whole-fit contestant {name!r}")
+
+
+def _fit_pair_runners(libs: Libs, x: np.ndarray, k: int, iters: int, seed: int):
+    """fit(init=centers) vs ``iters`` jitted lloyd_steps + one assign, same centers, both
+    on a device array (the issue's consistency figure)."""
+    jkm = libs.need_jkm("fit", "lloyd_step", "assign")
+    jax = libs.jax
+    xj = jax.device_put(x)
+    c0 = jax.device_put(initial_centers(x, k, seed))
+    jax.block_until_ready((xj, c0))
+    key = jax.random.key(seed)
+
+    def run_fit():
+        t0 = time.perf_counter()
+        res = jkm.fit(key, xj, k, init=c0, max_iter=iters, tol=0.0)
+        jax.block_until_ready((res.centers, res.labels))
+        t = time.perf_counter() - t0
+        return {"t": t, "n_iter": int(res.n_iter), "centers": np.asarray(res.centers)}
+
+    call, mode = _jax_step_loop(libs, xj, c0, iters)
+
+    def run_steps():
+        t0 = time.perf_counter()
+        c, _loss = call()
+        labels, dist = jkm.assign(xj, c)
+        jax.block_until_ready((c, labels, dist))
+        t = time.perf_counter() - t0
+        return {"t": t, "n_iter": iters, "centers": np.asarray(c)}
+
+    return {FIT_PAIR[0]: run_fit, FIT_PAIR[1]: run_steps}, {"steps_mode": mode}
+
+
+def fit_memory_probe(shape: tuple[int, int, int, str], name: str, iters: int, seed: int):
+    """Runs in a fresh subprocess: peak RSS of one contestant's whole fit above the RSS
+    with the data loaded (first call, compile included; then a second call)."""
+    n, d, k, init = shape
+    out: dict[str, Any] = {"contestant": name, "ru_maxrss_at_start": ru_maxrss_bytes()}
+    libs = Libs().load(FIT_PROBE_LIBS[name])
+    try:
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(THREADS)
+    except Exception:  # noqa: BLE001
+        pass
+    out["rss_after_import"] = proc_status("VmRSS")
+    x = make_blobs(n, d, seed)
+    run = whole_fit_runner(libs, name, x, k, init, iters, seed)
+    gc.collect()
+    rss_data = proc_status("VmRSS")
+    out.update({"rss_after_data": rss_data, "ru_maxrss_after_data": ru_maxrss_bytes()})
+    out["hwm_resettable"] = reset_peak_rss()
+    out["x_bytes"] = int(x.nbytes)
+    for tag in ("first", "second"):
+        before = proc_status("VmRSS")
+        reset_peak_rss()
+        r = run()
+        hwm = proc_status("VmHWM")
+        if tag == "second" and out["hwm_resettable"] and None not in (hwm, before):
+            # The call's own working memory, above what the first call left resident
+            # (compiled programs, caches): what a repeated fit needs on top.
+            out["second_call_extra"] = hwm - before
+            out["second_call_extra_x"] = (hwm - before) / x.nbytes
+        out[f"{tag}_s"] = r["t"]
+        out[f"{tag}_n_iter"] = r["n_iter"]
+        if tag == "first":
+            out["ru_maxrss_after_first"] = ru_maxrss_bytes()
+            out["peak_extra_ru_maxrss"] = out["ru_maxrss_after_first"] - rss_data
+            out["ru_maxrss_valid"] = out["ru_maxrss_after_data"] <= rss_data + (64 << 20)
+        if out["hwm_resettable"] and hwm is not None:
+            out[f"{tag}_peak_extra"] = hwm - rss_data
+        elif tag == "first" and out["ru_maxrss_valid"]:
+            out[f"{tag}_peak_extra"] = out["peak_extra_ru_maxrss"]
+        if out.get(f"{tag}_peak_extra") is not None:
+            out[f"{tag}_peak_extra_x"] = out[f"{tag}_peak_extra"] / x.nbytes
+        del r
+        gc.collect()
+        out[f"rss_after_{tag}"] = proc_status("VmRSS")
+    return out
+
+
+def _fit_row(shape, iters) -> dict[str, Any]:
+    n, d, k, init = shape
+    names = (*FIT_CONTESTANTS, *FIT_PAIR)
+    return {
+        "N": n,
+        "D": d,
+        "K": k,
+        "init": init,
+        "iters": iters,
+        "contestants": {c: {} for c in names},
+    }
+
+
+def bench_fit_memory(args, shapes, rows, save) -> None:
+    """Peak extra memory of every whole-fit contestant, a fresh subprocess each."""
+    which = shapes if args.fit_memory == "all" else shapes[:1]
+    if args.fit_memory == "none":
+        which = []
+    for shape in which:
+        row = rows[shape]
+        for name in FIT_CONTESTANTS:
+            log(f"  fit memory {fit_shape_text(shape)} {name} (subprocess)")
+            probe = ["--fit-probe", fit_shape_text(shape), "--fit-probe-contestant", name]
+            probe += ["--seed", str(args.seed), "--fit-iters", str(args.fit_iters)]
+            mem = run_probe(probe, "FITPROBE_JSON", args.memory_timeout)
+            row["contestants"][name]["memory"] = mem
+            log("    " + report.fit_memory_line(mem))
+            save()
+
+
+def bench_fit(libs: Libs, args, shapes, rows, save) -> None:
+    iters = args.fit_iters
+    for shape in shapes:
+        n, d, k, init = shape
+        log(f"  fit N={n} D={d} K={k} init={init} iters={iters} reps={args.reps}")
+        row = rows[shape]
+        x = make_blobs(n, d, args.seed)
+        runners: dict[str, Runner] = {}
+        for name in FIT_CONTESTANTS:
+            try:
+                runners[name] = whole_fit_runner(libs, name, x, k, init, iters, args.seed)
+            except Exception as exc:  # noqa: BLE001
+                row["contestants"][name]["error"] = _err(exc)
+        try:
+            pair, notes = _fit_pair_runners(libs, x, k, iters, args.seed)
+            runners.update(pair)
+            row["notes"] = notes
+        except Exception as exc:  # noqa: BLE001
+            for name in FIT_PAIR:
+                row["contestants"][name]["error"] = _err(exc)
+        timings = interleave(runners, args.reps, f"fit N={n} D={d} K={k} {init}")
+        for name, tm in timings.items():
+            entry = row["contestants"][name]
+            entry.update({"error": tm["error"], "warmup_s": tm.get("warmup_s")})
+            if tm["runs"]:
+                ts = [r["t"] for r in tm["runs"]]
+                entry.update(
+                    {
+                        "seconds": _median(ts),
+                        "seconds_all": ts,
+                        "n_iter_all": [r["n_iter"] for r in tm["runs"]],
+                        "inertia_f64": inertia64(x, tm["last"]["centers"]),
+                    }
+                )
+        _summarize_fit(row)
+        log("    " + report.fit_line(row))
+        save()
+        del x, runners, timings
+        gc.collect()
+
+
+def _summarize_fit(row: dict[str, Any]) -> None:
+    cs = row["contestants"]
+    sk = cs.get("sklearn", {})
+    peers = [(cs[p]["seconds"], p) for p in PEERS if cs.get(p, {}).get("seconds")]
+    best = min(peers) if peers else None
+    if best:
+        row["best_peer"] = best[1]
+    for entry in cs.values():
+        if best and entry.get("seconds"):
+            entry["time_vs_best_peer"] = entry["seconds"] / best[0]
+        if sk.get("inertia_f64") and entry.get("inertia_f64"):
+            entry["inertia_vs_sklearn"] = entry["inertia_f64"] / sk["inertia_f64"]
+    a, b = (cs.get(name, {}) for name in FIT_PAIR)
+    if a.get("seconds") and b.get("seconds"):
+        row["fit_vs_steps_assign"] = a["seconds"] / b["seconds"]
+    if a.get("inertia_f64") and b.get("inertia_f64"):
+        row["fit_vs_steps_assign_inertia_rel_diff"] = (a["inertia_f64"] - b["inertia_f64"]) / b[
+            "inertia_f64"
+        ]
+
+
+# --------------------------------------------------------------------------- compile time
+
+# Entry points timed in a fresh process each: first call (compile), second call (same
+# shape), a new size in the same row bucket and a new size in another bucket.
+COMPILE_ENTRIES = {
+    "fit_kmeans_plus_plus": "jaxkmeans.fit(key, x, k, init='kmeans_plus_plus', n_init=1)",
+    "fit_given_centers": "jaxkmeans.fit(key, x, k, init=centers)",
+    "assign": "jaxkmeans.assign(x, centers)",
+    "inertia": "jaxkmeans.inertia(x, centers)",
+    "lloyd_step": "jaxkmeans.lloyd_step(x, centers)",
+    "init_centers_kmeans_plus_plus": "jaxkmeans.init_centers(key, x, k, 'kmeans_plus_plus')",
+    "minibatch_step": "jaxkmeans.minibatch_step(KMeansState.create(centers), x)",
+    "train_full_batch": "KMeans(k, use_mini_batch=False).train(lambda: x, steps=10)",
+    "sklearn_dropin": "jaxkmeans.sklearn.KMeans(k, n_init=1).fit(x)",
+    "sklearn": "sklearn.cluster.KMeans(k, n_init=1).fit(x)",
+}
+COMPILE_CALLS = ("first", "second", "same_bucket", "other_bucket")
+
+
+def compile_sizes(n: int, bucket_rows: Callable[[int], int] | None) -> dict[str, int]:
+    """Rows of the four calls: n, n, a size != n in n's bucket, a size in another bucket."""
+    if bucket_rows is None:  # jaxkmeans unavailable: sizes only
+        return {
+            "first": n,
+            "second": n,
+            "same_bucket": n + max(1, n // 80),
+            "other_bucket": n * 5 // 4,
+        }
+    b = bucket_rows(n)
+    same = (n + b + 1) // 2 if b > n else n - 1
+    if same < 1 or bucket_rows(same) != b:
+        same = n  # no other size shares n's bucket (tiny n)
+    other = max(round(n * 1.2345), b + 1)
+    while bucket_rows(other) == b:
+        other += 1
+    return {"first": n, "second": n, "same_bucket": same, "other_bucket": other}
+
+
+def _jax_compile_listener():
+    """Counts JAX's compile events and sums their durations (None if unavailable)."""
+    try:
+        import jax.monitoring
+    except Exception:  # noqa: BLE001
+        return None
+    acc = {"backend_compiles": 0, "backend_compile_s": 0.0, "trace_lower_s": 0.0}
+
+    def listener(event: str, duration: float, **_kw: Any) -> None:
+        if event.endswith("/backend_compile_duration"):
+            acc["backend_compiles"] += 1
+            acc["backend_compile_s"] += duration
+        elif event.endswith(("/jaxpr_trace_duration", "/jaxpr_to_mlir_module_duration")):
+            acc["trace_lower_s"] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return acc
+
+
+def compile_probe(entry: str, shape: tuple[int, int, int], sizes: dict[str, int], seed: int):
+    """Runs in a fresh subprocess without a compilation cache: import seconds, then the
+    seconds of the four calls of ``COMPILE_ENTRIES[entry]`` (numpy input)."""
+    n, d, k = shape
+    out: dict[str, Any] = {"entry": entry, "sizes": sizes, "calls": {}}
+    out["env"] = {
+        v: os.environ.get(v) for v in ("JAXKMEANS_COMPILATION_CACHE", "JAX_COMPILATION_CACHE_DIR")
+    }
+    t0 = time.perf_counter()
+    if entry == "sklearn":
+        from sklearn.cluster import KMeans as SkKMeans
+
+        out["import"] = "from sklearn.cluster import KMeans"
+    elif entry == "sklearn_dropin":
+        import jaxkmeans.sklearn
+
+        out["import"] = "import jaxkmeans.sklearn"
+    elif entry == "warmup":
+        import jax  # noqa: F401
+        import sklearn.cluster  # noqa: F401
+
+        import jaxkmeans
+        import jaxkmeans.sklearn  # noqa: F401
+
+        out["import"] = "import jaxkmeans, jaxkmeans.sklearn, sklearn.cluster"
+    else:
+        import jaxkmeans
+
+        out["import"] = "import jaxkmeans"
+    out["import_s"] = time.perf_counter() - t0
+    if entry == "warmup":
+        return out
+    acc = None if entry == "sklearn" else _jax_compile_listener()
+    # One data set; the other sizes are its first rows (or all of it plus more rows of the
+    # same blobs), so a new size is the same problem and converges alike.
+    x_all = make_blobs(max(sizes.values()), d, seed)
+    centers = initial_centers(x_all[:n], k, seed)
+    data = {m: (np.ascontiguousarray(x_all[:m]), centers) for m in set(sizes.values())}
+    if entry != "sklearn":
+        import jax
+
+        jkm = jaxkmeans
+
+    def block(value):
+        if entry != "sklearn":
+            jax.block_until_ready(value)
+
+    def call(x, centers) -> int | None:
+        """The call; returns the fit's iteration count where there is one."""
+        if entry == "fit_kmeans_plus_plus":
+            r = jkm.fit(jax.random.key(seed), x, k, init="kmeans_plus_plus", n_init=1)
+            block((r.centers, r.labels))
+            return int(r.n_iter)
+        elif entry == "fit_given_centers":
+            r = jkm.fit(jax.random.key(seed), x, k, init=centers)
+            block((r.centers, r.labels))
+            return int(r.n_iter)
+        elif entry == "assign":
+            block(jkm.assign(x, centers))
+        elif entry == "inertia":
+            block(jkm.inertia(x, centers))
+        elif entry == "lloyd_step":
+            block(jkm.lloyd_step(x, centers))
+        elif entry == "init_centers_kmeans_plus_plus":
+            block(jkm.init_centers(jax.random.key(seed), x, k, method="kmeans_plus_plus"))
+        elif entry == "minibatch_step":
+            block(jkm.minibatch_step(jkm.KMeansState.create(centers), x))
+        elif entry == "train_full_batch":
+            import shutil
+            import tempfile
+
+            model_dir = tempfile.mkdtemp(prefix="jaxkmeans-bench-")
+            try:
+                est = jkm.KMeans(k, model_dir=model_dir, seed=seed, use_mini_batch=False)
+                est.train(lambda: x, steps=10)
+                np.asarray(est.cluster_centers())
+            finally:
+                shutil.rmtree(model_dir, ignore_errors=True)
+        elif entry == "sklearn_dropin":
+            km = jaxkmeans.sklearn.KMeans(n_clusters=k, n_init=1, random_state=seed).fit(x)
+            np.asarray(km.labels_)
+            return int(km.n_iter_)
+        elif entry == "sklearn":
+            return int(SkKMeans(n_clusters=k, n_init=1, random_state=seed).fit(x).n_iter_)
+        else:
+            raise ValueError(f"unknown entry point {entry!r}")
+        return None
+
+    for tag in COMPILE_CALLS:
+        x, centers = data[sizes[tag]]
+        rec: dict[str, Any] = {"rows": sizes[tag]}
+        before = dict(acc) if acc is not None else None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t0 = time.perf_counter()
+                n_iter = call(x, centers)
+                rec["s"] = time.perf_counter() - t0
+            if n_iter is not None:
+                rec["n_iter"] = n_iter
+        except Exception as exc:  # noqa: BLE001
+            rec["error"] = _err(exc)
+        if acc is not None:
+            rec.update({key: acc[key] - before[key] for key in acc})
+        out["calls"][tag] = rec
+    return out
+
+
+def bench_compile(libs: Libs, args, shape, result, save) -> None:
+    """Every entry point in ``args.compile_entries``, a fresh process per entry and rep,
+    entries interleaved (the first rotating), after one untimed warm-up process."""
+    n, d, k = shape
+    bucket = None
+    if libs.jkm is not None:
+        try:
+            from jaxkmeans._validation import bucket_rows as bucket
+        except Exception as exc:  # noqa: BLE001
+            log(f"  note: no jaxkmeans._validation.bucket_rows ({_err(exc)}); sizes unbucketed")
+    sizes = compile_sizes(n, bucket)
+    entries = list(args.compile_entries)
+    env = {k_: v for k_, v in os.environ.items() if k_ != "JAX_COMPILATION_CACHE_DIR"}
+    env["JAXKMEANS_COMPILATION_CACHE"] = "0"
+    sec: dict[str, Any] = {
+        "N": n,
+        "D": d,
+        "K": k,
+        "sizes": sizes,
+        "reps": args.compile_reps,
+        "entries": {e: {"what": COMPILE_ENTRIES[e], "runs": []} for e in entries},
+        "child_env": {"JAXKMEANS_COMPILATION_CACHE": "0", "JAX_COMPILATION_CACHE_DIR": None},
+    }
+    result["compile"] = sec
+    base = ["--compile-shape", f"{n}x{d}x{k}", "--seed", str(args.seed)]
+    base += ["--compile-sizes", ",".join(str(sizes[t]) for t in COMPILE_CALLS)]
+    log(f"  compile {n}x{d}x{k} sizes {sizes} (warm-up process)")
+    warm = run_probe(
+        ["--compile-probe", "warmup", *base], "COMPILEPROBE_JSON", args.memory_timeout, env
+    )
+    sec["warmup"] = warm
+    for rep in range(args.compile_reps):
+        shift = rep % len(entries)
+        for entry in entries[shift:] + entries[:shift]:
+            probe = ["--compile-probe", entry, *base]
+            r = run_probe(probe, "COMPILEPROBE_JSON", args.memory_timeout, env)
+            sec["entries"][entry]["runs"].append(r)
+            log(f"    rep {rep} {entry}: " + report.compile_run_line(r))
+            save()
+    _summarize_compile(sec)
+    save()
+
+
+def _summarize_compile(sec: dict[str, Any]) -> None:
+    for entry in sec["entries"].values():
+        runs = [r for r in entry["runs"] if not r.get("error")]
+        errors = [r["error"] for r in entry["runs"] if r.get("error")]
+        errors += [c["error"] for r in runs for c in r.get("calls", {}).values() if c.get("error")]
+        if errors:
+            entry["error"] = errors[0]
+        entry["import_s"] = _median([r["import_s"] for r in runs if "import_s" in r])
+        for tag in COMPILE_CALLS:
+            its = [r["calls"][tag]["n_iter"] for r in runs if "n_iter" in r["calls"].get(tag, {})]
+            if its:
+                entry[f"{tag}_n_iter"] = its[-1]  # deterministic: same data and seed
+            ts = [r["calls"][tag]["s"] for r in runs if r.get("calls", {}).get(tag, {}).get("s")]
+            entry[f"{tag}_s"] = _median(ts)
+            comp = [
+                r["calls"][tag]["backend_compiles"]
+                for r in runs
+                if "backend_compiles" in r.get("calls", {}).get(tag, {})
+            ]
+            if comp:
+                entry[f"{tag}_compiles"] = max(comp)
+                entry[f"{tag}_compile_s"] = _median(
+                    [
+                        r["calls"][tag]["backend_compile_s"] + r["calls"][tag]["trace_lower_s"]
+                        for r in runs
+                        if "backend_compile_s" in r.get("calls", {}).get(tag, {})
+                    ]
+                )
+        first, second = entry.get("first_s"), entry.get("second_s")
+        if first is not None and second is not None:
+            entry["compile_s"] = first - second
+            for tag in ("same_bucket", "other_bucket"):
+                if entry.get(f"{tag}_s") is not None and second > 0:
+                    entry[f"{tag}_vs_second"] = entry[f"{tag}_s"] / second
+        if None not in (entry.get("import_s"), first, entry.get("same_bucket_s")):
+            entry["session_same_bucket_s"] = entry["import_s"] + first + entry["same_bucket_s"]
+        if None not in (entry.get("import_s"), first, entry.get("other_bucket_s")):
+            entry["session_other_bucket_s"] = entry["import_s"] + first + entry["other_bucket_s"]
+    sk = sec["entries"].get("sklearn", {})
+    for name, entry in sec["entries"].items():
+        if name == "sklearn":
+            continue
+        for tag in ("same_bucket", "other_bucket"):
+            key = f"session_{tag}_s"
+            if entry.get(key) and sk.get(key):
+                entry[f"session_{tag}_vs_sklearn"] = entry[key] / sk[key]
 
 
 # --------------------------------------------------------------------------- main
@@ -1092,6 +1728,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mb-shapes", type=parse_shapes, help="mini-batch shapes DxKxBATCH")
     p.add_argument("--memory-shapes", type=parse_shapes, help="memory probe shapes NxDxK")
     p.add_argument("--mb-steps", type=int, help="timed mini-batch steps per run")
+    p.add_argument(
+        "--fit-shapes",
+        type=parse_fit_shapes,
+        help="whole-fit shapes NxDxK[:random|:kmeans_plus_plus], e.g. 1e6x32x64,25e4x32x64:kpp",
+    )
+    p.add_argument("--fit-iters", type=int, default=10, help="whole-fit iterations (default 10)")
+    p.add_argument(
+        "--fit-memory",
+        choices=("all", "first", "none"),
+        help="whole-fit memory probes: every shape, the first, none (default all/first)",
+    )
+    p.add_argument(
+        "--compile-shape", type=parse_shapes, help="compile-time shape NxDxK (default 1e4x10x8)"
+    )
+    p.add_argument(
+        "--compile-entries",
+        help="compile-time entry points, comma separated, or 'all' (default: all; quick: 4)",
+    )
+    p.add_argument("--compile-reps", type=int, help="fresh processes per entry point (3/1)")
     p.add_argument("--out", type=Path, help="result JSON path (default bench/results/<date>-<tag>)")
     p.add_argument("--tag", default=socket.gethostname(), help="machine tag for the file name")
     p.add_argument("--seed", type=int, default=0)
@@ -1108,6 +1763,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="only regenerate RESULTS.md + PNG from JSON (default: newest in bench/results)",
     )
     p.add_argument("--memory-probe", type=parse_shapes, help=argparse.SUPPRESS)
+    p.add_argument("--fit-probe", type=parse_fit_shapes, help=argparse.SUPPRESS)
+    p.add_argument("--fit-probe-contestant", help=argparse.SUPPRESS)
+    p.add_argument("--compile-probe", help=argparse.SUPPRESS)
+    p.add_argument("--compile-sizes", help=argparse.SUPPRESS)
     return p
 
 
@@ -1119,10 +1778,30 @@ def main(argv: list[str] | None = None) -> int:
         (n, d, k) = args.memory_probe[0]
         print("MEMPROBE_JSON " + json.dumps(memory_probe(n, d, k, args.seed)), flush=True)
         return 0
+    if args.fit_probe:
+        out = fit_memory_probe(
+            args.fit_probe[0], args.fit_probe_contestant, args.fit_iters, args.seed
+        )
+        print("FITPROBE_JSON " + json.dumps(out, default=_json_default), flush=True)
+        return 0
+    if args.compile_probe:
+        sizes = dict(zip(COMPILE_CALLS, map(int, args.compile_sizes.split(",")), strict=True))
+        out = compile_probe(args.compile_probe, args.compile_shape[0], sizes, args.seed)
+        print("COMPILEPROBE_JSON " + json.dumps(out, default=_json_default), flush=True)
+        return 0
 
     preset = QUICK if args.quick else FULL
     custom = any(
-        v is not None for v in (args.shapes, args.init_shapes, args.mb_shapes, args.memory_shapes)
+        v is not None
+        for v in (
+            args.shapes,
+            args.init_shapes,
+            args.mb_shapes,
+            args.memory_shapes,
+            args.fit_shapes,
+            args.compile_shape,
+            args.compile_entries,
+        )
     )
     args.mode = "quick" if args.quick else ("custom" if custom else "full")
     args.reps = args.reps or preset["reps"]
@@ -1136,11 +1815,24 @@ def main(argv: list[str] | None = None) -> int:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     if set(sections) - set(SECTIONS):
         raise SystemExit(f"unknown --sections {sorted(set(sections) - set(SECTIONS))}")
+    args.fit_memory = args.fit_memory or preset["fit_memory"]
+    args.compile_reps = args.compile_reps or preset["compile_reps"]
+    entries = args.compile_entries or preset["compile_entries"]
+    if isinstance(entries, str):
+        entries = [e.strip() for e in entries.split(",") if e.strip()]
+    args.compile_entries = list(COMPILE_ENTRIES) if entries == ["all"] else entries
+    if set(args.compile_entries) - set(COMPILE_ENTRIES):
+        raise SystemExit(
+            f"unknown --compile-entries {sorted(set(args.compile_entries) - set(COMPILE_ENTRIES))}"
+            f"; known: {', '.join(COMPILE_ENTRIES)}"
+        )
     shapes = {
         "lloyd": args.shapes or preset["lloyd"],
         "init": args.init_shapes or preset["init"],
         "minibatch": args.mb_shapes or preset["minibatch"],
         "memory": args.memory_shapes or preset["memory"],
+        "fit": args.fit_shapes or preset["fit"],
+        "compile": (args.compile_shape or [preset["compile"]])[0],
     }
     out_path = args.out or default_out(args)
     t_start = time.perf_counter()
@@ -1161,6 +1853,10 @@ def main(argv: list[str] | None = None) -> int:
             "shapes": shapes,
             "mb_steps": args.mb_steps,
             "mb_pool": args.mb_pool,
+            "fit_iters": args.fit_iters,
+            "fit_memory": args.fit_memory,
+            "compile_entries": args.compile_entries,
+            "compile_reps": args.compile_reps,
             "inertia_rtol": args.inertia_rtol,
             "nice": os.nice(0),
         },
@@ -1169,7 +1865,11 @@ def main(argv: list[str] | None = None) -> int:
         "init": [],
         "minibatch": [],
         "memory": [],
+        "fit": [],
     }
+    fit_rows = {shape: _fit_row(shape, args.fit_iters) for shape in shapes["fit"]}
+    if "fit" in sections:
+        result["fit"] = list(fit_rows.values())
 
     def save() -> None:
         result["elapsed_s"] = time.perf_counter() - t_start
@@ -1179,6 +1879,8 @@ def main(argv: list[str] | None = None) -> int:
     # The memory probe goes first: a child's ru_maxrss starts at the parent's peak RSS.
     if "memory" in sections:
         bench_memory(args, shapes["memory"], result, save)
+    if "fit" in sections:
+        bench_fit_memory(args, shapes["fit"], fit_rows, save)
 
     libs = Libs().load()
     try:
@@ -1201,6 +1903,10 @@ def main(argv: list[str] | None = None) -> int:
         bench_init(libs, args, shapes["init"], result, save)
     if "minibatch" in sections:
         bench_minibatch(libs, args, shapes["minibatch"], result, save)
+    if "fit" in sections:
+        bench_fit(libs, args, shapes["fit"], fit_rows, save)
+    if "compile" in sections:
+        bench_compile(libs, args, shapes["compile"], result, save)
 
     result["load_avg_end"] = os.getloadavg()
     save()
