@@ -152,7 +152,23 @@ def as_data(
     a once-per-process UserWarning (when `warn_float64`; nested lists, which have no
     dtype of their own, take JAX's default float dtype silently).
     """
-    return jnp.asarray(_checked_array(x, name, check_values, warn_float64))
+    return to_device(_checked_array(x, name, check_values, warn_float64))
+
+
+def all_finite(a: np.ndarray, block_bytes: int = 1 << 22) -> bool:
+    """Whether a host array has no NaN/inf, checked in row blocks of about
+    `block_bytes` (no temporary the size of the data)."""
+    if a.ndim < 2 or a.nbytes <= block_bytes:
+        return bool(np.isfinite(a).all())
+    rows = max(1, block_bytes // max(1, a[0].nbytes))
+    return all(bool(np.isfinite(a[i : i + rows]).all()) for i in range(0, a.shape[0], rows))
+
+
+def to_device(a: Any) -> Any:
+    """A checked host array on the default device (``jax.device_put``: one copy;
+    ``jnp.asarray`` of a large numpy array makes two on its first use in a process);
+    device and traced arrays as they are."""
+    return a if isinstance(a, jax.Array) else jax.device_put(a)
 
 
 def _checked_array(x: Any, name: str, check_values: bool, warn_float64: bool) -> Any:
@@ -194,7 +210,7 @@ def _checked_array(x: Any, name: str, check_values: bool, warn_float64: bool) ->
     else:  # host data: check on the host (no device round trip, nothing to compile)
         with np.errstate(over="ignore"):  # float64 beyond float32's range: said below
             xh = np.asarray(x, dtype=dtype)
-        finite = not check_values or bool(np.isfinite(xh).all())
+        finite = not check_values or all_finite(xh)
         if not finite and np.dtype(x.dtype).itemsize > dtype.itemsize:
             if bool(np.isfinite(np.asarray(x)).all()):
                 raise ValueError(
@@ -224,7 +240,7 @@ def as_weights(sample_weight: Any, n: int, dtype: Any) -> jax.Array | None:
     """`sample_weight` checked ((n,), finite, non-negative, some positive) in `dtype`;
     None stays None."""
     w = _checked_weights(sample_weight, n, dtype)
-    return None if w is None else jnp.asarray(w)
+    return None if w is None else to_device(w)
 
 
 def _checked_weights(sample_weight: Any, n: int, dtype: Any) -> Any:
@@ -315,18 +331,18 @@ def as_bucketed(
         or is_traced(xa, w)
         or (pad_rows is None and size * d > PAD_LIMIT_ELEMENTS)
     ):
-        return jnp.asarray(xa), (None if w is None else jnp.asarray(w)), n
+        return to_device(xa), (None if w is None else to_device(w)), n
     if isinstance(xa, np.ndarray):
         xp = np.empty((size, d), xa.dtype)
         xp[:n] = xa
         xp[n:] = xa[0]
-        xp = jnp.asarray(xp)
+        xp = to_device(xp)
     else:
         xp = jnp.concatenate([xa, jnp.broadcast_to(xa[:1], (size - n, d))])
     if w is None or isinstance(w, np.ndarray):
         wp = np.zeros((size,), xa.dtype)
         wp[:n] = 1.0 if w is None else w
-        wp = jnp.asarray(wp)
+        wp = to_device(wp)
     else:
         wp = jnp.concatenate([w, jnp.zeros((size - n,), w.dtype)])
     return xp, wp, n
@@ -382,8 +398,14 @@ def row_identity(x: jax.Array, metric: str = SQUARED_EUCLIDEAN_DISTANCE) -> jax.
     b = bits ^ (bits >> 16)
     b = b * jnp.uint32(0x85EBCA6B)
     b = b ^ (b >> 13)
-    h1 = jnp.sum(b * consts[0][None, :], axis=1, dtype=jnp.uint32)
-    h2 = jnp.sum((b ^ (b >> 7)) * consts[1][None, :], axis=1, dtype=jnp.uint32)
+    # Both sums in one (variadic) reduction: the compiler fuses the per-word mixing into
+    # it, where two separate sums would materialize the (n, d) words (2x the data).
+    h1, h2 = lax.reduce(
+        (b * consts[0][None, :], (b ^ (b >> 7)) * consts[1][None, :]),
+        (jnp.uint32(0), jnp.uint32(0)),
+        lambda u, v: (u[0] + v[0], u[1] + v[1]),
+        (1,),
+    )
     return jnp.stack([h1, h2], axis=1)
 
 

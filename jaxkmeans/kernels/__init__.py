@@ -36,8 +36,11 @@ import numpy as np
 from jax import lax
 
 from jaxkmeans._validation import COSINE_DISTANCE
-from jaxkmeans.kernels import native, pallas_gpu, pallas_tpu, xla
+from jaxkmeans.kernels import native, xla
 from jaxkmeans.metrics import normalize_rows
+
+# The Pallas modules (which import Pallas' Triton and Mosaic front ends) load on first
+# use: ``import jaxkmeans`` does not pay for them.
 
 __all__ = ["KERNELS", "nearest", "statistics", "native", "pallas_gpu", "pallas_tpu", "xla"]
 
@@ -52,12 +55,22 @@ def _dispatch(spec: Any, name: str, *args: Any) -> Any:
     if spec.kernel == "native" and native.available():
         cpu = getattr(native, name)
     if spec.kernel == "pallas":
+        from jaxkmeans.kernels import pallas_gpu, pallas_tpu
+
         cpu = functools.partial(getattr(pallas_gpu, name), spec, "cpu")  # interpret mode
         branches["cuda"] = functools.partial(getattr(pallas_gpu, name), spec, "gpu")
         branches["tpu"] = functools.partial(getattr(pallas_tpu, name), spec, "tpu")
     elif xla.BLOCK_ELEMENTS["tpu"] != xla.BLOCK_ELEMENTS["gpu"]:
         branches["tpu"] = functools.partial(ref, spec, "tpu")
     return lax.platform_dependent(*args, cpu=cpu, **branches)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("pallas_gpu", "pallas_tpu"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _rows_tangent(metric: str, x: jax.Array, frame: Any, dframe: Any, dx: jax.Array) -> tuple:
