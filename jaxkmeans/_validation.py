@@ -417,8 +417,16 @@ def _has_identity(x: jax.Array, metric: str) -> jax.Array:
     return jnp.ones(x.shape[:1], bool)
 
 
-@functools.partial(jax.jit, static_argnames=("metric",))
-def _count_distinct(x: jax.Array, keep: jax.Array, metric: str) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("metric", "size"))
+def _count_distinct(
+    x: jax.Array, w: jax.Array | None, head: jax.Array, metric: str, size: int
+) -> jax.Array:
+    """Distinct points among the first `head` of the first `size` rows of `x` with
+    positive weight (one program for every `head`)."""
+    x = x[:size]
+    keep = jnp.arange(size) < head
+    if w is not None:
+        keep &= w[:size] > 0
     ident = row_identity(x, metric)
     keep = keep & _has_identity(x, metric)
     # Kept rows first, sorted by identity; count where the identity changes.
@@ -437,17 +445,22 @@ def count_distinct(
     distinct non-zero directions), computed on the device. With `at_least`, exact when
     below it (else any value >= it): the first ``4 at_least + 64`` rows are tried
     first, which usually settles it without a pass over all rows."""
-    x = jnp.asarray(x)
     n = x.shape[0]
-    keep = jnp.ones((n,), bool) if w is None else jnp.asarray(w) > 0
+
+    def count(size: int, head: int) -> int:
+        # Host arrays are cut on the host (only `size` rows go to the device).
+        xs = x[:size] if isinstance(x, np.ndarray) else x
+        ws = w[:size] if isinstance(w, np.ndarray) else w
+        return int(_count_distinct(xs, ws, np.int32(head), metric, size))
+
     if at_least is not None:
         head = min(n, 4 * at_least + 64)
         # Rounded up to a power of two (few distinct programs); extra rows are unkept.
         size = min(n, 1 << max(6, math.ceil(math.log2(head))))
-        got = int(_count_distinct(x[:size], keep[:size] & (jnp.arange(size) < head), metric))
+        got = count(size, head)
         if got >= at_least or head == n:
             return got
-    return int(_count_distinct(x, keep, metric))
+    return count(n, n)
 
 
 def check_enough_distinct(
