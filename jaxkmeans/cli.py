@@ -1038,6 +1038,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def _is_user_error(e: BaseException) -> bool:
+    """Whether `e` reports a mistake in the command or its input (one line on stderr):
+    the CLI's own errors, OS errors, and ValueError / TypeError raised by jaxkmeans'
+    own checks; the same types raised inside JAX or numpy are internal errors."""
+    if isinstance(e, CommandError | OSError):
+        return True
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return True
+    package = os.path.dirname(os.path.abspath(__file__))
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     _config.use_default_compilation_cache()
@@ -1047,6 +1062,8 @@ def _main(argv: Sequence[str] | None) -> int:
         with _sigterm_as_interrupt():
             return args.run(args)
     except (CommandError, ValueError, TypeError, OSError) as e:
+        if not _is_user_error(e):
+            raise  # a bug, not a mistake in the command: the traceback is for a report
         if isinstance(e, BrokenPipeError):
             # The reader went away (`... | head`): stop quietly, as other tools do.
             devnull = os.open(os.devnull, os.O_WRONLY)

@@ -566,3 +566,25 @@ def test_sigint_and_sigterm_save_the_last_step_and_resume_exactly(tmp_path, caps
         jaxkmeans.load_variable(tmp_path / "run", "clusters"),
         jaxkmeans.load_variable(tmp_path / "ref", "clusters"),
     )
+
+
+def test_internal_errors_keep_their_traceback_user_errors_are_one_line(
+    tmp_path, capsys, monkeypatch
+):
+    from jaxkmeans import cli
+
+    def numpy_bug(args):
+        np.zeros(3).reshape(2, 2)  # a ValueError raised inside numpy: an internal error
+
+    def bad_input(args):
+        jaxkmeans.assign(np.zeros((3, 2), np.float32), np.zeros((2, 5), np.float32))
+
+    argv = ["info", "--model-dir", str(tmp_path)]
+    monkeypatch.setattr(cli, "_cmd_info", numpy_bug)
+    with pytest.raises(ValueError, match="reshape"):
+        cli.main(argv)
+    monkeypatch.setattr(cli, "_cmd_info", bad_input)
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jaxkmeans: error:") and "columns" in err
+    assert "Traceback" not in err
