@@ -44,6 +44,7 @@ from jaxkmeans import export as export_lib
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
+    aligned_empty,
     bucket_rows,
     check_bool,
     check_int,
@@ -52,6 +53,7 @@ from jaxkmeans._validation import (
     check_non_negative,
     check_positive_int,
     count_distinct,
+    to_device,
 )
 from jaxkmeans.assignment import inertia_impl
 from jaxkmeans.checkpoint import CheckpointStore, read_checkpoint
@@ -447,13 +449,17 @@ def _jitted_predict(metric: str) -> Callable[[jax.Array, jax.Array], dict[str, j
 
 
 def _pad_batch(batch: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pads a batch to `size` rows with zero-weight rows (one compiled shape per size)."""
+    """Pads a batch to `size` rows with zero-weight copies of its first row (one compiled
+    shape per size), into a buffer the CPU device uses in place."""
     b = batch.shape[0]
     w = np.ones((size,), np.float32)
     if b == size:
         return batch, w
     w[b:] = 0.0
-    return np.concatenate([batch, np.zeros((size - b, batch.shape[1]), batch.dtype)]), w
+    out = aligned_empty((size, batch.shape[1]), batch.dtype)
+    out[:b] = batch
+    out[b:] = batch[0] if b else 0
+    return out, w
 
 
 def _bucket(b: int, standard: int | None) -> int:
@@ -489,7 +495,7 @@ def _place(batch: np.ndarray, standard: int | None, mesh: Any, dims: int) -> tup
     else:
         padded, w = _pad_batch(batch, _bucket(b, standard))
     if mesh is None:
-        return jnp.asarray(padded), jnp.asarray(w), b
+        return to_device(padded), to_device(w), b
     return sharding.shard_rows(padded, w, mesh, valid=b)
 
 
@@ -579,7 +585,7 @@ def _centers_from_method(settings: _Settings, it: Iterator, seen: list, key: jax
             "k-means needs at least num_clusters of them."
         )
     spec = initializers.make_init(settings.init, k, metric, settings.num_retries)
-    return initializers.init_impl(key, jnp.asarray(sample), jnp.asarray(w), spec)
+    return initializers.init_impl(key, to_device(sample), to_device(w), spec)
 
 
 @jax.jit
@@ -613,7 +619,7 @@ def _initial_state(
     # far (as fit's from all rows), so distances stay accurate even if a center is
     # far from the data, and exact ties stay exact on integer data.
     sample = np.concatenate(seen) if seen else np.asarray(centers)
-    origin = np.asarray(_sample_origin(jnp.asarray(sample)))
+    origin = np.asarray(_sample_origin(to_device(sample)))
     if mesh is not None:
         origin = sharding.broadcast_from_first(origin)
     state = _replicated(KMeansState.create(centers, key=key, origin=origin), mesh)
