@@ -28,6 +28,7 @@ from jaxkmeans._validation import (
     as_centers,
     as_data,
     as_weights,
+    bucket_rows,
     check_choice,
     check_enough_distinct,
     check_int,
@@ -93,10 +94,13 @@ def _gumbel_scores(key: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def _mass_blocks(n: int) -> tuple[int, int]:
-    """(block size B, number of blocks) for sampling among n masses: B = 2^ceil(log2(n)/2)
-    ~ sqrt(n), so that both prefix sums (over the blocks, and within a block) run over at
-    most ~sqrt(n) terms."""
-    size = 1 << (((n - 1).bit_length() + 1) // 2)
+    """(block size B, number of blocks) for sampling among n masses: B =
+    2^ceil(log2(m)/2) ~ sqrt(n) with m = ``bucket_rows(n)``, so that both prefix sums
+    (over the blocks, and within a block) run over at most ~sqrt(n) terms. B depends on
+    the size bucket, not on n: the same rows padded with zero-weight rows to their
+    bucket (as fit and assign pad them) get the same blocks, hence the same draws."""
+    m = bucket_rows(n)
+    size = 1 << (((m - 1).bit_length() + 1) // 2)
     return size, -(-n // size)
 
 
@@ -127,7 +131,8 @@ def _draw(
     size, num_blocks = _mass_blocks(n)
     num = u.shape[0]
     u = u.astype(mass.dtype)
-    few = table is None and num * size <= max(n, size)
+    # By the size bucket (as the blocks): padded rows take the same path.
+    few = table is None and num * size <= max(bucket_rows(n), size)
     if few:
         blocks = jnp.pad(mass, (0, num_blocks * size - n)).reshape(num_blocks, size)
         sums = jnp.sum(blocks, axis=1)
@@ -279,6 +284,87 @@ def _candidate_potentials(
     return pot, dc
 
 
+def _round_xla(xp, xsq, w, d2, cand):
+    """``(best, next d2)`` of one greedy round in pure JAX (:func:`_candidate_potentials`)."""
+    pot, dc = _candidate_potentials(xp, xsq, w, d2, cand)
+    best = jnp.argmin(pot)
+    return best.astype(jnp.int32), lax.dynamic_index_in_dim(dc, best, axis=1, keepdims=False)
+
+
+def _draw_lazy(u, xp, xsq, w, d2, p_idx, totals):
+    """The two-level draws of :func:`_draw` (few-draws form) from block `totals` of the
+    masses ``w D^2`` where ``D^2 = min(d2, D(x, x[p_idx]))`` is known only lazily: the
+    rows of the drawn blocks get their D^2 here (the native round folds the pick into
+    every row during its next pass). Returns (indices, their masses)."""
+    n = xp.shape[0]
+    size, num_blocks = _mass_blocks(n)
+    u = u.astype(w.dtype)
+    starts = jnp.cumsum(totals)
+    total = starts[-1]
+    t = jnp.minimum(u[:, 0] * total, jnp.nextafter(total, -jnp.inf))
+    b = jnp.clip(jnp.searchsorted(starts, t, side="right"), 0, num_blocks - 1).astype(jnp.int32)
+    rows = b[:, None] * size + jnp.arange(size, dtype=jnp.int32)[None, :]
+    valid = rows < n
+    rows = jnp.minimum(rows, n - 1)
+    p = _row(xp, p_idx)
+    dist = jnp.maximum(xsq[rows] - 2.0 * metrics.dot(xp[rows], p, "float32") + jnp.sum(p * p), 0.0)
+    d2r = jnp.where(rows == p_idx, 0.0, jnp.minimum(d2[rows], dist))
+    mass = jnp.where(valid, w[rows] * d2r, 0.0)
+    local = jnp.cumsum(mass, axis=1)
+    s = local[:, -1]
+    r = jnp.minimum(u[:, 1] * s, jnp.nextafter(s, -jnp.inf))
+    pos = jnp.minimum(jnp.sum(local <= r[:, None], axis=1, dtype=jnp.int32), size - 1)
+    drawn_mass = jnp.take_along_axis(mass, pos[:, None], axis=1)[:, 0]
+    return jnp.minimum(b * size + pos, n - 1), drawn_mass
+
+
+def _kmeans_pp_native(key, xp, w, k, num_retries):
+    """:func:`_kmeans_pp` with the native CPU round (:func:`kernels.native.pp_round`):
+    ONE pass over the rows per pick. The pick's D^2 update is lazy: the next round's
+    pass folds it in while it measures the next candidates, and returns the block
+    totals of every candidate's masses, so that the sampler's first level needs no pass
+    of its own and its second level measures only the drawn blocks' rows. The same
+    draws, expansion and greedy choice as the pure-JAX rounds (up to float rounding of
+    the dot products and of the float64 block totals)."""
+    n = xp.shape[0]
+    num_cand = _num_candidates(num_retries, k)
+    size, num_blocks = _mass_blocks(n)
+    xsq = jnp.sum(xp * xp, axis=1)
+    key, sub = jax.random.split(key)
+    first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
+    d2 = _sq_dists(xp, xsq, _row(xp, first)[None, :])[:, 0].at[first].set(0.0)
+    totals = jnp.sum(jnp.pad(w * d2, (0, num_blocks * size - n)).reshape(num_blocks, size), 1)
+    chosen = jnp.zeros((n,), bool).at[first].set(True)
+    idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
+    u_all = jax.random.uniform(key, (k, num_cand, 2))
+
+    def pick(i, carry):
+        d2, last, totals, chosen, idx = carry
+        drawn, drawn_mass = _draw_lazy(u_all[i], xp, xsq, w, d2, last, totals)
+        fallback = _unchosen_fallback(drawn_mass, chosen, w)
+        cand = jnp.where(drawn_mass > 0, drawn, fallback)
+        rows = jnp.concatenate([last[None], cand])
+        c = _rows(xp, rows)
+        d2, pot, bsum = kernels.native.pp_round(
+            xp, xsq, w, d2, c, jnp.sum(c * c, axis=1), rows, size
+        )
+        best = jnp.argmin(pot)
+        new = cand[best]
+        return d2, new, bsum[best], chosen.at[new].set(True), idx.at[i].set(new)
+
+    _, _, _, _, idx = lax.fori_loop(1, k, pick, (d2, first, totals, chosen, idx))
+    return idx
+
+
+def _use_native_round(xp: jax.Array, kernel: str) -> bool:
+    """Whether k-means++ rounds run the native kernel where the program runs on CPU."""
+    return (
+        kernel == "native"
+        and kernels.native.usable(xp.dtype, SQUARED_EUCLIDEAN_DISTANCE, "float32")
+        and kernels.native.pp_round_available()
+    )
+
+
 def _unchosen_fallback(mass_at_draws, chosen, w):
     """The heaviest unchosen row, computed only when a draw landed on a zero mass
     (rounding, or every mass 0): an O(n) pass that ordinary rounds skip."""
@@ -289,13 +375,23 @@ def _unchosen_fallback(mass_at_draws, chosen, w):
     )
 
 
-def _kmeans_pp(key, xp, w, k, num_retries):
+def _kmeans_pp(key, xp, w, k, num_retries, kernel="xla"):
     """Greedy k-means++: `1 + num_retries` D^2-sampled candidates per pick, keep the one
     that lowers the potential most. Returns indices (k,).
 
     Per pick: one cheap pass over the masses ``w D^2`` (block totals; only the drawn
     blocks get prefix sums), one pass over the rows for all candidates' distances and
-    potentials (:func:`_candidate_potentials`)."""
+    potentials (:func:`_candidate_potentials`). With ``kernel="native"`` (and the native
+    round usable) the program runs :func:`_kmeans_pp_native` where it runs on CPU, and
+    these pure-JAX rounds on every other platform (``lax.platform_dependent``)."""
+    if _use_native_round(xp, kernel) and k > 1:
+        return lax.platform_dependent(
+            key,
+            xp,
+            w,
+            cpu=lambda *a: _kmeans_pp_native(*a, k, num_retries),
+            default=lambda *a: _kmeans_pp(*a, k, num_retries),
+        )
     n = xp.shape[0]
     num_cand = _num_candidates(num_retries, k)
     xsq = jnp.sum(xp * xp, axis=1)
@@ -315,10 +411,9 @@ def _kmeans_pp(key, xp, w, k, num_retries):
         drawn_mass = mass[drawn]
         fallback = _unchosen_fallback(drawn_mass, chosen, w)
         cand = jnp.where(drawn_mass > 0, drawn, fallback)
-        pot, dc = _candidate_potentials(xp, xsq, w, d2, cand)
-        best = jnp.argmin(pot)
+        best, d2 = _round_xla(xp, xsq, w, d2, cand)
         new = cand[best]
-        d2 = lax.dynamic_index_in_dim(dc, best, axis=1, keepdims=False).at[new].set(0.0)
+        d2 = d2.at[new].set(0.0)
         return d2, chosen.at[new].set(True), idx.at[i].set(new)
 
     _, _, idx = lax.fori_loop(1, k, pick, (d2, chosen, idx))
@@ -422,7 +517,7 @@ def _kmeans_parallel(key, xp, w, spec: InitSpec):
     )
     cw = jax.ops.segment_sum(w, near, num_segments=m)
     cw = jnp.where(cand_ok, cw, 0.0)
-    sub_idx = _kmeans_pp(key, xp[cand_idx], cw, k, num_retries)
+    sub_idx = _kmeans_pp(key, xp[cand_idx], cw, k, num_retries, kernel)
     return cand_idx[sub_idx]
 
 
@@ -505,7 +600,8 @@ def init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec)
         w = merge_duplicates(x, w, metric)
         xp = _prepare(x, w, metric)
         if spec.method == KMEANS_PLUS_PLUS_INIT:
-            idx = _kmeans_pp(key, xp, w, k, spec.num_retries)
+            kernel = spec.kernel if xp.dtype == jnp.float32 else "xla"
+            idx = _kmeans_pp(key, xp, w, k, spec.num_retries, kernel)
         elif spec.method == KMC2_INIT:
             idx = _kmc2(key, xp, w, k, opts["chain_length"])
         else:

@@ -384,3 +384,26 @@ def test_other_methods_sensible_quality(blobs50, method):
     sk = [KMeans(n_clusters=50, n_init=1, random_state=s).fit(blobs50).inertia_ for s in range(3)]
     limit = 1.3 if method == "random" else 1.1
     assert np.median(ours) <= limit * np.median(sk), (ours, sk)
+
+
+@pytest.mark.parametrize("method", ["kmeans_plus_plus", "kmc2"])
+@pytest.mark.parametrize("n", [10, 70])
+def test_padding_to_the_size_bucket_keeps_the_draws(method, n):
+    """The sampler's blocks follow bucket_rows(n), so the same rows padded to their
+    bucket by zero-weight copies of row 0 (as fit pads them) draw the same centers."""
+    from jaxkmeans._validation import bucket_rows
+
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    k = 4
+    m = bucket_rows(n)
+    xpad = np.concatenate([x, np.repeat(x[:1], m - n, axis=0)])
+    wpad = np.concatenate([np.ones(n, np.float32), np.zeros(m - n, np.float32)])
+    for seed in range(3):
+        key = jax.random.PRNGKey(seed)
+        a = jaxkmeans.init_centers(key, x, k, method)
+        b = jaxkmeans.init_centers(key, xpad, k, method, sample_weight=wpad)
+        np.testing.assert_array_equal(a, b)
+        fa = jaxkmeans.fit(key, x, k, init=method, pad_rows=False)
+        fb = jaxkmeans.fit(key, x, k, init=method, pad_rows=True)
+        np.testing.assert_array_equal(fa.centers, fb.centers)

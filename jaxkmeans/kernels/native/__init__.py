@@ -42,10 +42,13 @@ __all__ = [
     "load_error",
     "build_info",
     "usable",
+    "pp_round_available",
+    "pp_round",
 ]
 
 _ASSIGN = "jaxkmeans_assign_f32"
 _LLOYD = "jaxkmeans_lloyd_f32"
+_PP_ROUND = "jaxkmeans_pp_round_f32"
 # Loads this library instead of the packaged one (tests; a locally built kernel).
 _LIBRARY_ENV = "JAXKMEANS_NATIVE_LIBRARY"
 
@@ -195,6 +198,18 @@ def _load() -> bool:
                 )
         except Exception as e:  # a broken build must not break the package
             return _fail(f"could not register {path.name}: {e}", warn=True)
+        # The k-means++ round is newer: a build without it keeps the other kernels.
+        _info["pp_round"] = False
+        try:
+            symbol = lib.JaxkmeansPpRoundF32
+        except AttributeError:
+            pass
+        else:
+            try:
+                jax.ffi.register_ffi_target(_PP_ROUND, jax.ffi.pycapsule(symbol), platform="cpu")
+                _info["pp_round"] = True
+            except Exception:
+                pass
         _loaded = True
         _info["loaded"] = True
         return True
@@ -251,6 +266,11 @@ def usable(dtype: Any, metric: str, precision: str) -> bool:
     )
 
 
+def pp_round_available() -> bool:
+    """Whether the loaded library has the k-means++ round kernel (:func:`pp_round`)."""
+    return available() and bool(_info.get("pp_round"))
+
+
 def _sds(shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, dtype)
 
@@ -283,3 +303,32 @@ def statistics(
     wv = jnp.zeros((0,), jnp.float32) if w is None else w
     labels, dist, sums, counts, loss = call(x, wv, offset, cp, bias, weighted=w is not None)
     return sums, counts, loss, labels, dist
+
+
+def pp_round(
+    xp: jax.Array,
+    xsq: jax.Array,
+    w: jax.Array,
+    d2: jax.Array,
+    c: jax.Array,
+    csq: jax.Array,
+    cand: jax.Array,
+    block: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One greedy k-means++ round in one pass over the prepared float32 rows `xp` (n, d).
+
+    ``c`` (1 + t, d) holds the previous pick p (row ``cand[0]``) and then the t candidates
+    (rows ``cand[1:]``), ``csq`` their squared norms. With ``D(x, c) = max(xsq - 2 x.c +
+    csq, 0)`` (the pure-JAX round's expansion) it returns ``(d2' (n,), pot (t,), bsum (t,
+    nb))``: ``d2' = min(d2, D(x, p))`` (0 at p's row; the lazy update of the previous
+    pick), ``pot[j] = sum(w * dc_j)`` with ``dc_j = min(d2', D(x, c_j))`` (0 at the
+    candidate's row), and ``bsum[j, b]`` the same sum over the `block` rows of block b.
+    Sums are float64 in a fixed order (deterministic, independent of threading). Call
+    only where the program runs on CPU (inside ``lax.platform_dependent``)."""
+    n = xp.shape[0]
+    t = c.shape[0] - 1
+    nb = -(-n // block)
+    call = jax.ffi.ffi_call(
+        _PP_ROUND, (_sds((n,)), _sds((t,)), _sds((t, nb))), vmap_method="sequential"
+    )
+    return call(xp, xsq, w, d2, c, csq, cand.astype(jnp.int32), block=block)

@@ -2,6 +2,8 @@
 //
 // jaxkmeans_assign_f32: nearest center of every row (labels, squared distance).
 // jaxkmeans_lloyd_f32:  the same, plus per-center weighted sums, weights and the loss.
+// jaxkmeans_pp_round_f32: one greedy k-means++ round in one pass over the rows: the lazy
+//   D^2 update by the previous pick, the candidates' potentials and block totals.
 //
 // The distance search never forms the (n, k) matrix: a register-blocked micro-kernel
 // computes a 6 x 16 tile of <x', c'> + bias and folds it at once into a running
@@ -632,6 +634,225 @@ ffi::Error LloydImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   return ffi::Error::Success();
 }
 
+// ------------------------------------------------------------ one k-means++ round
+//
+// Column 0 of the points is the previous round's pick p (row cand[0]), columns 1..t the
+// candidates c_j (prepared rows, the same frame as x). For every row i, in ONE pass:
+//   d2'[i]    = min(d2[i], D(x_i, p))            (0 at i == cand[0]): the lazy update
+//   dc[j, i]  = min(d2'[i], D(x_i, c_j))         (0 at i == cand[j])
+//   pot[j]    = sum_i w[i] dc[j, i]
+//   bsum[j,b] = sum over the rows i of block b (`block` rows each) of w[i] dc[j, i]
+// with D(x, c) = max((xsq - 2 <x, c>) + csq, 0), the expansion of the pure-JAX path
+// (same xsq and csq; only the dot products' rounding differs). bsum[best] is the
+// next round's block totals of the masses w D^2 (the sampler's first level), so dc
+// itself is never written. Sums are float64, each block's in row order, blocks added
+// in order: independent of threading.
+
+struct RoundProblem {
+  const float* x;
+  const float* xsq;
+  const float* w;
+  const float* d2;
+  const int32_t* cand;  // (tpad,), -1 for padding
+  const float* packed;  // (tpad / 16, d, 16) panels of the points
+  const float* csq;     // (tpad,) 0 for padding
+  int64_t n, d, t, tpad, block;
+  float* d2out;  // (n,)
+};
+
+// Lanes (points) of one row's 16-point panel q: v = D(x_i, .). Panel 0, lane 0 is p.
+// Adds w dc to bacc (the row's block accumulators, tpad doubles; lane 0 unused).
+inline void RoundEpilogue(const RoundProblem& p, int64_t i, int64_t q, const float* dist,
+                          float* d2n, double* bacc) {
+  int64_t l0 = 0;
+  if (q == 0) {
+    float v = std::min(p.d2[i], dist[0]);
+    if (p.cand[0] == i) v = 0.0f;
+    *d2n = v;
+    p.d2out[i] = v;
+    l0 = 1;
+  }
+  const double wi = static_cast<double>(p.w[i]);
+  for (int64_t l = l0; l < kNR; ++l) {
+    const int64_t c = q * kNR + l;
+    float v = std::min(*d2n, dist[l]);
+    if (p.cand[c] == i) v = 0.0f;
+    bacc[c] += wi * static_cast<double>(v);
+  }
+}
+
+void RoundRowsGeneric(const RoundProblem& p, int64_t r0, int64_t r1, double* bacc) {
+  const int64_t d = p.d;
+  for (int64_t row = r0; row < r1; row += kMR) {
+    const int64_t m = std::min(kMR, r1 - row);
+    float d2n[kMR];
+    for (int64_t q = 0; q < p.tpad / kNR; ++q) {
+      const float* panel = p.packed + q * d * kNR;
+      float acc[kMR][kNR] = {};
+      for (int64_t j = 0; j < d; ++j) {
+        const float* b = panel + j * kNR;
+        for (int64_t r = 0; r < m; ++r) {
+          const float a = p.x[(row + r) * d + j];
+          for (int64_t l = 0; l < kNR; ++l) acc[r][l] += a * b[l];
+        }
+      }
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t i = row + r;
+        float dist[kNR];
+        for (int64_t l = 0; l < kNR; ++l)
+          dist[l] = std::max((p.xsq[i] - 2.0f * acc[r][l]) + p.csq[q * kNR + l], 0.0f);
+        RoundEpilogue(p, i, q, dist, &d2n[r], bacc + ((i - r0) / p.block) * p.tpad);
+      }
+    }
+  }
+}
+
+#ifdef JKM_X86
+__attribute__((target("avx2,fma"))) void RoundRowsAvx2(const RoundProblem& p, int64_t r0,
+                                                       int64_t r1, double* bacc) {
+  const int64_t d = p.d;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 two = _mm256_set1_ps(2.0f);
+  for (int64_t row = r0; row < r1; row += kMR) {
+    const int64_t m = std::min(kMR, r1 - row);
+    // Rows past the range read row r0 again (their results are dropped).
+    const float* xr[kMR];
+    for (int64_t r = 0; r < kMR; ++r) xr[r] = p.x + (r < m ? row + r : r0) * d;
+    float d2n[kMR];
+    for (int64_t q = 0; q < p.tpad / kNR; ++q) {
+      const float* b = p.packed + q * d * kNR;
+      __m256 c00 = zero, c01 = zero, c10 = zero, c11 = zero, c20 = zero, c21 = zero;
+      __m256 c30 = zero, c31 = zero, c40 = zero, c41 = zero, c50 = zero, c51 = zero;
+      for (int64_t j = 0; j < d; ++j, b += kNR) {
+        const __m256 b0 = _mm256_loadu_ps(b);
+        const __m256 b1 = _mm256_loadu_ps(b + 8);
+        __m256 a = _mm256_broadcast_ss(xr[0] + j);
+        c00 = _mm256_fmadd_ps(a, b0, c00);
+        c01 = _mm256_fmadd_ps(a, b1, c01);
+        a = _mm256_broadcast_ss(xr[1] + j);
+        c10 = _mm256_fmadd_ps(a, b0, c10);
+        c11 = _mm256_fmadd_ps(a, b1, c11);
+        a = _mm256_broadcast_ss(xr[2] + j);
+        c20 = _mm256_fmadd_ps(a, b0, c20);
+        c21 = _mm256_fmadd_ps(a, b1, c21);
+        a = _mm256_broadcast_ss(xr[3] + j);
+        c30 = _mm256_fmadd_ps(a, b0, c30);
+        c31 = _mm256_fmadd_ps(a, b1, c31);
+        a = _mm256_broadcast_ss(xr[4] + j);
+        c40 = _mm256_fmadd_ps(a, b0, c40);
+        c41 = _mm256_fmadd_ps(a, b1, c41);
+        a = _mm256_broadcast_ss(xr[5] + j);
+        c50 = _mm256_fmadd_ps(a, b0, c50);
+        c51 = _mm256_fmadd_ps(a, b1, c51);
+      }
+      const __m256 acc[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21},
+                                  {c30, c31}, {c40, c41}, {c50, c51}};
+      const __m256 csq0 = _mm256_loadu_ps(p.csq + q * kNR);
+      const __m256 csq1 = _mm256_loadu_ps(p.csq + q * kNR + 8);
+      const __m256i cand0 =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.cand + q * kNR));
+      const __m256i cand1 =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.cand + q * kNR + 8));
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t i = row + r;
+        const __m256 xsq = _mm256_set1_ps(p.xsq[i]);
+        // (xsq - 2 prod) + csq: 2 prod is exact, so the fused form rounds as XLA's.
+        __m256 v0 = _mm256_max_ps(
+            _mm256_add_ps(_mm256_fnmadd_ps(two, acc[r][0], xsq), csq0), zero);
+        const __m256 v1 = _mm256_max_ps(
+            _mm256_add_ps(_mm256_fnmadd_ps(two, acc[r][1], xsq), csq1), zero);
+        if (q == 0) {
+          float v = std::min(p.d2[i], _mm256_cvtss_f32(v0));
+          if (p.cand[0] == i) v = 0.0f;
+          d2n[r] = v;
+          p.d2out[i] = v;
+        }
+        const __m256 cap = _mm256_set1_ps(d2n[r]);
+        const __m256i iv = _mm256_set1_epi32(static_cast<int32_t>(i));
+        const __m256 self0 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(cand0, iv));
+        const __m256 self1 = _mm256_castsi256_ps(_mm256_cmpeq_epi32(cand1, iv));
+        const __m256 dc0 = _mm256_andnot_ps(self0, _mm256_min_ps(cap, v0));
+        const __m256 dc1 = _mm256_andnot_ps(self1, _mm256_min_ps(cap, v1));
+        const __m256d wi = _mm256_set1_pd(static_cast<double>(p.w[i]));
+        double* a = bacc + ((i - r0) / p.block) * p.tpad + q * kNR;
+        _mm256_storeu_pd(a, _mm256_fmadd_pd(wi, _mm256_cvtps_pd(_mm256_castps256_ps128(dc0)),
+                                            _mm256_loadu_pd(a)));
+        _mm256_storeu_pd(a + 4, _mm256_fmadd_pd(wi, _mm256_cvtps_pd(_mm256_extractf128_ps(dc0, 1)),
+                                                _mm256_loadu_pd(a + 4)));
+        _mm256_storeu_pd(a + 8, _mm256_fmadd_pd(wi, _mm256_cvtps_pd(_mm256_castps256_ps128(dc1)),
+                                                _mm256_loadu_pd(a + 8)));
+        _mm256_storeu_pd(a + 12, _mm256_fmadd_pd(wi, _mm256_cvtps_pd(_mm256_extractf128_ps(dc1, 1)),
+                                                 _mm256_loadu_pd(a + 12)));
+      }
+    }
+  }
+}
+#endif
+
+ffi::Error PpRoundImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> xsq,
+                       ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> d2,
+                       ffi::Buffer<ffi::F32> c, ffi::Buffer<ffi::F32> csq,
+                       ffi::Buffer<ffi::S32> cand, int64_t block,
+                       ffi::ResultBuffer<ffi::F32> d2out, ffi::ResultBuffer<ffi::F32> pot,
+                       ffi::ResultBuffer<ffi::F32> bsum) {
+  auto xd = x.dimensions();
+  auto cd = c.dimensions();
+  if (xd.size() != 2 || cd.size() != 2 || xd[1] != cd[1] || cd[0] < 2 || block < 1) {
+    return ffi::Error::InvalidArgument("jaxkmeans k-means++ round: inconsistent shapes");
+  }
+  const int64_t n = xd[0], d = xd[1], t1 = cd[0], t = t1 - 1;
+  const int64_t nb = (n + block - 1) / block;
+  const size_t nn = static_cast<size_t>(n), tt = static_cast<size_t>(t1);
+  if (xsq.element_count() != nn || w.element_count() != nn || d2.element_count() != nn ||
+      csq.element_count() != tt || cand.element_count() != tt ||
+      bsum->element_count() != static_cast<size_t>(t * nb)) {
+    return ffi::Error::InvalidArgument("jaxkmeans k-means++ round: inconsistent shapes");
+  }
+  const int64_t tpad = (t1 + kNR - 1) / kNR * kNR;
+  std::vector<float> packed(static_cast<size_t>(tpad * d), 0.0f);
+  std::vector<float> csq_pad(static_cast<size_t>(tpad), 0.0f);
+  std::vector<int32_t> cand_pad(static_cast<size_t>(tpad), -1);
+  for (int64_t j = 0; j < t1; ++j) {
+    csq_pad[j] = csq.typed_data()[j];
+    cand_pad[j] = cand.typed_data()[j];
+    const int64_t q = j / kNR, l = j % kNR;
+    for (int64_t k = 0; k < d; ++k) packed[(q * d + k) * kNR + l] = c.typed_data()[j * d + k];
+  }
+  const RoundProblem p{x.typed_data(), xsq.typed_data(), w.typed_data(), d2.typed_data(),
+                       cand_pad.data(), packed.data(), csq_pad.data(), n, d, t, tpad, block,
+                       d2out->typed_data()};
+  // Work items are runs of whole blocks (a function of n and block only).
+  const int64_t per = std::max<int64_t>(1, 4096 / block);
+  const int64_t items = (nb + per - 1) / per;
+  std::vector<double> acc(static_cast<size_t>(nb * tpad), 0.0);
+#ifdef JKM_X86
+  const bool avx2 = HasAvx2();
+#endif
+  ParallelFor(pool, items, [&](int64_t item) {
+    const int64_t b0 = item * per, b1 = std::min(nb, b0 + per);
+    const int64_t r0 = b0 * block, r1 = std::min(n, b1 * block);
+    double* a = acc.data() + b0 * tpad;
+#ifdef JKM_X86
+    if (avx2) {
+      RoundRowsAvx2(p, r0, r1, a);
+      return;
+    }
+#endif
+    RoundRowsGeneric(p, r0, r1, a);
+  });
+  float* bs = bsum->typed_data();
+  for (int64_t j = 0; j < t; ++j) {
+    double s = 0.0;
+    for (int64_t b = 0; b < nb; ++b) {
+      const double v = acc[b * tpad + 1 + j];
+      bs[j * nb + b] = static_cast<float>(v);
+      s += v;
+    }
+    pot->typed_data()[j] = static_cast<float>(s);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansAssignF32, AssignImpl,
@@ -659,6 +880,22 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansLloydF32, LloydImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // sums
                                   .Ret<ffi::Buffer<ffi::F32>>()  // counts
                                   .Ret<ffi::Buffer<ffi::F32>>()  // loss
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansPpRoundF32, PpRoundImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x (n, d) prepared
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // xsq (n,)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w (n,)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // d2 (n,)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // [p; candidates] (1+t, d)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // their squares (1+t,)
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // their rows (1+t,)
+                                  .Attr<int64_t>("block")
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // d2' (n,)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // pot (t,)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // block sums (t, nb)
 );
 
 // What this library was built against, read by the Python loader (ctypes) BEFORE it
