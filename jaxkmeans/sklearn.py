@@ -224,7 +224,15 @@ def _euclidean_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     step = max(1, (1 << 20) // max(1, x.shape[1] + c.shape[0]))
     for start in range(0, n, step):
         xs = x[start : start + step].astype(np.float64) - origin[None, :]
-        d2 = np.sum(xs * xs, axis=1)[:, None] - 2.0 * (xs @ c.T) + csq[None, :]
+        xsq = np.sum(xs * xs, axis=1)
+        d2 = xsq[:, None] - 2.0 * (xs @ c.T) + csq[None, :]
+        # Where the expansion cancels (a row at or near a center) its rounding error is
+        # not small relative to the distance: recompute those entries directly, so that
+        # a row equal to a center is exactly 0 (``transform(cluster_centers_)``).
+        rows, cols = np.nonzero(d2 <= 1e-8 * (xsq[:, None] + csq[None, :]))
+        if rows.size:
+            diff = xs[rows] - c[cols]
+            d2[rows, cols] = np.sum(diff * diff, axis=1)
         out[start : start + step] = np.sqrt(np.maximum(d2, 0.0))
     return out
 
@@ -424,6 +432,7 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
                 stacklevel=3,
             )
             n_init = 1
+        self._n_init = n_init  # scikit-learn's fitted attribute: the runs actually done
         return n_init
 
     def _validate_X(self, X, *, reset: bool):
@@ -493,6 +502,42 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
         else:
             c = init
         return jnp.asarray(_pad_cols(np.asarray(c, dtype), d_pad))
+
+    def _init_centroids(
+        self,
+        X,
+        x_squared_norms=None,
+        init=None,
+        random_state=None,
+        sample_weight=None,
+        init_size=None,
+        n_centroids=None,
+    ) -> np.ndarray:
+        """scikit-learn's private initialization hook (its tests call it): `n_centroids`
+        (default n_clusters) initial centers for `X`, weighted by `sample_weight`, from
+        `init_size` random rows if given; zero-weight rows are never chosen.
+        `x_squared_norms` is accepted and unused."""
+        X = np.asarray(X)
+        init = self.init if init is None else init
+        k = self.n_clusters if n_centroids is None else int(n_centroids)
+        random_state = check_random_state(random_state)
+        sw = np.ones(X.shape[0]) if sample_weight is None else np.asarray(sample_weight)
+        if init_size is not None and init_size < X.shape[0]:
+            idx = random_state.randint(0, X.shape[0], int(init_size))
+            X, sw = X[idx], sw[idx]
+        if not isinstance(init, str):
+            c = init(X, k, random_state=random_state) if callable(init) else init
+            return np.asarray(c, X.dtype)
+        dtype = _compute_dtype(X.dtype)
+        xu, wu = _distinct_rows(np.asarray(X, dtype), np.asarray(sw, dtype))
+        if xu.shape[0] <= k:
+            return np.concatenate([xu, np.repeat(xu[:1], k - xu.shape[0], axis=0)]).astype(X.dtype)
+        d = xu.shape[1]
+        xp, wp = _pad(xu, wu, _bucket_rows(xu.shape[0]), _bucket_cols(d))
+        c = _init_program(
+            _as_key(random_state), jnp.asarray(xp), jnp.asarray(wp), k=k, method=_CORE_INIT[init]
+        )
+        return np.asarray(c)[:, :d].astype(X.dtype)
 
     def _set_fitted(self, X: np.ndarray, centers: np.ndarray) -> None:
         self.cluster_centers_ = np.asarray(centers, X.dtype)
@@ -624,6 +669,12 @@ class KMeans(_BaseKMeans):
             raise ValueError(
                 f"`algorithm` must be one of {list(_ALGORITHMS)}; got {self.algorithm!r}."
             )
+        if self.algorithm == "elkan" and self.n_clusters == 1:
+            warnings.warn(
+                "algorithm='elkan' doesn't make sense for a single cluster. Using 'lloyd' instead.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         X = self._validate_X(X, reset=True)
         self._check_enough_samples(X)
         n_init = self._resolve_n_init()
@@ -653,9 +704,23 @@ class KMeans(_BaseKMeans):
         best = None
         for run in range(n_init):
             c0 = self._init_run(keys[run], xp, wp, init, X, d_pad, random_state, dtype)
+            if self.verbose:
+                print("Initialization complete")
             c, n_iter, loss = _lloyd_program(xp, wp, c0, tol, max_iter)
             loss = float(loss)
             if self.verbose:
+                # The iterations run inside one compiled program: the last one is reported
+                # (scikit-learn's wording, 0-based iteration numbers).
+                last = int(n_iter) - 1
+                print(f"Iteration {last}, inertia {loss}.")
+                if int(n_iter) < self.max_iter:
+                    if self.tol == 0:
+                        print(f"Converged at iteration {last}: strict convergence.")
+                    else:
+                        print(
+                            f"Converged at iteration {last}: center shift of the last "
+                            f"iteration within tolerance {float(tol)}."
+                        )
                 print(f"[KMeans] run {run + 1}/{n_init}: {int(n_iter)} iterations, inertia {loss}.")
             if best is None or loss < best[2]:
                 best = (c, int(n_iter), loss)
@@ -732,7 +797,7 @@ class MiniBatchKMeans(_BaseKMeans):
         check_positive_int(self.init_size, "init_size", minimum=1, allow_none=True)
         check_non_negative(self.reassignment_ratio, "reassignment_ratio")
 
-    def _init_size(self, batch: int, m: int) -> int:
+    def _resolve_init_size(self, batch: int, m: int) -> int:
         k = self.n_clusters
         size = self.init_size
         if size is None:
@@ -747,7 +812,8 @@ class MiniBatchKMeans(_BaseKMeans):
                 stacklevel=3,
             )
             size = 3 * k
-        return min(size, m)
+        self._init_size = min(size, m)  # scikit-learn's fitted attribute
+        return self._init_size
 
     def _initial_centers(self, X, xu, wu, init, n_init, init_size, random_state, key, dtype):
         """Best of `n_init` initializations, each on `init_size` random distinct rows,
@@ -814,7 +880,7 @@ class MiniBatchKMeans(_BaseKMeans):
             ewa = 0.0
         else:
             batch = min(self.batch_size, m)
-            init_size = self._init_size(batch, m)
+            init_size = self._resolve_init_size(batch, m)
             centers = self._initial_centers(
                 X, xu, wu, init, n_init, init_size, random_state, init_key, dtype
             )
@@ -843,6 +909,14 @@ class MiniBatchKMeans(_BaseKMeans):
             self.n_iter_ = int(math.ceil(self.n_steps_ * batch / m))
             ewa = float(ewa)
             if self.verbose:
+                if self.n_steps_ < n_steps:  # stopped early; say why where it is known
+                    if no_imp is None:
+                        why = "small centers change"
+                    elif self.tol == 0:
+                        why = "lack of improvement in inertia"
+                    else:
+                        why = "small centers change or lack of improvement in inertia"
+                    print(f"Converged ({why}) at step {self.n_steps_}/{n_steps}")
                 print(
                     f"[MiniBatchKMeans] {self.n_steps_} steps of {batch} rows "
                     f"({self.n_iter_} passes), smoothed batch inertia {ewa}."
@@ -889,7 +963,7 @@ class MiniBatchKMeans(_BaseKMeans):
             if m <= self.n_clusters:
                 centers = self._few_distinct(xu)
             else:
-                init_size = self._init_size(min(self.batch_size, m), m)
+                init_size = self._resolve_init_size(min(self.batch_size, m), m)
                 centers = self._initial_centers(
                     X, xu, wu, init, 1, init_size, random_state, init_key, dtype
                 )

@@ -8,6 +8,7 @@ small data and the cluster counts scikit-learn's checks use (1, 2, 3, 8) where t
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 import warnings
@@ -410,3 +411,97 @@ def test_feature_names_in():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         est.predict(df)
+
+
+def test_n_init_resolved_attribute():
+    """`_n_init` records the runs done, as scikit-learn's fitted estimator does (issue 16)."""
+    X = np.random.RandomState(0).normal(size=(60, 2)).astype(np.float32)
+    assert KMeans(3, random_state=0).fit(X)._n_init == 1  # "auto" with k-means++
+    assert KMeans(3, init="random", random_state=0).fit(X)._n_init == 10
+    assert MiniBatchKMeans(3, init="random", random_state=0).fit(X)._n_init == 3
+    assert KMeans(3, n_init=2, random_state=0).fit(X)._n_init == 2
+
+
+@pytest.mark.parametrize("Estimator", [KMeans, MiniBatchKMeans])
+def test_transform_of_centers_has_exact_zero_diagonal(Estimator):
+    """A row equal to a center is at distance exactly 0 (issue 16, scikit-learn's
+    test_transform); the rest still matches pairwise distances."""
+    from sklearn.metrics import pairwise_distances
+
+    X, _ = make_blobs(n_samples=100, centers=3, n_features=5, random_state=0)
+    km = Estimator(n_clusters=3, random_state=0).fit(X)
+    Xt = km.transform(km.cluster_centers_)
+    np.testing.assert_array_equal(Xt.diagonal(), np.zeros(3))
+    np.testing.assert_allclose(Xt, pairwise_distances(km.cluster_centers_), rtol=1e-6)
+    expected = pairwise_distances(X, km.cluster_centers_)
+    np.testing.assert_allclose(km.transform(X), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_init_centroids_uses_sample_weight(init):
+    """`_init_centroids` (scikit-learn's hook) weights its draws: zero-weight rows are
+    never centers, and weights change the result (issue 16)."""
+    X, _ = make_blobs(n_samples=100, n_features=5, centers=5, random_state=0)
+    sw = np.random.RandomState(0).uniform(size=100)
+    sw[::2] = 0
+    km = KMeans()
+    c = km._init_centroids(X, None, init, np.random.RandomState(0), sw, n_centroids=10)
+    assert c.shape == (10, 5) and c.dtype == X.dtype
+    from sklearn.metrics.pairwise import euclidean_distances
+
+    assert not np.any(np.isclose(euclidean_distances(X[::2], c), 0))
+    c1 = km._init_centroids(X, None, init, np.random.RandomState(0), np.ones(100), n_centroids=10)
+    assert not np.allclose(c, c1)
+
+
+def test_minibatch_init_size_attribute():
+    """`_init_size` as scikit-learn sets it: 3 * batch_size, at least 3 * n_clusters,
+    at most n_samples (issue 16)."""
+    X = np.random.RandomState(0).normal(size=(100, 2))
+    assert MiniBatchKMeans(10, batch_size=5, n_init=1).fit(X)._init_size == 15
+    assert MiniBatchKMeans(10, batch_size=1, n_init=1).fit(X)._init_size == 30
+    assert MiniBatchKMeans(10, batch_size=5, n_init=1, init_size=101).fit(X)._init_size == 100
+
+
+@pytest.mark.parametrize("tol", [1e-2, 0])
+def test_kmeans_verbose_messages(tol, capsys):
+    """scikit-learn's verbose wording for KMeans (issue 16): initialization, the last
+    iteration's inertia, and why it stopped."""
+    X = np.random.RandomState(0).normal(size=(2000, 10))
+    KMeans(8, random_state=42, init="random", n_init=1, tol=tol, verbose=1).fit(X)
+    out = capsys.readouterr().out
+    assert "Initialization complete" in out
+    assert re.search(r"Iteration [0-9]+, inertia", out)
+    if tol == 0:
+        assert "strict convergence" in out
+    else:
+        assert re.search(r"center shift .* within tolerance", out)
+
+
+@pytest.mark.parametrize("tol, max_no_improvement", [(1e-4, None), (0, 10)])
+def test_minibatch_verbose_convergence_reason(tol, max_no_improvement, capsys):
+    X, _, centers = make_blobs(centers=3, random_state=0, return_centers=True)
+    km = MiniBatchKMeans(
+        3,
+        init=centers,
+        batch_size=20,
+        tol=tol,
+        random_state=0,
+        max_iter=10,
+        n_init=1,
+        verbose=1,
+        max_no_improvement=max_no_improvement,
+    ).fit(X)
+    out = capsys.readouterr().out
+    assert 1 < km.n_iter_ < 10
+    if max_no_improvement is None:
+        assert "Converged (small centers change)" in out
+    else:
+        assert "Converged (lack of improvement in inertia)" in out
+
+
+def test_elkan_single_cluster_warns():
+    """As scikit-learn: Elkan with one cluster warns and runs Lloyd (issue 16)."""
+    X = np.random.RandomState(0).normal(size=(20, 2))
+    with pytest.warns(RuntimeWarning, match="algorithm='elkan' doesn't make sense"):
+        KMeans(n_clusters=1, algorithm="elkan").fit(X)
