@@ -128,9 +128,10 @@ def _pad(
     n, d = x.shape
     if (n, d) == (n_pad, d_pad):
         return x, w
-    xp = np.zeros((n_pad, d_pad), x.dtype)
+    xp = _validation.aligned_empty((n_pad, d_pad), x.dtype)  # used in place on CPU
     xp[:n, :d] = x
     xp[n:, :d] = x[0]
+    xp[:, d:] = 0
     if w is None:
         return xp, None
     wp = np.zeros((n_pad,), w.dtype)
@@ -159,7 +160,9 @@ def _row_keys(x: np.ndarray) -> np.ndarray:
     # Padded to a few shapes (one compiled program for small problems); a row's key does
     # not depend on the other rows, and zero columns add nothing to it.
     xp, _ = _pad(x, None, _bucket_rows(n), _bucket_cols(d))
-    ident = np.asarray(_row_identity(jnp.asarray(xp), _validation.SQUARED_EUCLIDEAN_DISTANCE))
+    ident = np.asarray(
+        _row_identity(_validation.to_device(xp), _validation.SQUARED_EUCLIDEAN_DISTANCE)
+    )
     ident = ident[:n].astype(np.uint64)
     return (ident[:, 0] << np.uint64(32)) | ident[:, 1]
 
@@ -535,7 +538,11 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
         d = xu.shape[1]
         xp, wp = _pad(xu, wu, _bucket_rows(xu.shape[0]), _bucket_cols(d))
         c = _init_program(
-            _as_key(random_state), jnp.asarray(xp), jnp.asarray(wp), k=k, method=_CORE_INIT[init]
+            _as_key(random_state),
+            _validation.to_device(xp),
+            _validation.to_device(wp),
+            k=k,
+            method=_CORE_INIT[init],
         )
         return np.asarray(c)[:, :d].astype(X.dtype)
 
@@ -697,7 +704,7 @@ class KMeans(_BaseKMeans):
         m, d = xu.shape
         d_pad = _bucket_cols(d)
         xp, wp = _pad(xu, wu, _bucket_rows(m), d_pad)
-        xp, wp = jnp.asarray(xp), jnp.asarray(wp)
+        xp, wp = _validation.to_device(xp), _validation.to_device(wp)
         tol = jnp.asarray(_scaled_tol(self.tol, xu, wu), dtype)
         max_iter = jnp.asarray(min(self.max_iter, _NO_LIMIT), jnp.int32)
         keys = jax.random.split(_as_key(random_state), n_init)
@@ -893,7 +900,7 @@ class MiniBatchKMeans(_BaseKMeans):
             state, steps, ewa = _minibatch_program(
                 state,
                 loop_key,
-                jnp.asarray(xp),
+                _validation.to_device(xp),
                 jnp.asarray(cdf),
                 jnp.asarray(batch, jnp.int32),
                 jnp.asarray(min(n_steps, _NO_LIMIT), jnp.int32),
