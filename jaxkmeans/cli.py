@@ -35,10 +35,10 @@ On a ``--model-dir`` with a checkpoint, ``fit`` resumes: what defines the model
 (--num-clusters, --metric, the width of DATA, --mini-batch or not) must match it, and
 start-only settings (--init, --seed) are ignored with a warning.
 
-Compiled programs are kept in JAX's persistent compilation cache, by default in
-``$XDG_CACHE_HOME/jaxkmeans/jax-compilation-cache`` (``~/.cache/...``), so a second run
-skips compiling; a cache the user configured for JAX (``JAX_COMPILATION_CACHE_DIR``) is
-used as it is, and ``JAXKMEANS_COMPILATION_CACHE=0`` turns the cache off. ``show-config``
+With ``JAXKMEANS_COMPILATION_CACHE=1``, compiled programs are kept in JAX's persistent
+compilation cache in ``$XDG_CACHE_HOME/jaxkmeans/jax-compilation-cache`` (``~/.cache/...``),
+so a second run skips compiling; a cache the user configured for JAX
+(``JAX_COMPILATION_CACHE_DIR``) is used as it is. ``show-config``
 prints versions, devices, the native kernel's status and the cache in use.
 """
 

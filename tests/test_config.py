@@ -54,13 +54,13 @@ def _entries(path: pathlib.Path) -> set[str]:
 
 def test_default_cache_is_written_then_read_by_a_second_process(tmp_path):
     expected = tmp_path / "jaxkmeans" / "jax-compilation-cache"
-    first = _run(_RUN_CACHED, XDG_CACHE_HOME=str(tmp_path))
+    first = _run(_RUN_CACHED, XDG_CACHE_HOME=str(tmp_path), **{_config.CACHE_ENV_VAR: "1"})
     assert first["path"] == str(expected)
     stored = _entries(expected)
     assert stored, "nothing was written to the cache"
     assert first["hits"] == 0
 
-    second = _run(_RUN_CACHED, XDG_CACHE_HOME=str(tmp_path))
+    second = _run(_RUN_CACHED, XDG_CACHE_HOME=str(tmp_path), **{_config.CACHE_ENV_VAR: "1"})
     assert second["hits"] >= 1  # compiled programs came from disk
     assert second["labels"] == first["labels"]
     assert _entries(expected) == stored  # nothing new to compile
@@ -79,6 +79,11 @@ def test_env_var_off_and_the_users_own_jax_cache_are_respected(tmp_path):
         os.environ["{_config.CACHE_ENV_VAR}"] = "0"
         out["off"] = _config.use_default_compilation_cache()
         out["off_dir"] = jax.config.jax_compilation_cache_dir
+        _config._auto_checked = False
+        del os.environ["{_config.CACHE_ENV_VAR}"]
+        out["default"] = _config.use_default_compilation_cache()  # opt-in: off by default
+        out["default_dir"] = jax.config.jax_compilation_cache_dir
+        os.environ["{_config.CACHE_ENV_VAR}"] = "0"
 
         _config._auto_checked = False  # a fresh process, as far as the helper knows
         del os.environ["{_config.CACHE_ENV_VAR}"]
@@ -101,6 +106,7 @@ def test_env_var_off_and_the_users_own_jax_cache_are_respected(tmp_path):
     )
     out = _run(script, XDG_CACHE_HOME=str(tmp_path / "xdg"))
     assert out["off"] is None and out["off_dir"] is None
+    assert out["default"] is None and out["default_dir"] is None
     assert out["env"] == str(env_dir)  # JAX_COMPILATION_CACHE_DIR is the user's too
     assert out["user"] == str(user_dir)
     assert out["user_min_secs"] == 1.0  # the user's JAX settings are left alone
