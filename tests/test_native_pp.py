@@ -16,8 +16,15 @@ from jaxkmeans import initializers as I
 from jaxkmeans.kernels import native
 
 pytestmark = pytest.mark.skipif(
-    not native.pp_round_available(), reason="native k-means++ round not built"
+    not (native.available() and native._info.get("pp_round")),
+    reason="native k-means++ round not built",
 )
+
+
+@pytest.fixture(autouse=True)
+def _native_pp_on(monkeypatch):
+    # The round is opt-in (JAXKMEANS_NATIVE_PP=1); these tests are about it.
+    monkeypatch.setenv("JAXKMEANS_NATIVE_PP", "1")
 TARGET = "jaxkmeans_pp_round_f32"
 
 
