@@ -105,7 +105,19 @@ _EMPTY_INPUT = "the input is empty: a pass over it gave no rows."
 
 
 class NotFittedError(ValueError, AttributeError):
-    """Raised when predicting, scoring or reading variables before any training."""
+    """Raised when predicting, scoring or reading variables before any training.
+
+    A subclass of both ``ValueError`` and ``AttributeError`` (as scikit-learn's).
+
+    Examples:
+      >>> import tempfile, numpy as np, jaxkmeans
+      >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp())
+      >>> try:
+      ...     km.cluster_centers()
+      ... except jaxkmeans.NotFittedError as e:
+      ...     print(type(e).__name__, isinstance(e, ValueError))
+      NotFittedError True
+    """
 
 
 class _DefaultSecs(int):
@@ -157,6 +169,15 @@ class RunConfig:
         ``experimental_distribute``, ``experimental_max_worker_delay_secs``,
         ``session_creation_timeout_secs``, ``checkpoint_save_graph_def``) are accepted
         with a warning naming them; any other name is a TypeError.
+
+    Examples:
+      >>> import jaxkmeans
+      >>> config = jaxkmeans.RunConfig(save_checkpoints_steps=10, keep_checkpoint_max=2)
+      >>> config.save_checkpoints_steps, config.save_checkpoints_secs  # 600 s default off
+      (10, None)
+      >>> jaxkmeans.RunConfig().save_checkpoints_secs
+      600
+      >>> km = jaxkmeans.KMeans(3, config=config)
     """
 
     def __init__(
@@ -1091,6 +1112,25 @@ class KMeans:
       config: a :class:`RunConfig`.
       feature_columns: names of the dict features to use, in order (default: all,
         sorted by name).
+
+    Examples:
+      Full batch: each step is one exact Lloyd iteration over the whole input.
+
+      >>> import tempfile, numpy as np, jaxkmeans
+      >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+      >>> model_dir = tempfile.mkdtemp()
+      >>> km = jaxkmeans.KMeans(2, model_dir=model_dir, use_mini_batch=False,
+      ...                       initial_clusters=x[[0, 2]])
+      >>> km = km.train(lambda: x, steps=2)
+      >>> km.global_step, km.cluster_centers().tolist()
+      (2, [[0.0, 0.5], [10.0, 10.5]])
+      >>> list(km.predict_cluster_index(x)), km.score(x)
+      ([0, 0, 1, 1], 1.0)
+
+      A new object on the same ``model_dir`` resumes from the newest checkpoint:
+
+      >>> jaxkmeans.KMeans(2, model_dir=model_dir, use_mini_batch=False).global_step
+      2
     """
 
     SQUARED_EUCLIDEAN_DISTANCE = SQUARED_EUCLIDEAN_DISTANCE
@@ -1268,38 +1308,93 @@ class KMeans:
     def model_dir(self) -> str:
         """Absolute path of the checkpoint directory. Without a model_dir, the temporary
         directory's path is chosen at construction but the directory is only made at
-        the first save (until then the path does not exist)."""
+        the first save (until then the path does not exist).
+
+        Examples:
+          >>> import os, tempfile, jaxkmeans
+          >>> d = tempfile.mkdtemp()
+          >>> jaxkmeans.KMeans(2, model_dir=d).model_dir == os.path.abspath(d)
+          True
+        """
         return self._store.directory
 
     @property
     def config(self) -> RunConfig:
         """The :class:`RunConfig` given (or the default one); the directory in use is
-        :attr:`model_dir`."""
+        :attr:`model_dir`.
+
+        Examples:
+          >>> import jaxkmeans
+          >>> jaxkmeans.KMeans(2).config.keep_checkpoint_max
+          5
+        """
         return self._settings.run_config
 
     @property
     def params(self) -> dict[str, Any]:
-        """The constructor's hyperparameters."""
+        """The constructor's hyperparameters.
+
+        Examples:
+          >>> import jaxkmeans
+          >>> params = jaxkmeans.KMeans(2, distance_metric="cosine", seed=1).params
+          >>> params["num_clusters"], params["distance_metric"], params["seed"]
+          (2, 'cosine', 1)
+        """
         return self._settings.params(self._seed)
 
     @property
     def model_fn(self) -> Callable[[jax.Array, jax.Array], dict[str, jax.Array]]:
-        """The pure, jittable ``(centers, x) -> {"cluster_index", "all_distances"}``."""
+        """The pure, jittable ``(centers, x) -> {"cluster_index", "all_distances"}``.
+
+        Examples:
+          >>> import jax, jax.numpy as jnp, jaxkmeans
+          >>> model_fn = jax.jit(jaxkmeans.KMeans(2).model_fn)
+          >>> out = model_fn(jnp.array([[0.0], [10.0]]), jnp.array([[1.0], [8.0]]))
+          >>> out["cluster_index"].tolist(), out["all_distances"].tolist()
+          ([0, 1], [[1.0, 81.0], [64.0, 4.0]])
+        """
         return export_lib.predict_fn(self._settings.metric)
 
     @property
     def global_step(self) -> int:
-        """Number of updates applied so far (0 before training)."""
+        """Number of updates applied so far (0 before training).
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km = km.train(x, steps=2)
+          >>> km.global_step
+          2
+        """
         return self._run.global_step
 
     @property
     def loss_history(self) -> list[tuple[int, float]]:
         """``(global_step, loss)`` of the last (up to 1000) training steps (full batch: the
-        pass loss; mini-batch: the batch loss per point)."""
+        pass loss; mini-batch: the batch loss per point).
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km = km.train(x, steps=2)
+          >>> km.loss_history  # each step's loss is measured before its update
+          [(1, 2.0), (2, 1.0)]
+        """
         return [(s, v) for s, v in self._run.settled_history()]
 
     def eval_dir(self, name: str | None = None) -> str:
-        """``model_dir/eval`` or ``model_dir/eval_<name>``: where evaluate() logs."""
+        """``model_dir/eval`` or ``model_dir/eval_<name>``: where evaluate() logs.
+
+        Examples:
+          >>> import os, jaxkmeans
+          >>> km = jaxkmeans.KMeans(2)
+          >>> km.eval_dir("test") == os.path.join(km.model_dir, "eval_test")
+          True
+        """
         return os.path.join(self.model_dir, "eval" if not name else f"eval_{name}")
 
     # ------------------------------------------------------------------ training
@@ -1340,6 +1435,17 @@ class KMeans:
 
         Returns:
           self.
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km.train(x, max_steps=3).global_step
+          3
+          >>> km.train(x, steps=1, hooks=[lambda step, loss: print(step, loss)]).global_step
+          4 1.0
+          4
         """
         steps = check_positive_int(steps, "steps", allow_none=True)
         max_steps = check_positive_int(max_steps, "max_steps", allow_none=True)
@@ -1453,26 +1559,67 @@ class KMeans:
         `hooks`: callables called after each batch as ``hook(batches_done, rows_done)``;
         one returning True ends the predictions. `checkpoint_path`: predict with that
         checkpoint's centers (a path returned by :meth:`latest_checkpoint`, or a step
-        directory ``model_dir/<step>``) instead of the current model's."""
+        directory ``model_dir/<step>``) instead of the current model's.
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km = km.train(x, steps=2)
+          >>> first = next(km.predict(x))
+          >>> first["cluster_index"], first["all_distances"].tolist()
+          (0, [0.25, 210.25])
+        """
         keys = _check_predict_keys(predict_keys)
         hooks = _check_hooks(hooks, "hook(batches_done, rows_done)")
         batches = self._predict_batches(input_fn, checkpoint_path, hooks)
         return _predictions(batches, keys, yield_single_examples)
 
     def predict_cluster_index(self, input_fn: Any) -> Iterator[int]:
-        """Yields the nearest center's index for every example."""
+        """Yields the nearest center's index for every example.
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km = km.train(x, steps=2)
+          >>> list(km.predict_cluster_index(x))
+          [0, 0, 1, 1]
+        """
         batches = self._predict_batches(input_fn)
         return (int(i) for _, out in batches for i in out[CLUSTER_INDEX])
 
     def transform(self, input_fn: Any) -> Iterator[np.ndarray]:
         """Yields every example's distances to all centers: Euclidean (square root of the
-        squared distance, clamped at 0) or 1 - cos for cosine."""
+        squared distance, clamped at 0) or 1 - cos for cosine.
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km = km.train(x, steps=2)
+          >>> next(km.transform(x)).tolist()
+          [0.5, 14.5]
+        """
         cosine = self._settings.metric == COSINE_DISTANCE
         return _distances(self._predict_batches(input_fn), cosine)
 
     def score(self, input_fn: Any) -> float:
         """Sum over ALL the input of the distance to the nearest center (squared
-        Euclidean, or 1 - cos)."""
+        Euclidean, or 1 - cos).
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km = km.train(x, steps=2)
+          >>> km.score(x)
+          1.0
+        """
         centers, _, _ = self._checkpoint(None)
         reader = self._reader(input_fn, _EVAL)
         return _total_distance(reader, centers, self._settings.local_spec, None)
@@ -1492,7 +1639,17 @@ class KMeans:
         `hooks`: callables called after each batch as ``hook(batches_done, loss_so_far)``;
         one returning True ends the evaluation there. `checkpoint_path`: evaluate that
         checkpoint (a path returned by :meth:`latest_checkpoint`, or ``model_dir/<step>``);
-        ``global_step`` is then its step."""
+        ``global_step`` is then its step.
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km = km.train(x, steps=2)
+          >>> km.evaluate(x, name="test")
+          {'loss': 1.0, 'score': 1.0, 'global_step': 2}
+        """
         steps = check_positive_int(steps, "steps", allow_none=True)
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(f"`name` must be None or a non-empty str without '/'; got {name!r}.")
@@ -1511,14 +1668,46 @@ class KMeans:
     # ------------------------------------------------------------------ variables
 
     def cluster_centers(self) -> np.ndarray:
-        """The (k, d) centers."""
+        """The (k, d) centers.
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km = km.train(x, steps=2)
+          >>> km.cluster_centers().tolist()
+          [[0.0, 0.5], [10.0, 10.5]]
+        """
         return np.asarray(self._require_fitted().centers)
 
     def get_variable_names(self) -> list[str]:
+        """Names of the model's variables (TF's ``"clusters"``, ``"global_step"``, ...).
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km = km.train(x, steps=2)
+          >>> km.get_variable_names()[:4]
+          ['cluster_counts', 'clusters', 'global_step', 'loss']
+        """
         self._require_fitted()
         return sorted(VARIABLES.values())
 
     def get_variable_value(self, name: str) -> np.ndarray:
+        """The value of variable `name` (one of :meth:`get_variable_names`).
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km = km.train(x, steps=2)
+          >>> km.get_variable_value("clusters").tolist(), km.get_variable_value("global_step")
+          ([[0.0, 0.5], [10.0, 10.5]], array(2, dtype=int32))
+        """
         state = self._require_fitted()
         inverse = {v: f for f, v in VARIABLES.items()}
         if name not in inverse:
@@ -1526,7 +1715,19 @@ class KMeans:
         return np.asarray(getattr(state, inverse[name]))
 
     def latest_checkpoint(self) -> str | None:
-        """Path of the newest checkpoint in model_dir (None before the first save)."""
+        """Path of the newest checkpoint in model_dir (None before the first save).
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km.latest_checkpoint() is None
+          True
+          >>> km = km.train(x, steps=2)
+          >>> os.path.basename(km.latest_checkpoint())
+          '2'
+        """
         return _latest_checkpoint_path(self.model_dir)
 
     def export_saved_model(
@@ -1550,6 +1751,17 @@ class KMeans:
             warns and is ignored.
           checkpoint_path: export that checkpoint (``latest_checkpoint()`` or
             ``model_dir/<step>``) instead of the current model.
+
+        Examples:
+          >>> import tempfile, numpy as np, jaxkmeans
+          >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+          >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+          ...                       initial_clusters=x[[0, 2]])
+          >>> km = km.train(x, steps=2)
+          >>> path = km.export_saved_model(tempfile.mkdtemp())
+          >>> predict = jaxkmeans.load_exported(path)
+          >>> predict(x)["cluster_index"].tolist()
+          [0, 0, 1, 1]
         """
         del serving_input_receiver_fn  # see the docstring
         if as_text:
@@ -1609,13 +1821,29 @@ def _open(model_dir: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str
 
 
 def list_variables(model_dir: str | os.PathLike) -> list[tuple[str, list[int]]]:
-    """``(name, shape)`` of every variable in the newest checkpoint of `model_dir`."""
+    """``(name, shape)`` of every variable in the newest checkpoint of `model_dir`.
+
+    Examples:
+      >>> import tempfile, numpy as np, jaxkmeans
+      >>> d = tempfile.mkdtemp()
+      >>> km = jaxkmeans.KMeans(2, model_dir=d, seed=0).train(np.eye(3, dtype=np.float32))
+      >>> jaxkmeans.list_variables(d)[:3]
+      [('cluster_counts', [2]), ('clusters', [2, 3]), ('global_step', [])]
+    """
     values, _ = _open(model_dir)
     return sorted((name, list(np.shape(v))) for name, v in values.items())
 
 
 def load_variable(model_dir: str | os.PathLike, name: str) -> np.ndarray:
-    """The value of variable `name` (e.g. ``"clusters"``) in the newest checkpoint."""
+    """The value of variable `name` (e.g. ``"clusters"``) in the newest checkpoint.
+
+    Examples:
+      >>> import tempfile, numpy as np, jaxkmeans
+      >>> d = tempfile.mkdtemp()
+      >>> km = jaxkmeans.KMeans(2, model_dir=d, seed=0).train(np.eye(3, dtype=np.float32))
+      >>> np.array_equal(jaxkmeans.load_variable(d, "clusters"), km.cluster_centers())
+      True
+    """
     values, _ = _open(model_dir)
     if name not in values:
         raise ValueError(f"`name` must be one of {sorted(values)}; got {name!r}.")
@@ -1623,7 +1851,17 @@ def load_variable(model_dir: str | os.PathLike, name: str) -> np.ndarray:
 
 
 def latest_checkpoint(model_dir: str | os.PathLike) -> str | None:
-    """Path of the newest checkpoint in `model_dir`, or None."""
+    """Path of the newest checkpoint in `model_dir`, or None.
+
+    Examples:
+      >>> import os, tempfile, numpy as np, jaxkmeans
+      >>> d = tempfile.mkdtemp()
+      >>> jaxkmeans.latest_checkpoint(d) is None
+      True
+      >>> km = jaxkmeans.KMeans(2, model_dir=d, seed=0).train(np.eye(3, dtype=np.float32))
+      >>> jaxkmeans.latest_checkpoint(d) == os.path.join(km.model_dir, "1")
+      True
+    """
     return _latest_checkpoint_path(model_dir)
 
 

@@ -23,6 +23,13 @@ class StepStats(NamedTuple):
       loss: () weighted sum of distances to the nearest center, before the update.
       counts: (k,) weight assigned to each center (before any empty-cluster relocation).
       shift: () total squared movement of the centers, ``sum_j ||new_j - old_j||^2``.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxkmeans
+      >>> x = jnp.array([[0.0], [1.0], [10.0], [11.0]])
+      >>> new_centers, stats = jaxkmeans.lloyd_step(x, jnp.array([[0.0], [10.0]]))
+      >>> float(stats.loss), stats.counts.tolist(), float(stats.shift)
+      (2.0, [2.0, 2.0], 0.5)
     """
 
     loss: jax.Array
@@ -40,6 +47,15 @@ class FitResult(NamedTuple):
       n_iter: () int32 number of Lloyd updates applied.
       converged: () bool, True when the tolerance rule (or a fixed point) stopped the loop
         before ``max_iter``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxkmeans
+      >>> x = jnp.array([[0.0], [1.0], [10.0], [11.0]])
+      >>> result = jaxkmeans.fit(jax.random.PRNGKey(0), x, 2)
+      >>> result._fields
+      ('centers', 'labels', 'loss', 'n_iter', 'converged')
+      >>> float(result.loss), bool(result.converged)
+      (1.0, True)
     """
 
     centers: jax.Array
@@ -68,6 +84,19 @@ class KMeansState:
       origin: (d,) fixed point subtracted from the data before distance expansions and
         sums (accuracy far from the origin); fixed for the life of the state so that a
         converged full-batch model is an exact fixed point.
+
+    Examples:
+      A fresh state, one mini-batch step, and the state as a pytree:
+
+      >>> import jax, jax.numpy as jnp, jaxkmeans
+      >>> state = jaxkmeans.KMeansState.create(jnp.array([[0.0], [10.0]]))
+      >>> int(state.step), state.counts.tolist()
+      (0, [0.0, 0.0])
+      >>> state, batch_loss = jaxkmeans.minibatch_step(state, jnp.array([[1.0], [9.0]]))
+      >>> int(state.step), state.counts.tolist(), state.centers.ravel().tolist()
+      (1, [1.0, 1.0], [1.0, 9.0])
+      >>> jax.tree_util.tree_map(jnp.shape, state).working
+      (2, 1)
     """
 
     centers: jax.Array
@@ -88,6 +117,12 @@ class KMeansState:
           centers: (k, d) float array of starting centers.
           key: a PRNG key (typed or raw); default ``jax.random.PRNGKey(0)``.
           origin: (d,) frame origin; default the mean of `centers`.
+
+        Examples:
+          >>> import jax.numpy as jnp, jaxkmeans
+          >>> state = jaxkmeans.KMeansState.create(jnp.zeros((3, 2)))
+          >>> state.centers.shape, int(state.step), bool(jnp.isnan(state.loss))
+          ((3, 2), 0, True)
         """
         centers = as_data(centers, "centers")
         if key is None:
@@ -112,11 +147,24 @@ class KMeansState:
 
     @property
     def counts(self) -> jax.Array:
-        """(k,) cumulative weight per center since the last sync."""
+        """(k,) cumulative weight per center since the last sync.
+
+        Examples:
+          >>> import jax.numpy as jnp, jaxkmeans
+          >>> jaxkmeans.KMeansState.create(jnp.zeros((2, 1))).counts.tolist()
+          [0.0, 0.0]
+        """
         return self.opt_state.counts
 
     def replace(self, **changes: Any) -> KMeansState:
-        """A copy with `changes` (``counts=`` sets the optimizer state's counts)."""
+        """A copy with `changes` (``counts=`` sets the optimizer state's counts).
+
+        Examples:
+          >>> import jax.numpy as jnp, jaxkmeans
+          >>> state = jaxkmeans.KMeansState.create(jnp.zeros((2, 1)))
+          >>> state.replace(counts=jnp.array([3.0, 4.0])).counts.tolist()
+          [3.0, 4.0]
+        """
         if "counts" in changes:
             changes["opt_state"] = MiniBatchOptState(counts=changes.pop("counts"))
         return dataclasses.replace(self, **changes)

@@ -1,0 +1,110 @@
+"""The docstring examples (``>>>`` blocks) of every jaxkmeans module run and pass.
+
+Run with the standard :mod:`doctest` module, one module at a time, so a failure names
+the module; the documentation site shows the same examples.
+"""
+
+import doctest
+import importlib
+import importlib.util
+import inspect
+import pkgutil
+
+import pytest
+
+import jaxkmeans
+
+# Modules whose import has side effects or needs more than the test extra.
+_SKIP = {"jaxkmeans.__main__"}
+
+# Modules that must carry examples (a module that loses all of them fails here).
+EXPECTED_WITH_EXAMPLES = {
+    "jaxkmeans",
+    "jaxkmeans._config",
+    "jaxkmeans.assignment",
+    "jaxkmeans.checkpoint",
+    "jaxkmeans.estimator",
+    "jaxkmeans.export",
+    "jaxkmeans.fitting",
+    "jaxkmeans.initializers",
+    "jaxkmeans.metrics",
+    "jaxkmeans.sharding",
+    "jaxkmeans.sklearn",
+    "jaxkmeans.state",
+    "jaxkmeans.updates",
+}
+
+# Public names known to have no example yet (modules other work is editing). A name
+# listed here that gains an example is fine; a public name NOT listed here must have one.
+KNOWN_WITHOUT_EXAMPLES = {
+    "jaxkmeans.auto_chunk_size",
+    "jaxkmeans.lloyd_step",
+    "jaxkmeans.minibatch_step",
+    "jaxkmeans.sklearn.MiniBatchKMeans",
+}
+
+_FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+
+def _module_names():
+    names = ["jaxkmeans"]
+    for info in pkgutil.walk_packages(jaxkmeans.__path__, prefix="jaxkmeans."):
+        origin = importlib.util.find_spec(info.name).origin or ""
+        if info.name not in _SKIP and origin.endswith(".py"):  # not the compiled kernel
+            names.append(info.name)
+    return sorted(names)
+
+
+MODULES = _module_names()
+
+
+def _run(name):
+    module = importlib.import_module(name)
+    finder = doctest.DocTestFinder(exclude_empty=True)
+    runner = doctest.DocTestRunner(optionflags=_FLAGS)
+    for test in finder.find(module, name):  # each docstring sees its module's globals
+        runner.run(test)
+    return runner.summarize(verbose=False)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_examples_pass(name):
+    if name == "jaxkmeans.sklearn":
+        pytest.importorskip("sklearn")
+    result = _run(name)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples in {name} fail"
+    if name in EXPECTED_WITH_EXAMPLES:
+        assert result.attempted > 0, f"{name} has no docstring examples"
+
+
+def _public_objects():
+    out = {}
+    for n in jaxkmeans.__all__:
+        obj = getattr(jaxkmeans, n)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            out[f"jaxkmeans.{n}"] = obj
+    try:
+        import jaxkmeans.sklearn as sk
+    except ImportError:  # pragma: no cover - the test extra installs scikit-learn
+        return out
+    for n in sk.__all__:
+        obj = getattr(sk, n)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            out[f"jaxkmeans.sklearn.{n}"] = obj
+    return out
+
+
+def _has_example(obj):
+    finder = doctest.DocTestFinder(recurse=False)
+    return any(t.examples for t in finder.find(obj, obj.__name__, globs={}))
+
+
+def test_every_public_name_has_an_example():
+    missing = sorted(n for n, obj in _public_objects().items() if not _has_example(obj))
+    unexpected = [n for n in missing if n not in KNOWN_WITHOUT_EXAMPLES]
+    assert not unexpected, f"public names without a docstring example: {unexpected}"
+
+
+def test_module_list_is_complete():
+    for name in EXPECTED_WITH_EXAMPLES:
+        assert name in MODULES
