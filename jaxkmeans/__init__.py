@@ -3,6 +3,23 @@
 A functional core of jit-composable pure functions (``pairwise_distances``, ``assign``,
 ``inertia``, ``init_centers``, ``lloyd_step``, ``fit``, ``minibatch_step``) under a
 TensorFlow-estimator-compatible ``KMeans``.
+
+Examples:
+  The functional core, one call:
+
+  >>> import jax, numpy as np, jaxkmeans
+  >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+  >>> result = jaxkmeans.fit(jax.random.PRNGKey(0), x, 2)
+  >>> sorted(result.centers.tolist()), float(result.loss)
+  ([[0.0, 0.5], [10.0, 10.5]], 1.0)
+
+  The TensorFlow-style estimator:
+
+  >>> import tempfile
+  >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False, seed=0)
+  >>> km = km.train(x, max_steps=5)
+  >>> sorted(km.cluster_centers().tolist()), km.score(x)
+  ([[0.0, 0.5], [10.0, 10.5]], 1.0)
 """
 
 from jaxkmeans._config import enable_compilation_cache, show_config

@@ -262,7 +262,15 @@ class RunConfig:
     )
 
     def replace(self, **kwargs: Any) -> RunConfig:
-        """A copy with some arguments changed (as TF's ``RunConfig.replace``)."""
+        """A copy with some arguments changed (as TF's ``RunConfig.replace``).
+
+        Examples:
+          >>> import jaxkmeans
+          >>> config = jaxkmeans.RunConfig(keep_checkpoint_max=3)
+          >>> steps = config.replace(save_checkpoints_steps=100)
+          >>> steps.save_checkpoints_steps, steps.save_checkpoints_secs, steps.keep_checkpoint_max
+          (100, None, 3)
+        """
         values = {name: getattr(self, name) for name in self._FIELDS}
         if "save_checkpoints_steps" in kwargs and "save_checkpoints_secs" not in kwargs:
             values["save_checkpoints_secs"] = _DEFAULT_SECS

@@ -1,6 +1,17 @@
 """Portable serving artifact: a serialized ``jax.export`` of the predict function with
 the centers inside, plus a metadata JSON. Loading needs neither the checkpoint nor the
-original ``KMeans`` object."""
+original ``KMeans`` object.
+
+Examples:
+  >>> import tempfile, numpy as np, jaxkmeans
+  >>> from jaxkmeans import export
+  >>> path = export.export_model(tempfile.mkdtemp(), np.array([[0.0], [10.0]]),
+  ...                            "squared_euclidean", {})
+  >>> sorted(p.name for p in __import__("pathlib").Path(path).iterdir())
+  ['metadata.json', 'predict.jaxexport']
+  >>> jaxkmeans.load_exported(path)(np.array([[2.0], [7.0]]))["cluster_index"].tolist()
+  [0, 1]
+"""
 
 from __future__ import annotations
 
@@ -36,6 +47,17 @@ def predict_fn(metric: str) -> Callable[[jax.Array, jax.Array], dict[str, jax.Ar
 
     ``all_distances`` is (n, k): squared Euclidean distances, or 1 - cos for cosine;
     ``cluster_index`` (n,) int32 is the nearest center (lowest index on ties).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxkmeans.export import predict_fn
+      >>> out = jax.jit(predict_fn("cosine"))(jnp.array([[1.0, 0.0], [0.0, 1.0]]),
+      ...                                     jnp.array([[2.0, 0.0], [1.0, 1.0]]))
+      >>> out["cluster_index"].tolist()  # ties go to the lowest index
+      [0, 0]
+      >>> out["all_distances"]  # 1 - cos
+      Array([[0.        , 1.        ],
+             [0.29289323, 0.29289323]], dtype=float32)
     """
     check_metric(metric)
 
@@ -101,7 +123,17 @@ def export_model(
     ``metadata`` may hold ``"features"``: ``[[name, width], ...]``, the dict features the
     model was trained on (in column order); the loaded predictor then also accepts such a
     dict. ``assets_extra`` (as TensorFlow's): ``{destination: source file}``, copied under
-    ``assets.extra/``."""
+    ``assets.extra/``.
+
+    Examples:
+      >>> import tempfile, numpy as np
+      >>> from jaxkmeans.export import export_model, load_exported
+      >>> path = export_model(tempfile.mkdtemp(), np.array([[0.0, 0.0], [10.0, 10.0]]),
+      ...                     "squared_euclidean", {"features": [["a", 1], ["b", 1]]})
+      >>> model = load_exported(path)
+      >>> model({"a": np.array([1.0, 9.0]), "b": np.array([0.0, 9.0])})["cluster_index"]
+      array([0, 1], dtype=int32)
+    """
     assets = _check_assets_extra(assets_extra)
     centers = jnp.asarray(np.asarray(centers, np.float32))
     k, d = centers.shape
@@ -145,7 +177,18 @@ class ExportedModel:
 
     A model trained on dict features also accepts the same dict (feature name -> (n,)
     or (n, d_i) array; extra keys are ignored), or ``(features, None)``; its columns are
-    put in the training order (``feature_names``)."""
+    put in the training order (``feature_names``).
+
+    Examples:
+      >>> import tempfile, numpy as np, jaxkmeans
+      >>> from jaxkmeans.export import export_model
+      >>> path = export_model(tempfile.mkdtemp(), np.eye(3), "squared_euclidean", {})
+      >>> model = jaxkmeans.load_exported(path)
+      >>> model.num_clusters, model.dims, model.metadata["distance_metric"]
+      (3, 3, 'squared_euclidean')
+      >>> model(np.eye(3)[::-1])["cluster_index"].tolist()
+      [2, 1, 0]
+    """
 
     def __init__(self, path: pathlib.Path):
         self.path = str(path)
@@ -201,6 +244,19 @@ def load_exported(path: str | os.PathLike) -> ExportedModel:
 
     Returns:
       A callable ``x -> {"cluster_index", "all_distances"}``.
+
+    Examples:
+      >>> import tempfile, numpy as np, jaxkmeans
+      >>> x = np.array([[0, 0], [0, 1], [10, 10], [10, 11]], np.float32)
+      >>> km = jaxkmeans.KMeans(2, model_dir=tempfile.mkdtemp(), use_mini_batch=False,
+      ...                       initial_clusters=x[[0, 2]]).train(x)
+      >>> base = tempfile.mkdtemp()
+      >>> path = km.export_saved_model(base)
+      >>> predict = jaxkmeans.load_exported(base)  # the newest export under `base`
+      >>> predict.path == path
+      True
+      >>> predict(x)["cluster_index"].tolist()
+      [0, 0, 1, 1]
     """
     p = pathlib.Path(path).expanduser().resolve()
     if not (p / METADATA_FILE).is_file() and p.is_dir():
