@@ -12,14 +12,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxkmeans import engine, metrics
+from jaxkmeans import engine
 from jaxkmeans._validation import (
     SQUARED_EUCLIDEAN_DISTANCE,
     as_bucketed,
     as_centers,
     real_rows,
 )
-from jaxkmeans.kernels import xla
+from jaxkmeans.kernels import sparse, xla
 
 __all__ = ["assign", "inertia", "auto_chunk_size"]
 
@@ -48,7 +48,7 @@ def auto_chunk_size(
 def nearest_impl(x: jax.Array, centers: jax.Array, w: jax.Array | None, spec: engine.Pass):
     """Labels and distances of checked rows `x` to `centers` (frame from the rows with
     positive weight `w`)."""
-    origin = metrics.frame_origin(x, spec.metric, w)
+    origin = engine.origin(x, spec.metric, w)
     frame = engine.frame_of(centers, origin, spec.metric)
     return engine.nearest(spec, x, frame)
 
@@ -56,14 +56,17 @@ def nearest_impl(x: jax.Array, centers: jax.Array, w: jax.Array | None, spec: en
 @functools.partial(jax.jit, static_argnames=("spec",))
 def inertia_impl(x: jax.Array, centers: jax.Array, w: jax.Array | None, spec: engine.Pass):
     """Weighted summed distance of checked rows `x` to their nearest center."""
-    origin = metrics.frame_origin(x, spec.metric, w)
+    origin = engine.origin(x, spec.metric, w)
     frame = engine.frame_of(centers, origin, spec.metric)
     _, dist = engine.nearest(spec, x, frame)
     return jnp.sum(dist) if w is None else jnp.sum(w * dist)
 
 
 def _checked(x: Any, centers: Any, metric: Any, w: Any, pad_rows: Any, options: dict[str, Any]):
-    x, w, n = as_bucketed(x, w, pad_rows)
+    if sparse.is_sparse(x):
+        x, w, n = sparse.bucketed(x, w, pad_rows)
+    else:
+        x, w, n = as_bucketed(x, w, pad_rows)
     centers = as_centers(centers, x.shape[1], x.dtype)
     return x, w, n, centers, engine.make_pass(metric, dtype=x.dtype, **options)
 
@@ -81,7 +84,8 @@ def assign(
     """Nearest center of every row, computed in chunks (never an (n, k) matrix).
 
     Args:
-      x: (n, d) float array.
+      x: (n, d) float array, or sparse: ``jax.experimental.sparse.BCOO`` or a scipy
+        sparse matrix (computed from its nonzeros, never densified).
       centers: (k, d) float array.
       metric: ``"squared_euclidean"`` or ``"cosine"``.
       chunk_size: rows per chunk; ``None`` picks one for the platform.
@@ -120,7 +124,7 @@ def inertia(
     """Weighted sum over rows of the distance to the nearest center.
 
     Args:
-      x: (n, d) float array.
+      x: (n, d) float array, or sparse (BCOO or scipy sparse, as in :func:`assign`).
       centers: (k, d) float array.
       metric: ``"squared_euclidean"`` or ``"cosine"``.
       sample_weight: optional (n,) non-negative weights.

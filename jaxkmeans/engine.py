@@ -44,6 +44,8 @@ from jaxkmeans._validation import (
     check_positive_int,
     check_precision,
 )
+from jaxkmeans.kernels import sparse as sparse_kernels
+from jaxkmeans.kernels.sparse import SparseRows
 from jaxkmeans.state import StepStats
 from jaxkmeans.updates import Far
 
@@ -64,6 +66,7 @@ __all__ = [
     "finish",
     "frame_of",
     "lloyd_update",
+    "origin",
 ]
 
 # Deprecated `update_method` values -> (kernel, how the XLA kernel forms sums).
@@ -202,6 +205,47 @@ def from_frame(c: jax.Array, origin: jax.Array | None) -> jax.Array:
 # ------------------------------------------------------------------- per device
 
 
+def origin(x: Any, metric: str, w: jax.Array | None = None) -> jax.Array | None:
+    """The frame origin of rows `x` (:func:`jaxkmeans.metrics.frame_origin`); 0 for
+    sparse rows (:class:`~jaxkmeans.kernels.sparse.SparseRows`), which are never shifted
+    (None for cosine)."""
+    if isinstance(x, SparseRows):
+        return None if metric == COSINE_DISTANCE else jnp.zeros((x.d,), x.dtype)
+    return metrics.frame_origin(x, metric, w)
+
+
+def _no_mesh(spec: Pass) -> None:
+    if spec.mesh is not None:
+        raise ValueError("`mesh` is not supported with sparse `x`; got a mesh.")
+
+
+def _sparse_candidates(
+    spec: Pass, x: SparseRows, w: jax.Array | None, labels: jax.Array, dist: jax.Array, k: int
+) -> tuple[Far, jax.Array]:
+    """:func:`candidates` of sparse rows: the `k` distinct points (by their sparse row
+    identity) with positive weight farthest from their centers, each at its farthest
+    copy with the summed weight and number of its copies; only these rows are
+    densified."""
+    n = x.n
+    m = min(n, k)
+    ident = sparse_kernels.identity(x, spec.metric)
+    live = jnp.ones((n,), bool) if w is None else w > 0
+    d = jnp.where(live, dist, -1.0)
+    first, group = updates.identity_groups(ident, -d)
+    top_d, idx = lax.top_k(jnp.where(first, d, -1.0), m)
+    wv = jnp.ones((n,), x.dtype) if w is None else w
+    total = jax.ops.segment_sum(jnp.where(live, wv, 0.0), group, num_segments=n)
+    copies = jax.ops.segment_sum(live.astype(jnp.int32), group, num_segments=n)
+    vals, _ = sparse_kernels.prepared_values(x, spec.metric)
+    rows = sparse_kernels.take_rows(x, idx, vals)
+    g = group[idx]
+    far = Far(rows, top_d, labels[idx], total[g], ident[idx], copies[g])
+    if m < k:
+        none = updates.no_candidates(k - m, x.d, x.dtype)
+        far = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), far, none)
+    return updates.distinct_top(far, k), updates.members(labels, w, k)
+
+
 def _per_device(spec: Pass, fn: Callable[..., Any], args: tuple, specs: tuple, out: Any) -> Any:
     """``fn(*args)``: directly without a mesh; with one, per device inside ``shard_map``
     (``specs``/``out`` give each argument's / result's partitioning; None arguments
@@ -250,6 +294,9 @@ def statistics(
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """``(sums (k, d), counts (k,), loss (), labels (n,), min_dist (n,))`` of rows `x`
     (row-sharded with a mesh; sums, counts and loss are then over all devices)."""
+    if isinstance(x, SparseRows):
+        _no_mesh(spec)
+        return sparse_kernels.statistics(spec, x, w, frame)
     rows, per_row, rep = _specs(spec)
 
     def local(x, w, frame):
@@ -264,6 +311,9 @@ def statistics(
 
 def nearest(spec: Pass, x: jax.Array, frame: Frame) -> tuple[jax.Array, jax.Array]:
     """``(labels (n,), min_dist (n,))`` of rows `x` (row-sharded with a mesh)."""
+    if isinstance(x, SparseRows):
+        _no_mesh(spec)
+        return sparse_kernels.nearest(spec, x, frame)
     rows, per_row, rep = _specs(spec)
     return _per_device(
         spec,
@@ -286,6 +336,9 @@ def candidates(
     """The `k` distinct points with positive weight farthest from their nearest center
     (over all devices with a mesh: each device's `k`, gathered and merged), and the
     number of rows with positive weight per cluster."""
+    if isinstance(x, SparseRows):
+        _no_mesh(spec)
+        return _sparse_candidates(spec, x, w, labels, dist, k)
     rows, per_row, rep = _specs(spec)
 
     def local(x, w, labels, dist, origin):

@@ -31,7 +31,15 @@ from jaxkmeans._validation import (
     is_traced,
     real_rows,
 )
-from jaxkmeans.initializers import KMEANS_PLUS_PLUS_INIT, InitSpec, init_impl, make_init
+from jaxkmeans.initializers import (
+    KMC2_INIT,
+    KMEANS_PLUS_PLUS_INIT,
+    InitSpec,
+    init_impl,
+    make_init,
+    sparse_check_enough_distinct,
+)
+from jaxkmeans.kernels import sparse
 from jaxkmeans.state import FitResult, KMeansState, StepStats
 from jaxkmeans.updates import minibatch_optimizer
 
@@ -61,7 +69,7 @@ def relative_change(prev: jax.Array, loss: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _lloyd_step_impl(x, centers, w, spec: engine.Pass):
-    origin = metrics.frame_origin(x, spec.metric, w)
+    origin = engine.origin(x, spec.metric, w)
     return engine.lloyd_update(spec, x, w, centers, origin)
 
 
@@ -105,7 +113,10 @@ def lloyd_step(
       ``(new_centers, StepStats(loss, counts, shift))`` where ``loss`` is the weighted
       sum of distances before the update.
     """
-    x, w, _ = as_bucketed(x, sample_weight, pad_rows)
+    if sparse.is_sparse(x):
+        x, w, _ = sparse.bucketed(x, sample_weight, pad_rows)
+    else:
+        x, w, _ = as_bucketed(x, sample_weight, pad_rows)
     spec = engine.make_pass(
         metric,
         precision=precision,
@@ -161,7 +172,7 @@ def _fit_one(key, x, w, init, tol, max_iter, spec: FitSpec) -> FitResult:
     c = init if spec.init is None else init_impl(key, x, w, spec.init)
     if passes.metric == COSINE_DISTANCE:
         c = metrics.normalize_rows(c)
-    origin = metrics.frame_origin(x, passes.metric, w)
+    origin = engine.origin(x, passes.metric, w)
 
     def cond(carry):
         _, it, _, converged = carry
@@ -207,7 +218,7 @@ def _run_start(key, x, w, init, spec: FitSpec):
     c = init if spec.init is None else init_impl(key, x, w, spec.init)
     if spec.passes.metric == COSINE_DISTANCE:
         c = metrics.normalize_rows(c)
-    return c, metrics.frame_origin(x, spec.passes.metric, w)
+    return c, engine.origin(x, spec.passes.metric, w)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
@@ -347,7 +358,13 @@ def fit(
     max_iter = check_positive_int(max_iter, "max_iter", minimum=0)
     n_init = check_positive_int(n_init, "n_init")
     tol = check_non_negative(tol, "tol")
-    x, w, n = as_bucketed(x, sample_weight, False if mesh is not None else pad_rows)
+    is_sparse = sparse.is_sparse(x)
+    if is_sparse:
+        if mesh is not None:
+            raise ValueError("`mesh` is not supported with sparse `x`; got a mesh.")
+        x, w, n = sparse.bucketed(x, sample_weight, pad_rows)
+    else:
+        x, w, n = as_bucketed(x, sample_weight, False if mesh is not None else pad_rows)
     d = x.shape[1]
     passes = engine.make_pass(
         metric,
@@ -361,6 +378,11 @@ def fit(
     if isinstance(init, str):
         kernel = passes.kernel if passes.mesh is None else "xla"  # native would gather rows
         init_spec = make_init(init, k, passes.metric, num_retries, init_options, "init", kernel)
+        if is_sparse and init_spec.method == KMC2_INIT:
+            raise ValueError(
+                f"`init`={KMC2_INIT!r} does not support sparse `x`; use 'random', "
+                "'kmeans_plus_plus' or 'kmeans_parallel'."
+            )
         init_array = None
     else:
         init_spec, init_array, n_init = None, as_centers(init, d, x.dtype, "init"), 1
@@ -370,7 +392,10 @@ def fit(
             )
     if passes.mesh is None or jax.process_count() == 1:
         # One process holds all rows: the distinct-point check (skipped under jit).
-        check_enough_distinct(x, k, passes.metric, w, rows=n)
+        if is_sparse:
+            sparse_check_enough_distinct(x, k, passes.metric, w, rows=n)
+        else:
+            check_enough_distinct(x, k, passes.metric, w, rows=n)
     vectorize = (
         passes.mesh is None
         and jax.default_backend() != "cpu"
@@ -405,7 +430,7 @@ def fit(
 def minibatch_impl(state, x, w, smoothing, spec: engine.Pass, steps_per_iteration: int):
     """Jittable core of :func:`minibatch_step` (no argument checks). With a mesh in
     `spec`, `x` and `w` are row-sharded over it and the state is replicated."""
-    origin = metrics.frame_origin(x, spec.metric, w)
+    origin = engine.origin(x, spec.metric, w)
     frame = engine.frame_of(state.centers, origin, spec.metric)
     sums, counts, loss, _, _ = engine.statistics(spec, x, w, frame)
     has = counts > 0

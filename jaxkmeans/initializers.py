@@ -37,6 +37,8 @@ from jaxkmeans._validation import (
     is_traced,
     row_identity,
 )
+from jaxkmeans.kernels import sparse
+from jaxkmeans.kernels.sparse import SparseRows
 
 __all__ = [
     "RANDOM_INIT",
@@ -48,6 +50,7 @@ __all__ = [
     "make_init",
     "init_impl",
     "init_centers",
+    "sparse_check_enough_distinct",
 ]
 
 RANDOM_INIT = "random"
@@ -542,6 +545,169 @@ class InitSpec:
     kernel: str = "xla"
 
 
+# ------------------------------------------------------------------ sparse rows
+#
+# The same methods on sparse rows (:class:`~jaxkmeans.kernels.sparse.SparseRows`):
+# distances from ``||x||^2 - 2 x.c + ||c||^2`` with the kernels' sparse-dense product
+# (rows are not shifted to their mean: that would fill them), duplicates merged by the
+# sparse row identity, and only the chosen and candidate rows densified.
+
+
+def _sparse_weights(sp: SparseRows, w: jax.Array, metric: str) -> tuple[jax.Array, jax.Array]:
+    """``(merged weights (n,), ||x'||^2 (n,))`` of sparse rows: each group of identical
+    rows' total weight on its first row (cosine: all-zero rows weigh 0)."""
+    vals, _ = sparse.prepared_values(sp, metric)
+    nb = sp.num_blocks * sp.block
+    xsq = jax.ops.segment_sum(vals * vals, sp.rows, num_segments=nb, indices_are_sorted=True)
+    xsq = xsq[: sp.n]
+    if metric == COSINE_DISTANCE:
+        w = jnp.where(xsq > 0, w, 0.0)
+    first, group = updates.identity_groups(sparse.identity(sp, metric))
+    total = jax.ops.segment_sum(w, group, num_segments=sp.n)
+    return jnp.where(first, total[group], 0.0), xsq
+
+
+@functools.partial(jax.jit, static_argnames=("metric",))
+def _sparse_distinct(sp: SparseRows, w: jax.Array | None, metric: str) -> jax.Array:
+    w = jnp.ones((sp.n,), sp.dtype) if w is None else w
+    merged, _ = _sparse_weights(sp, w, metric)
+    return jnp.sum(merged > 0)
+
+
+def sparse_check_enough_distinct(
+    sp: SparseRows,
+    k: int,
+    metric: str,
+    sample_weight: jax.Array | None = None,
+    name: str = "x",
+    rows: int | None = None,
+) -> None:
+    """:func:`jaxkmeans._validation.check_enough_distinct` for sparse rows."""
+    n = sp.n if rows is None else rows
+    if n < k:
+        raise ValueError(
+            f"`num_clusters` must be <= the number of samples in `{name}`; "
+            f"got num_clusters={k} with {n} samples."
+        )
+    distinct = int(_sparse_distinct(sp, sample_weight, metric))
+    if distinct < k:
+        what = "distinct non-zero directions" if metric == COSINE_DISTANCE else "distinct points"
+        raise ValueError(
+            f"`{name}` must have at least num_clusters={k} {what} (with positive weight); "
+            f"got {distinct}."
+        )
+
+
+def _sparse_sq_dists(sp, vals, xsq, c):
+    """(n, t) squared distances of the (prepared) sparse rows to dense points c (t, d)."""
+    prod = sparse.matmul(sp, c, vals)
+    csq = jnp.sum(c * c, axis=1)
+    return jnp.maximum(xsq[:, None] - 2.0 * prod + csq[None, :], 0.0)
+
+
+def _sparse_kmeans_pp(key, sp, vals, xsq, w, k, num_retries):
+    """Greedy k-means++ on sparse rows (the rounds of :func:`_kmeans_pp`)."""
+    n = sp.n
+    num_cand = _num_candidates(num_retries, k)
+    key, sub = jax.random.split(key)
+    first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
+    c0 = sparse.take_rows(sp, first[None], vals)
+    d2 = _sparse_sq_dists(sp, vals, xsq, c0)[:, 0].at[first].set(0.0)
+    chosen = jnp.zeros((n,), bool).at[first].set(True)
+    idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
+    u_all = jax.random.uniform(key, (k, num_cand, 2))
+
+    def pick(i, carry):
+        d2, chosen, idx = carry
+        mass = w * d2
+        drawn = _draw(u_all[i], mass)
+        drawn_mass = mass[drawn]
+        fallback = _unchosen_fallback(drawn_mass, chosen, w)
+        cand = jnp.where(drawn_mass > 0, drawn, fallback)
+        c = sparse.take_rows(sp, cand, vals)
+        dc = jnp.minimum(d2[:, None], _sparse_sq_dists(sp, vals, xsq, c))
+        self_d = dc[cand, jnp.arange(num_cand)]
+        pot = jnp.sum(w[:, None] * dc, axis=0) - w[cand] * self_d
+        best = jnp.argmin(pot)
+        new = cand[best]
+        d2 = lax.dynamic_index_in_dim(dc, best, axis=1, keepdims=False).at[new].set(0.0)
+        return d2, chosen.at[new].set(True), idx.at[i].set(new)
+
+    _, _, idx = lax.fori_loop(1, k, pick, (d2, chosen, idx))
+    return idx
+
+
+def _sparse_kmeans_parallel(key, sp, vals, xsq, w, spec: InitSpec):
+    """k-means|| on sparse rows (as :func:`_kmeans_parallel`): each round's candidates
+    are densified (l rows) and measured with the sparse nearest-center kernel; the
+    weighted candidates are reduced to k by dense greedy k-means++."""
+    opts = dict(spec.options)
+    k, num_retries = spec.k, spec.num_retries
+    rounds, oversampling_factor = opts["rounds"], opts["oversampling_factor"]
+    n, d = sp.shape
+    kernel = spec.kernel if sp.dtype == jnp.float32 else "xla"
+    passes = engine.Pass(kernel=kernel)
+    per_round = max(1, min(n, max(math.ceil(oversampling_factor * k), math.ceil((k - 1) / rounds))))
+    m = 1 + rounds * per_round
+    key, sub = jax.random.split(key)
+    first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
+    cand_idx = jnp.zeros((m,), jnp.int32).at[0].set(first)
+    cand_ok = jnp.zeros((m,), bool).at[0].set(True)
+    c0 = sparse.take_rows(sp, first[None], vals)
+    d2 = _sparse_sq_dists(sp, vals, xsq, c0)[:, 0].at[first].set(0.0)
+    near = jnp.zeros((n,), jnp.int32)
+
+    def round_(r, carry):
+        key, d2, near, cand_idx, cand_ok = carry
+        key, sub = jax.random.split(key)
+        scores, new_idx = lax.top_k(_gumbel_scores(sub, w * d2), per_round)
+        new_ok = jnp.isfinite(scores)
+        offset = 1 + r * per_round
+        c = sparse.take_rows(sp, new_idx, vals)
+        bias = jnp.where(new_ok, jnp.sum(c * c, axis=1), jnp.inf)
+        frame = engine.Frame(jnp.zeros((d,), sp.dtype), -2.0 * c, bias)
+        j, dnew = sparse.nearest(passes, sp, frame)
+        better = dnew < d2
+        d2 = jnp.where(better, dnew, d2)
+        near = jnp.where(better, offset + j, near)
+        d2 = d2.at[new_idx].set(jnp.where(new_ok, 0.0, d2[new_idx]))
+        near = near.at[new_idx].set(
+            jnp.where(new_ok, offset + jnp.arange(per_round, dtype=jnp.int32), near[new_idx])
+        )
+        cand_idx = lax.dynamic_update_slice_in_dim(cand_idx, new_idx.astype(jnp.int32), offset, 0)
+        cand_ok = lax.dynamic_update_slice_in_dim(cand_ok, new_ok, offset, 0)
+        return key, d2, near, cand_idx, cand_ok
+
+    key, d2, near, cand_idx, cand_ok = lax.fori_loop(
+        0, rounds, round_, (key, d2, near, cand_idx, cand_ok)
+    )
+    cw = jax.ops.segment_sum(w, near, num_segments=m)
+    cw = jnp.where(cand_ok, cw, 0.0)
+    cx = sparse.take_rows(sp, cand_idx, vals)
+    sub_idx = _kmeans_pp(key, _prepare(cx, cw, SQUARED_EUCLIDEAN_DISTANCE), cw, k, num_retries)
+    return cand_idx[sub_idx]
+
+
+def _sparse_init(key: jax.Array, sp: SparseRows, w: jax.Array | None, spec: InitSpec) -> jax.Array:
+    """:func:`init_impl` for sparse rows. Returns dense (k, d) centers."""
+    k, metric = spec.k, spec.metric
+    if spec.method == KMC2_INIT:
+        raise ValueError(f"`method`={KMC2_INIT!r} does not support sparse `x`.")
+    w = jnp.ones((sp.n,), sp.dtype) if w is None else w.astype(sp.dtype)
+    w, xsq = _sparse_weights(sp, w, metric)
+    vals, _ = sparse.prepared_values(sp, metric)
+    if spec.method == RANDOM_INIT:
+        _, idx = lax.top_k(_gumbel_scores(key, w), k)
+    elif spec.method == KMEANS_PLUS_PLUS_INIT:
+        idx = _sparse_kmeans_pp(key, sp, vals, xsq, w, k, spec.num_retries)
+    else:
+        idx = _sparse_kmeans_parallel(key, sp, vals, xsq, w, spec)
+    centers = sparse.take_rows(sp, idx.astype(jnp.int32))
+    if metric == COSINE_DISTANCE:
+        centers = metrics.normalize_rows(centers)
+    return centers
+
+
 def check_method_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     """Validates ``**method_options`` for `method`, returning them with defaults filled."""
     allowed = METHOD_OPTIONS[method]
@@ -587,6 +753,8 @@ def make_init(
 @functools.partial(jax.jit, static_argnames=("spec",))
 def init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec) -> jax.Array:
     """Jittable core of :func:`init_centers` (no argument checks). Returns (k, d)."""
+    if isinstance(x, SparseRows):
+        return _sparse_init(key, x, w, spec)
     n, d = x.shape
     k, metric, opts = spec.k, spec.metric, dict(spec.options)
     if w is None:
@@ -652,6 +820,10 @@ def init_centers(
     """
     metric = check_metric(metric)
     k = check_positive_int(num_clusters, "num_clusters")
+    if sparse.is_sparse(x):
+        return _sparse_init_centers(
+            key, x, k, method, metric, sample_weight, num_retries, method_options
+        )
     x = as_data(x, "x")
     n, d = x.shape
     if callable(method) and not isinstance(method, str):
@@ -675,3 +847,22 @@ def _check_user_centers(c: Any, k: int, d: int, dtype: Any, metric: str, name: s
     if metric == COSINE_DISTANCE:
         c = metrics.normalize_rows(c)
     return c
+
+
+def _sparse_init_centers(key, x, k, method, metric, sample_weight, num_retries, options):
+    """:func:`init_centers` for sparse `x` (BCOO or scipy sparse)."""
+    if callable(method) and not isinstance(method, str):
+        raise TypeError(
+            "`method`: a callable is not supported with sparse `x`; pass a method name or an array."
+        )
+    sp, w, n = sparse.bucketed(x, sample_weight, None)
+    if not isinstance(method, str):
+        return _check_user_centers(method, k, sp.d, sp.dtype, metric, "method")
+    spec = make_init(method, k, metric, num_retries, options)
+    if spec.method == KMC2_INIT:
+        raise ValueError(
+            f"`method`={KMC2_INIT!r} does not support sparse `x`; use 'random', "
+            "'kmeans_plus_plus' or 'kmeans_parallel'."
+        )
+    sparse_check_enough_distinct(sp, k, metric, w, rows=n)
+    return init_impl(key, sp, w, spec)

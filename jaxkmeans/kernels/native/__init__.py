@@ -44,11 +44,16 @@ __all__ = [
     "usable",
     "pp_round_available",
     "pp_round",
+    "sparse_available",
+    "sparse_nearest",
+    "sparse_statistics",
 ]
 
 _ASSIGN = "jaxkmeans_assign_f32"
 _LLOYD = "jaxkmeans_lloyd_f32"
 _PP_ROUND = "jaxkmeans_pp_round_f32"
+_SPARSE_ASSIGN = "jaxkmeans_sparse_assign_f32"
+_SPARSE_LLOYD = "jaxkmeans_sparse_lloyd_f32"
 # Loads this library instead of the packaged one (tests; a locally built kernel).
 _LIBRARY_ENV = "JAXKMEANS_NATIVE_LIBRARY"
 
@@ -210,6 +215,22 @@ def _load() -> bool:
                 _info["pp_round"] = True
             except Exception:
                 pass
+        # The sparse kernels are newer still: a build without them keeps the others.
+        _info["sparse"] = False
+        try:
+            targets = (
+                (_SPARSE_ASSIGN, lib.JaxkmeansSparseAssignF32),
+                (_SPARSE_LLOYD, lib.JaxkmeansSparseLloydF32),
+            )
+        except AttributeError:
+            pass
+        else:
+            try:
+                for name, symbol in targets:
+                    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
+                _info["sparse"] = True
+            except Exception:
+                pass
         _loaded = True
         _info["loaded"] = True
         return True
@@ -336,3 +357,50 @@ def pp_round(
         _PP_ROUND, (_sds((n,)), _sds((t,)), _sds((t, nb))), vmap_method="sequential"
     )
     return call(xp, xsq, w, d2, c, csq, cand.astype(jnp.int32), block=block)
+
+
+def sparse_available() -> bool:
+    """Whether the sparse (CSR) kernels of the loaded library are used: loaded, enabled
+    and the library has them."""
+    return enabled() and bool(_info.get("sparse"))
+
+
+def sparse_nearest(
+    indptr: jax.Array,
+    cols: jax.Array,
+    vals: jax.Array,
+    base: jax.Array,
+    cp: jax.Array,
+    bias: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """``(labels (n,), min_dist (n,))`` of CSR rows (``indptr`` (n + 1,), ``cols`` and
+    ``vals`` their stored entries, ``base`` (n,) the per-row base) for prepared centers
+    ``cp`` (k, d) and ``bias`` (k,): ``dist = max(base + <x, cp_j> + bias_j, 0)``,
+    ties to the lowest index. Call only where the program runs on CPU."""
+    n = indptr.shape[0] - 1
+    call = jax.ffi.ffi_call(
+        _SPARSE_ASSIGN, (_sds((n,), jnp.int32), _sds((n,))), vmap_method="sequential"
+    )
+    return call(indptr, cols, vals, base, cp, bias)
+
+
+def sparse_statistics(
+    indptr: jax.Array,
+    cols: jax.Array,
+    vals: jax.Array,
+    base: jax.Array,
+    w: jax.Array,
+    cp: jax.Array,
+    bias: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """:func:`sparse_nearest` plus the per-center sums of ``w * x`` (k, d), summed
+    weights (k,) and the weighted loss (), accumulated in float64 in an order that does
+    not depend on threading. Returns ``(labels, dist, sums, counts, loss)``."""
+    n = indptr.shape[0] - 1
+    k, d = cp.shape
+    call = jax.ffi.ffi_call(
+        _SPARSE_LLOYD,
+        (_sds((n,), jnp.int32), _sds((n,)), _sds((k, d)), _sds((k,)), _sds(())),
+        vmap_method="sequential",
+    )
+    return call(indptr, cols, vals, base, w, cp, bias)
