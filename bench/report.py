@@ -160,16 +160,25 @@ def lloyd_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _iters_note(result: dict[str, Any]) -> list[str]:
+def _early_stops(rows: list[dict[str, Any]], where, labels: dict[str, str], tail: str) -> list[str]:
+    """One note per contestant that stopped before the requested iteration count."""
     notes = []
-    for row in result.get("lloyd", []):
+    for row in rows:
         for name, entry in row["contestants"].items():
             its = entry.get("n_iter_all")
             if its and min(its) < row["iters"]:
                 notes.append(
-                    f"- {_shape(row)}: {LABELS.get(name, name)} stopped after {sorted(set(its))} "
-                    f"of {row['iters']} iterations (time divided by its own count)."
+                    f"- {where(row)}: {labels.get(name, name)} stopped after {sorted(set(its))} "
+                    f"of {row['iters']} iterations{tail}."
                 )
+    return notes
+
+
+def _iters_note(result: dict[str, Any]) -> list[str]:
+    notes = _early_stops(
+        result.get("lloyd", []), _shape, LABELS, " (time divided by its own count)"
+    )
+    for row in result.get("lloyd", []):
         ref = row.get("reference") or {}
         if ref.get("labels_fixed_from_update") is not None:
             notes.append(
@@ -388,16 +397,9 @@ def fit_memory_table(result: dict[str, Any]) -> str:
 
 
 def _fit_notes(result: dict[str, Any]) -> list[str]:
-    notes = []
-    for row in result.get("fit", []):
-        for name, entry in row["contestants"].items():
-            its = entry.get("n_iter_all")
-            if its and min(its) < row["iters"]:
-                notes.append(
-                    f"- {_fit_shape(row)} {row['init']}: {FIT_LABELS.get(name, name)} stopped "
-                    f"after {sorted(set(its))} of {row['iters']} iterations."
-                )
-    return notes
+    return _early_stops(
+        result.get("fit", []), lambda row: f"{_fit_shape(row)} {row['init']}", FIT_LABELS, ""
+    )
 
 
 # --------------------------------------------------------------------------- compile time

@@ -700,6 +700,21 @@ def _sklearn_runner(libs: Libs, x, init, k, iters, seed) -> Runner:
     return run
 
 
+def _faiss_kmeans(faiss, d, k, iters, seed, **extra):
+    """faiss.Kmeans on every row: no silent subsampling, no small-cluster warning."""
+    return faiss.Kmeans(
+        d,
+        k,
+        niter=iters,
+        nredo=1,
+        seed=seed,
+        verbose=False,
+        max_points_per_centroid=10**9,
+        min_points_per_centroid=1,
+        **extra,
+    )
+
+
 def _faiss_runner(libs: Libs, x, init, k, iters, seed) -> Runner:
     faiss = libs.faiss
     if faiss is None:
@@ -707,16 +722,7 @@ def _faiss_runner(libs: Libs, x, init, k, iters, seed) -> Runner:
     d = x.shape[1]
 
     def run():
-        km = faiss.Kmeans(
-            d,
-            k,
-            niter=iters,
-            nredo=1,
-            seed=seed,
-            verbose=False,
-            max_points_per_centroid=10**9,  # no silent subsampling
-            min_points_per_centroid=1,  # no "please provide at least" warning
-        )
+        km = _faiss_kmeans(faiss, d, k, iters, seed)
         t0 = time.perf_counter()
         km.train(x, init_centroids=init)
         t = time.perf_counter() - t0
@@ -885,14 +891,8 @@ def _init_runners(libs: Libs, x: np.ndarray, k: int, seed: int):
     if faiss is not None and hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS"):
 
         def run_faiss():
-            km = faiss.Kmeans(
-                d,
-                k,
-                niter=0,  # initialization only
-                seed=seed,
-                init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
-                max_points_per_centroid=10**9,
-                min_points_per_centroid=1,
+            km = _faiss_kmeans(  # niter=0: initialization only
+                faiss, d, k, 0, seed, init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
             )
             t0 = time.perf_counter()
             km.train(x)
@@ -1234,17 +1234,7 @@ def whole_fit_runner(
             extra["init_method"] = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
 
         def run():
-            km = faiss.Kmeans(
-                d,
-                k,
-                niter=iters,
-                nredo=1,
-                seed=seed,
-                verbose=False,
-                max_points_per_centroid=10**9,  # no silent subsampling
-                min_points_per_centroid=1,
-                **extra,
-            )
+            km = _faiss_kmeans(faiss, d, k, iters, seed, **extra)
             t0 = time.perf_counter()
             km.train(x)
             km.index.search(x, 1)  # the labels
