@@ -446,9 +446,17 @@ def _native_usable(spec: Any, sp: SparseRows) -> bool:
     )
 
 
+def _native_values(spec: Any, sp: SparseRows) -> tuple[jax.Array, jax.Array]:
+    """Values and base for the native kernel: squared Euclidean passes an empty base
+    (the kernel sums each row's squares as it reads the row)."""
+    if spec.metric == COSINE_DISTANCE:
+        return prepared_values(sp, spec.metric)
+    return sp.vals, jnp.zeros((0,), sp.dtype)
+
+
 def _native_statistics(spec: Any, sp: SparseRows, w: jax.Array | None, frame: Any):
     _, cp, bias = frame
-    vals, base = prepared_values(sp, spec.metric)
+    vals, base = _native_values(spec, sp)
     wv = jnp.ones((sp.n,), jnp.float32) if w is None else w.astype(jnp.float32)
     labels, dist, sums, counts, loss = native.sparse_statistics(
         sp.indptr[: sp.n + 1], sp.cols, vals, base, wv, cp, bias
@@ -458,7 +466,7 @@ def _native_statistics(spec: Any, sp: SparseRows, w: jax.Array | None, frame: An
 
 def _native_nearest(spec: Any, sp: SparseRows, frame: Any):
     _, cp, bias = frame
-    vals, base = prepared_values(sp, spec.metric)
+    vals, base = _native_values(spec, sp)
     return native.sparse_nearest(sp.indptr[: sp.n + 1], sp.cols, vals, base, cp, bias)
 
 

@@ -374,10 +374,13 @@ def sparse_nearest(
     bias: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     """``(labels (n,), min_dist (n,))`` of CSR rows (``indptr`` (n + 1,), ``cols`` and
-    ``vals`` their stored entries, ``base`` (n,) the per-row base) for prepared centers
+    ``vals`` their stored entries, ``base`` (n,) the per-row base, or (0,): each row's
+    squared norm, summed by the kernel) for prepared centers
     ``cp`` (k, d) and ``bias`` (k,): ``dist = max(base + <x, cp_j> + bias_j, 0)``,
     ties to the lowest index. Call only where the program runs on CPU."""
     n = indptr.shape[0] - 1
+    if base.shape[0] not in (0, n):
+        raise ValueError(f"`base` must have shape ({n},) or (0,); got {base.shape}.")
     call = jax.ffi.ffi_call(
         _SPARSE_ASSIGN, (_sds((n,), jnp.int32), _sds((n,))), vmap_method="sequential"
     )

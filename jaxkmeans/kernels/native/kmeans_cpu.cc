@@ -4,6 +4,8 @@
 // jaxkmeans_lloyd_f32:  the same, plus per-center weighted sums, weights and the loss.
 // jaxkmeans_pp_round_f32: one greedy k-means++ round in one pass over the rows: the lazy
 //   D^2 update by the previous pick, the candidates' potentials and block totals.
+// jaxkmeans_sparse_assign_f32 / jaxkmeans_sparse_lloyd_f32: the first two for CSR rows
+//   (see the section on sparse rows).
 //
 // The distance search never forms the (n, k) matrix: a register-blocked micro-kernel
 // computes a 6 x 16 tile of <x', c'> + bias and folds it at once into a running
@@ -853,6 +855,175 @@ ffi::Error PpRoundImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   return ffi::Error::Success();
 }
 
+
+// ------------------------------------------------------------ sparse (CSR) rows
+//
+// jaxkmeans_sparse_assign_f32 / jaxkmeans_sparse_lloyd_f32: the same two results for
+// rows given as CSR (indptr (n+1,), cols and vals of the stored entries, base (n,) the
+// per-row base: 1 for cosine's unit rows; empty: ||x||^2, computed here). The centers are prepared as for the
+// dense kernels but in the frame of the origin 0 (sparse rows are never shifted):
+// dist = max(base + (<x, cp_j> + bias_j), 0). The centers are transposed once per call
+// into (d, k) so that each stored entry (j, v) adds v * cpt[j, :] (k contiguous floats)
+// to its row's k scores: nnz * k multiply-adds, never a densified row. Per-center sums
+// go by cluster: rows are grouped by label (in row order) and each cluster's rows are
+// added into a float64 accumulator of d entries, so results do not depend on threads.
+
+struct SparseProblem {
+  const int32_t* indptr;
+  const int32_t* cols;
+  const float* vals;
+  const float* base;
+  const float* cpt;   // (d, k)
+  const float* bias;  // (k,)
+  int64_t n, d, k;
+  int32_t* labels;
+  float* dist;
+};
+
+constexpr int64_t kSparseRowsPerBlock = 256;
+
+void SparseNearestRange(const SparseProblem& p, int64_t r0, int64_t r1, float* acc) {
+  const int64_t k = p.k;
+  for (int64_t i = r0; i < r1; ++i) {
+    std::fill(acc, acc + k, 0.0f);
+    const int64_t e1 = p.indptr[i + 1];
+    for (int64_t e = p.indptr[i]; e < e1; ++e) {
+      const float v = p.vals[e];
+      const float* row = p.cpt + static_cast<int64_t>(p.cols[e]) * k;
+      for (int64_t c = 0; c < k; ++c) acc[c] += v * row[c];
+    }
+    float best = std::numeric_limits<float>::infinity();
+    int32_t lab = 0;
+    float b = 0.0f;
+    if (p.base != nullptr) {
+      b = p.base[i];
+    } else {  // ||x||^2 of the row
+      for (int64_t e = p.indptr[i]; e < e1; ++e) b += p.vals[e] * p.vals[e];
+    }
+    for (int64_t c = 0; c < k; ++c) {
+      const float dd = std::max(b + (acc[c] + p.bias[c]), 0.0f);
+      if (dd < best) {
+        best = dd;
+        lab = static_cast<int32_t>(c);
+      }
+    }
+    p.labels[i] = lab;
+    p.dist[i] = best;
+  }
+}
+
+void SparseNearest(ffi::ThreadPool& pool, const SparseProblem& p) {
+  const int64_t blocks = (p.n + kSparseRowsPerBlock - 1) / kSparseRowsPerBlock;
+  ParallelFor(pool, blocks, [&](int64_t b) {
+    std::vector<float> acc(static_cast<size_t>(p.k));
+    const int64_t r0 = b * kSparseRowsPerBlock;
+    SparseNearestRange(p, r0, std::min(p.n, r0 + kSparseRowsPerBlock), acc.data());
+  });
+}
+
+std::vector<float> TransposeCenters(const float* cp, int64_t k, int64_t d) {
+  std::vector<float> cpt(static_cast<size_t>(k * d));
+  for (int64_t c = 0; c < k; ++c)
+    for (int64_t j = 0; j < d; ++j) cpt[j * k + c] = cp[c * d + j];
+  return cpt;
+}
+
+ffi::Error SparseShapes(ffi::Buffer<ffi::S32>& indptr, ffi::Buffer<ffi::S32>& cols,
+                        ffi::Buffer<ffi::F32>& vals, ffi::Buffer<ffi::F32>& base,
+                        ffi::Buffer<ffi::F32>& cp, ffi::Buffer<ffi::F32>& bias) {
+  const int64_t n = static_cast<int64_t>(indptr.element_count()) - 1;
+  auto cd = cp.dimensions();
+  if (n < 0 || cols.element_count() != vals.element_count() ||
+      (base.element_count() != static_cast<size_t>(n) && base.element_count() != 0) ||
+      cd.size() != 2 || cd[0] < 1 ||
+      bias.element_count() != static_cast<size_t>(cd[0])) {
+    return ffi::Error::InvalidArgument("jaxkmeans sparse kernel: inconsistent shapes");
+  }
+  const int32_t* ptr = indptr.typed_data();
+  const int64_t nnz = static_cast<int64_t>(cols.element_count());
+  if (n > 0 && (ptr[0] < 0 || ptr[n] > nnz)) {
+    return ffi::Error::InvalidArgument("jaxkmeans sparse kernel: row pointers out of range");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error SparseAssignImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> indptr,
+                            ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::F32> vals,
+                            ffi::Buffer<ffi::F32> base, ffi::Buffer<ffi::F32> cp,
+                            ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::S32> labels,
+                            ffi::ResultBuffer<ffi::F32> dist) {
+  if (auto err = SparseShapes(indptr, cols, vals, base, cp, bias); err.failure()) return err;
+  const int64_t n = static_cast<int64_t>(indptr.element_count()) - 1;
+  const int64_t k = cp.dimensions()[0], d = cp.dimensions()[1];
+  const std::vector<float> cpt = TransposeCenters(cp.typed_data(), k, d);
+  const SparseProblem p{indptr.typed_data(), cols.typed_data(), vals.typed_data(),
+                        base.element_count() ? base.typed_data() : nullptr,
+                        cpt.data(),          bias.typed_data(),
+                        n, d, k, labels->typed_data(), dist->typed_data()};
+  SparseNearest(pool, p);
+  return ffi::Error::Success();
+}
+
+ffi::Error SparseLloydImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> indptr,
+                           ffi::Buffer<ffi::S32> cols, ffi::Buffer<ffi::F32> vals,
+                           ffi::Buffer<ffi::F32> base, ffi::Buffer<ffi::F32> w,
+                           ffi::Buffer<ffi::F32> cp, ffi::Buffer<ffi::F32> bias,
+                           ffi::ResultBuffer<ffi::S32> labels, ffi::ResultBuffer<ffi::F32> dist,
+                           ffi::ResultBuffer<ffi::F32> sums, ffi::ResultBuffer<ffi::F32> counts,
+                           ffi::ResultBuffer<ffi::F32> loss) {
+  if (auto err = SparseShapes(indptr, cols, vals, base, cp, bias); err.failure()) return err;
+  const int64_t n = static_cast<int64_t>(indptr.element_count()) - 1;
+  const int64_t k = cp.dimensions()[0], d = cp.dimensions()[1];
+  if (w.element_count() != static_cast<size_t>(n)) {
+    return ffi::Error::InvalidArgument("jaxkmeans sparse kernel: weights must be (n,)");
+  }
+  const std::vector<float> cpt = TransposeCenters(cp.typed_data(), k, d);
+  const SparseProblem p{indptr.typed_data(), cols.typed_data(), vals.typed_data(),
+                        base.element_count() ? base.typed_data() : nullptr,
+                        cpt.data(),          bias.typed_data(),
+                        n, d, k, labels->typed_data(), dist->typed_data()};
+  SparseNearest(pool, p);
+  // Rows grouped by cluster, in row order (a counting sort of the labels).
+  const int32_t* lab = p.labels;
+  std::vector<int64_t> start(static_cast<size_t>(k + 1), 0);
+  for (int64_t i = 0; i < n; ++i) ++start[lab[i] + 1];
+  for (int64_t c = 0; c < k; ++c) start[c + 1] += start[c];
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t i = 0; i < n; ++i) order[fill[lab[i]]++] = i;
+  }
+  const float* wv = w.typed_data();
+  const int32_t* ptr = p.indptr;
+  float* out = sums->typed_data();
+  std::vector<double> cnt(static_cast<size_t>(k)), cl(static_cast<size_t>(k));
+  ParallelFor(pool, k, [&](int64_t c) {
+    std::vector<double> acc(static_cast<size_t>(d), 0.0);
+    double wc = 0.0, lc = 0.0;
+    for (int64_t q = start[c]; q < start[c + 1]; ++q) {
+      const int64_t i = order[q];
+      const double wi = static_cast<double>(wv[i]);
+      wc += wi;
+      lc += wi * static_cast<double>(p.dist[i]);
+      if (wi == 0.0) continue;
+      for (int64_t e = ptr[i]; e < ptr[i + 1]; ++e) {
+        acc[p.cols[e]] += wi * static_cast<double>(p.vals[e]);
+      }
+    }
+    float* o = out + c * d;
+    for (int64_t j = 0; j < d; ++j) o[j] = static_cast<float>(acc[j]);
+    cnt[c] = wc;
+    cl[c] = lc;
+  });
+  double total = 0.0;
+  for (int64_t c = 0; c < k; ++c) {
+    counts->typed_data()[c] = static_cast<float>(cnt[c]);
+    total += cl[c];
+  }
+  *loss->typed_data() = static_cast<float>(total);
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansAssignF32, AssignImpl,
@@ -896,6 +1067,36 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansPpRoundF32, PpRoundImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // d2' (n,)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // pot (t,)
                                   .Ret<ffi::Buffer<ffi::F32>>()  // block sums (t, nb)
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansSparseAssignF32, SparseAssignImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // indptr (n + 1,)
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // cols (nnz,)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // vals (nnz,)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // base (n,)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cp (k, d)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias (k,)
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // labels
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dist
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansSparseLloydF32, SparseLloydImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // indptr (n + 1,)
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // cols (nnz,)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // vals (nnz,)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // base (n,)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w (n,)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cp (k, d)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias (k,)
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // labels
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dist
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // sums (k, d)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // counts (k,)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // loss ()
 );
 
 // What this library was built against, read by the Python loader (ctypes) BEFORE it
