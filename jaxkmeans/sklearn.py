@@ -79,6 +79,8 @@ except ImportError as e:  # pragma: no cover - exercised without the extra
         "jaxkmeans.sklearn needs scikit-learn; install it with `pip install 'jaxkmeans[sklearn]'`."
     ) from e
 
+import scipy.sparse as _sp
+
 try:
     from sklearn.utils.validation import validate_data as _sk_validate_data
 except ImportError:  # pragma: no cover - scikit-learn < 1.6
@@ -88,8 +90,10 @@ except ImportError:  # pragma: no cover - scikit-learn < 1.6
 
 
 import jaxkmeans
-from jaxkmeans import _validation, engine, fitting
+from jaxkmeans import _validation, engine, fitting, initializers
 from jaxkmeans._validation import check_non_negative, check_positive_int
+from jaxkmeans.kernels import sparse
+from jaxkmeans.kernels.sparse import SparseRows
 from jaxkmeans.state import KMeansState
 
 __all__ = ["KMeans", "MiniBatchKMeans"]
@@ -147,24 +151,90 @@ def _pad_cols(c: np.ndarray, d_pad: int) -> np.ndarray:
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("metric",))
-def _row_identity(x: jax.Array, metric: str) -> jax.Array:
-    return _validation.row_identity(x, metric)
+_dense_identity = jax.jit(sparse.dense_identity)
 
 
-def _row_keys(x: np.ndarray) -> np.ndarray:
-    """A 64-bit key of each row's bits (n,) uint64: the package's row identity (two
-    32-bit hashes, :func:`jaxkmeans._validation.row_identity`) as one number. Equal rows
-    (-0.0 counting as 0.0) get equal keys; the key depends on the row's values only."""
+@jax.jit
+def _sparse_identity(x: SparseRows) -> jax.Array:
+    return sparse.identity(x, _validation.SQUARED_EUCLIDEAN_DISTANCE)
+
+
+def _row_keys(x: Any) -> np.ndarray:
+    """A 64-bit key of each row's bits (n,) uint64: a hash of the row's nonzero entries
+    (column, value bits; two 32-bit hashes, :func:`jaxkmeans.kernels.sparse.identity`)
+    as one number. Equal rows (-0.0 counting as 0.0) get equal keys; the key depends on
+    the row's values only, and a row has the same key dense or sparse (so dense and
+    sparse input give the same distinct rows in the same order)."""
     n, d = x.shape
-    # Padded to a few shapes (one compiled program for small problems); a row's key does
-    # not depend on the other rows, and zero columns add nothing to it.
-    xp, _ = _pad(x, None, _bucket_rows(n), _bucket_cols(d))
-    ident = np.asarray(
-        _row_identity(_validation.to_device(xp), _validation.SQUARED_EUCLIDEAN_DISTANCE)
-    )
-    ident = ident[:n].astype(np.uint64)
+    if _sp.issparse(x):
+        ident = _sparse_identity(sparse.from_host(x, rows=_bucket_rows(n), check_values=False))
+    else:
+        # Padded to a few shapes (one compiled program for small problems); a row's key
+        # does not depend on the other rows, and zero columns add nothing to it.
+        xp, _ = _pad(x, None, _bucket_rows(n), _bucket_cols(d))
+        ident = _dense_identity(_validation.to_device(xp))
+    ident = np.asarray(ident)[:n].astype(np.uint64)
     return (ident[:, 0] << np.uint64(32)) | ident[:, 1]
+
+
+def _canonical_csr(x: Any, dtype: Any) -> Any:
+    """A CSR copy of sparse `x` in `dtype`: sorted, duplicates summed, no stored zeros."""
+    x = _sp.csr_matrix(x, dtype=dtype, copy=True)
+    x.sum_duplicates()
+    x.eliminate_zeros()
+    x.sort_indices()
+    return x
+
+
+def _distinct_sparse_rows(x: Any, w: np.ndarray) -> tuple[Any, np.ndarray]:
+    """:func:`_distinct_rows` of a sparse matrix (CSR in, CSR out)."""
+    keep = w > 0
+    x = _canonical_csr(x, x.dtype)
+    if not keep.all():
+        x, w = x[np.flatnonzero(keep)], w[keep]
+    if x.shape[0] == 0:
+        return x, w
+    h = _row_keys(x)
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    starts = np.flatnonzero(np.concatenate([[True], hs[1:] != hs[:-1]]))
+    same = np.flatnonzero(hs[1:] == hs[:-1])
+    if same.size and (x[order[same]] != x[order[same + 1]]).nnz:
+        # a hash collision between different rows (practically never): exact grouping
+        dense_keys = [x[i].toarray().tobytes() for i in range(x.shape[0])]
+        _, first, group = np.unique(dense_keys, return_index=True, return_inverse=True)
+        wu = np.bincount(group.ravel(), weights=w, minlength=len(first))
+        return x[first], wu.astype(w.dtype)
+    wu = np.add.reduceat(w[order].astype(np.float64), starts)
+    return x[order[starts]], wu.astype(w.dtype)
+
+
+def _distinct(x: Any, w: np.ndarray) -> tuple[Any, np.ndarray]:
+    """Distinct weighted rows of dense or sparse `x` (see :func:`_distinct_rows`)."""
+    if _sp.issparse(x):
+        return _distinct_sparse_rows(x, w)
+    return _distinct_rows(np.asarray(x), w)
+
+
+def _placed(x: Any, w: np.ndarray, dtype: Any) -> tuple[Any, jax.Array, int]:
+    """Distinct rows `x` and weights `w` on the device, padded: dense rows to their row
+    bucket and small column counts (:func:`_pad`), sparse rows to :class:`SparseRows`
+    with empty rows of weight 0 (columns as they are). Returns ``(x, w, d_pad)``."""
+    m, d = x.shape
+    n_pad = _bucket_rows(m)
+    if _sp.issparse(x):
+        wp = np.zeros((n_pad,), w.dtype)
+        wp[:m] = w
+        xs = sparse.from_host(x, rows=n_pad, dtype=dtype, check_values=False)
+        return xs, _validation.to_device(wp), d
+    d_pad = _bucket_cols(d)
+    xp, wp = _pad(x, w, n_pad, d_pad)
+    return _validation.to_device(xp), _validation.to_device(wp), d_pad
+
+
+def _dense_rows(x: Any) -> np.ndarray:
+    """`x` as a dense array (for a few rows: centers, a user's mini-batch)."""
+    return x.toarray() if _sp.issparse(x) else np.asarray(x)
 
 
 def _distinct_rows(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,16 +278,43 @@ def _scaled_tol(tol: float, x: np.ndarray, w: np.ndarray) -> float:
     return tol * _weighted_mean_variance(x, w)
 
 
-def _weighted_mean_variance(x: np.ndarray, w: np.ndarray) -> float:
+def _weighted_mean_variance(x: Any, w: np.ndarray) -> float:
     """Mean over features of the weighted per-feature variance (float64)."""
+    if _sp.issparse(x):
+        x = _sp.csr_matrix(x, dtype=np.float64)
+        w = w.astype(np.float64)
+        total = w.sum()
+        mean = np.asarray(x.T @ w).ravel() / total
+        sq = np.asarray(x.multiply(x).T @ w).ravel() / total
+        return float(np.mean(np.maximum(sq - mean * mean, 0.0)))
     x = x.astype(np.float64)
     w = w.astype(np.float64)
     mean = w @ x / w.sum()
     return float(np.mean(w @ (x - mean[None, :]) ** 2 / w.sum()))
 
 
-def _euclidean_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+def _sparse_euclidean_distances(x: Any, centers: np.ndarray) -> np.ndarray:
+    """(n, k) Euclidean distances in float64 of sparse rows: ``||x||^2 - 2 x.c +
+    ||c||^2`` with scipy's sparse-dense product (no densified rows); entries where the
+    expansion cancels (a row at or near a center) are recomputed from the densified
+    row and center (so a row equal to a center is exactly 0)."""
+    x = _sp.csr_matrix(x, dtype=np.float64)
+    c = centers.astype(np.float64)
+    xsq = np.asarray(x.multiply(x).sum(axis=1)).ravel()
+    csq = np.sum(c * c, axis=1)
+    d2 = xsq[:, None] - 2.0 * np.asarray(x @ c.T) + csq[None, :]
+    rows, cols = np.nonzero(d2 <= 1e-8 * (xsq[:, None] + csq[None, :]))
+    for start in range(0, rows.size, 256):
+        r, q = rows[start : start + 256], cols[start : start + 256]
+        diff = x[r].toarray() - c[q]
+        d2[r, q] = np.sum(diff * diff, axis=1)
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def _euclidean_distances(x: Any, centers: np.ndarray) -> np.ndarray:
     """(n, k) Euclidean distances in float64, each row independent of the others."""
+    if _sp.issparse(x):
+        return _sparse_euclidean_distances(x, centers)
     c = centers.astype(np.float64)
     origin = c.mean(axis=0)
     c = c - origin[None, :]
@@ -240,10 +337,14 @@ def _euclidean_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return out
 
 
-def _nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _nearest(x: Any, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Labels (int32) and squared distances of the rows of `x` to `centers`
-    (``jaxkmeans.assign`` on padded rows, in the compute dtype)."""
+    (``jaxkmeans.assign`` on padded rows, in the compute dtype; sparse rows as they
+    are, never densified)."""
     dtype = _compute_dtype(x.dtype)
+    if _sp.issparse(x):
+        labels, dist = jaxkmeans.assign(_sp.csr_matrix(x, dtype=dtype), np.asarray(centers, dtype))
+        return np.asarray(labels), np.asarray(dist)
     x = np.asarray(x, dtype)
     n, d = x.shape
     d_pad = _bucket_cols(d)
@@ -262,7 +363,15 @@ def _as_key(random_state: np.random.RandomState) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("k", "method"))
 def _init_program(key, x, w, *, k, method):
+    if isinstance(x, SparseRows):
+        spec = initializers.make_init(method, k, _validation.SQUARED_EUCLIDEAN_DISTANCE)
+        return initializers.init_impl(key, x, w, spec)
     return jaxkmeans.init_centers(key, x, k, method, sample_weight=w)
+
+
+def _take(x: Any, idx: jax.Array) -> jax.Array:
+    """Rows `idx` of the device data, dense (sparse rows: only these are densified)."""
+    return sparse.take_rows(x, idx) if isinstance(x, SparseRows) else x[idx]
 
 
 def _lloyd_program(x, w, centers, tol, max_iter):
@@ -336,7 +445,7 @@ def _minibatch_program(
         key, sub = jax.random.split(c["key"])
         u = jax.random.uniform(sub, (batch,), dtype) * cdf[-1]
         idx = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, x.shape[0] - 1)
-        xb = x[idx]
+        xb = _take(x, idx)
         since = c["since"] + n_real
         trigger = jnp.any(st.counts == 0) | (since >= 10 * k)
         new, loss = jaxkmeans.minibatch_step(st, xb, sample_weight=wb)
@@ -443,7 +552,7 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
             self,
             X,
             reset=reset,
-            accept_sparse=False,
+            accept_sparse=["csr", "csc"],
             dtype=[np.float64, np.float32],
             order="C",
         )
@@ -475,7 +584,7 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
         """Validated weights and the distinct weighted rows in the compute dtype."""
         sw = self._sample_weight(sample_weight, X)
         dtype = _compute_dtype(X.dtype)
-        xu, wu = _distinct_rows(np.asarray(X, dtype), np.asarray(sw, dtype))
+        xu, wu = _distinct(X.astype(dtype), np.asarray(sw, dtype))
         if xu.shape[0] == 0:
             raise ValueError("`sample_weight` must have at least one positive weight; all are 0.")
         return sw, (xu, wu), dtype
@@ -483,6 +592,7 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
     def _few_distinct(self, xu: np.ndarray) -> np.ndarray:
         """Centers when there are at most n_clusters distinct points: all of them, the
         rest repeating the first (scikit-learn warns in that case too)."""
+        xu = _dense_rows(xu)
         m, k = xu.shape[0], self.n_clusters
         if m < k:
             warnings.warn(
@@ -520,7 +630,7 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
         (default n_clusters) initial centers for `X`, weighted by `sample_weight`, from
         `init_size` random rows if given; zero-weight rows are never chosen.
         `x_squared_norms` is accepted and unused."""
-        X = np.asarray(X)
+        X = X if _sp.issparse(X) else np.asarray(X)
         init = self.init if init is None else init
         k = self.n_clusters if n_centroids is None else int(n_centroids)
         random_state = check_random_state(random_state)
@@ -532,18 +642,13 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
             c = init(X, k, random_state=random_state) if callable(init) else init
             return np.asarray(c, X.dtype)
         dtype = _compute_dtype(X.dtype)
-        xu, wu = _distinct_rows(np.asarray(X, dtype), np.asarray(sw, dtype))
+        xu, wu = _distinct(X.astype(dtype), np.asarray(sw, dtype))
         if xu.shape[0] <= k:
+            xu = _dense_rows(xu)
             return np.concatenate([xu, np.repeat(xu[:1], k - xu.shape[0], axis=0)]).astype(X.dtype)
         d = xu.shape[1]
-        xp, wp = _pad(xu, wu, _bucket_rows(xu.shape[0]), _bucket_cols(d))
-        c = _init_program(
-            _as_key(random_state),
-            _validation.to_device(xp),
-            _validation.to_device(wp),
-            k=k,
-            method=_CORE_INIT[init],
-        )
+        xp, wp, _ = _placed(xu, wu, dtype)
+        c = _init_program(_as_key(random_state), xp, wp, k=k, method=_CORE_INIT[init])
         return np.asarray(c)[:, :d].astype(X.dtype)
 
     def _set_fitted(self, X: np.ndarray, centers: np.ndarray) -> None:
@@ -702,9 +807,7 @@ class KMeans(_BaseKMeans):
 
     def _lloyd(self, X, xu, wu, init, n_init, random_state, dtype):
         m, d = xu.shape
-        d_pad = _bucket_cols(d)
-        xp, wp = _pad(xu, wu, _bucket_rows(m), d_pad)
-        xp, wp = _validation.to_device(xp), _validation.to_device(wp)
+        xp, wp, d_pad = _placed(xu, wu, dtype)
         tol = jnp.asarray(_scaled_tol(self.tol, xu, wu), dtype)
         max_iter = jnp.asarray(min(self.max_iter, _NO_LIMIT), jnp.int32)
         keys = jax.random.split(_as_key(random_state), n_init)
@@ -826,7 +929,7 @@ class MiniBatchKMeans(_BaseKMeans):
         """Best of `n_init` initializations, each on `init_size` random distinct rows,
         judged on another `init_size` random rows. Returns (k, d) in the compute dtype."""
         m, d = xu.shape
-        d_pad = _bucket_cols(d)
+        d_pad = d if _sp.issparse(xu) else _bucket_cols(d)
         full = init_size >= m
 
         def sample(size):
@@ -844,7 +947,7 @@ class MiniBatchKMeans(_BaseKMeans):
             if xs.shape[0] <= self.n_clusters:
                 c = jnp.asarray(_pad_cols(self._few_distinct(xs), d_pad))
             else:
-                xp, wp = _pad(xs, ws, _bucket_rows(xs.shape[0]), d_pad)
+                xp, wp, _ = _placed(xs, ws, dtype)
                 c = self._init_run(keys[run], xp, wp, init, X, d_pad, random_state, dtype)
             c = np.asarray(c)[:, :d]
             if valid is None:
@@ -891,16 +994,15 @@ class MiniBatchKMeans(_BaseKMeans):
             centers = self._initial_centers(
                 X, xu, wu, init, n_init, init_size, random_state, init_key, dtype
             )
-            d_pad = _bucket_cols(d)
-            xp, wp = _pad(xu, wu, _bucket_rows(m), d_pad)
-            cdf = np.cumsum(wp.astype(np.float64)).astype(dtype)
+            xp, wp, d_pad = _placed(xu, wu, dtype)
+            cdf = np.cumsum(np.asarray(wp, np.float64)).astype(dtype)
             state = KMeansState.create(jnp.asarray(_pad_cols(centers, d_pad)), key=state_key)
             n_steps = (self.max_iter * m) // batch
             no_imp = self.max_no_improvement
             state, steps, ewa = _minibatch_program(
                 state,
                 loop_key,
-                _validation.to_device(xp),
+                xp,
                 jnp.asarray(cdf),
                 jnp.asarray(batch, jnp.int32),
                 jnp.asarray(min(n_steps, _NO_LIMIT), jnp.int32),
@@ -983,14 +1085,14 @@ class MiniBatchKMeans(_BaseKMeans):
             bool(np.any(self._state.counts == 0))
             or self._n_since_last_reassign >= 10 * self.n_clusters
         )
-        state, _ = jaxkmeans.minibatch_step(
-            self._state, np.asarray(X, dtype), sample_weight=np.asarray(sw, dtype)
-        )
+        # The batch itself is one chunk: sparse batches are densified here.
+        xb = np.asarray(_dense_rows(X), dtype)
+        state, _ = jaxkmeans.minibatch_step(self._state, xb, sample_weight=np.asarray(sw, dtype))
         if reassign:
             self._n_since_last_reassign = 0
             state = _reassign_program(
                 state,
-                jnp.asarray(X, dtype),
+                jnp.asarray(xb),
                 jnp.asarray(X.shape[0], jnp.int32),
                 jnp.asarray(self.reassignment_ratio, dtype),
             )

@@ -51,6 +51,7 @@ __all__ = [
     "matmul",
     "take_rows",
     "identity",
+    "dense_identity",
     "prepared_values",
 ]
 
@@ -277,29 +278,45 @@ def _mix(h: jax.Array) -> jax.Array:
     return h ^ (h >> 16)
 
 
+def _entry_hashes(cols: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two 32-bit hashes of each entry (column, value bits); 0 where the value is 0."""
+    v = v + jnp.zeros((), v.dtype)  # -0.0 -> 0.0
+    if v.dtype == jnp.float64:
+        bits = lax.bitcast_convert_type(v, jnp.uint32)  # (..., 2)
+        bits = bits[..., 0] ^ _mix(bits[..., 1] + jnp.uint32(0x9E3779B9))
+    else:
+        bits = lax.bitcast_convert_type(v.astype(jnp.float32), jnp.uint32)
+    col = cols.astype(jnp.uint32)
+    live = v != 0
+    h1 = _mix(_mix(col * jnp.uint32(0x9E3779B1) + jnp.uint32(1)) ^ bits)
+    h2 = _mix(_mix(col ^ jnp.uint32(0x7F4A7C15)) + bits * jnp.uint32(0x27D4EB2F))
+    zero = jnp.zeros((), jnp.uint32)
+    return jnp.where(live, h1, zero), jnp.where(live, h2, zero)
+
+
 def identity(sp: SparseRows, metric: str) -> jax.Array:
-    """(n, 2) uint32: a hash of each row's values (cosine: of its direction, the row
-    divided by its largest absolute entry). Equal rows get equal identities."""
+    """(n, 2) uint32: a hash of each row's nonzero entries (column and value bits;
+    cosine: of its direction, the row divided by its largest absolute entry). Equal
+    rows get equal identities, and a dense row gets the same identity from
+    :func:`dense_identity` (squared Euclidean)."""
     nb = sp.num_blocks * sp.block
     v = sp.vals
     if metric == COSINE_DISTANCE:
         big = jax.ops.segment_max(jnp.abs(v), sp.rows, num_segments=nb, indices_are_sorted=True)
         v = v / jnp.where(big > 0, big, 1.0)[sp.rows]
-    v = v + jnp.zeros((), v.dtype)  # -0.0 -> 0.0
-    if v.dtype == jnp.float64:
-        bits = lax.bitcast_convert_type(v, jnp.uint32)  # (nnz, 2)
-        bits = bits[:, 0] ^ _mix(bits[:, 1] + jnp.uint32(0x9E3779B9))
-    else:
-        bits = lax.bitcast_convert_type(v.astype(jnp.float32), jnp.uint32)
-    col = sp.cols.astype(jnp.uint32)
-    live = v != 0
-    h1 = jnp.where(live, _mix(_mix(col * jnp.uint32(0x9E3779B1) + 1) ^ bits), 0)
-    h2 = jnp.where(
-        live, _mix(_mix(col ^ jnp.uint32(0x7F4A7C15)) + bits * jnp.uint32(0x27D4EB2F)), 0
-    )
+    h1, h2 = _entry_hashes(sp.cols, v)
     s1 = jax.ops.segment_sum(h1, sp.rows, num_segments=nb, indices_are_sorted=True)
     s2 = jax.ops.segment_sum(h2, sp.rows, num_segments=nb, indices_are_sorted=True)
     return jnp.stack([s1[: sp.n], s2[: sp.n]], axis=1)
+
+
+def dense_identity(x: jax.Array) -> jax.Array:
+    """(n, 2) uint32: :func:`identity` of dense rows `x` (n, d): the same hash of the
+    nonzero entries (zero columns add nothing)."""
+    cols = jnp.arange(x.shape[1], dtype=jnp.uint32)[None, :]
+    h1, h2 = _entry_hashes(cols, x)
+    u32 = jnp.uint32
+    return jnp.stack([jnp.sum(h1, axis=1, dtype=u32), jnp.sum(h2, axis=1, dtype=u32)], axis=1)
 
 
 def take_rows(sp: SparseRows, idx: jax.Array, vals: jax.Array | None = None) -> jax.Array:
