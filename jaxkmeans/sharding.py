@@ -8,6 +8,20 @@ engine's: :mod:`jaxkmeans.engine`.) Ragged row counts are padded with zero-weigh
 Multi-process (``jax.distributed.initialize``): each process passes its own rows
 (``jax.make_array_from_process_local_data``); the processes may hold different numbers
 of rows.
+
+Examples:
+  Place 10 rows on every device of a one-axis mesh, fit there:
+
+  >>> import jax, numpy as np, jaxkmeans
+  >>> from jaxkmeans import sharding
+  >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+  >>> x = np.arange(20, dtype=np.float32).reshape(10, 2)
+  >>> xs, ws, n = sharding.shard_rows(x, None, mesh)
+  >>> n, xs.sharding == sharding.row_sharding(mesh), float(ws.sum())
+  (10, True, 10.0)
+  >>> result = jaxkmeans.fit(jax.random.PRNGKey(0), x, 2, mesh=mesh)
+  >>> result.labels.shape
+  (10,)
 """
 
 from __future__ import annotations
@@ -35,7 +49,17 @@ __all__ = [
 
 
 def local_rows(a: jax.Array, n: int) -> jax.Array:
-    """This process's first `n` rows of a row-sharded global array (padding dropped)."""
+    """This process's first `n` rows of a row-sharded global array (padding dropped).
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from jaxkmeans import sharding
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+      >>> n = 2 * jax.device_count()
+      >>> xs, _, _ = sharding.shard_rows(np.ones((n, 2), np.float32), None, mesh)
+      >>> sharding.local_rows(xs, n).shape == (n, 2)
+      True
+    """
     if jax.process_count() == 1:
         return a[:n]
     shards = sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
@@ -43,21 +67,54 @@ def local_rows(a: jax.Array, n: int) -> jax.Array:
 
 
 def data_axes(mesh: Mesh) -> tuple[str, ...]:
-    """The mesh axes the rows are split over: all of them."""
+    """The mesh axes the rows are split over: all of them.
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from jaxkmeans import sharding
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+      >>> sharding.data_axes(mesh)
+      ('data',)
+    """
     return tuple(mesh.axis_names)
 
 
 def row_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Rows split over the data axes, other dimensions whole."""
+    """Rows split over the data axes, other dimensions whole.
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from jaxkmeans import sharding
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+      >>> sharding.row_sharding(mesh).spec == jax.sharding.PartitionSpec(("data",), None)
+      True
+    """
     return NamedSharding(mesh, P(data_axes(mesh), *([None] * (ndim - 1))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """The same full copy on every device of `mesh` (how centers are placed).
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from jaxkmeans import sharding
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+      >>> sharding.replicated(mesh).is_fully_replicated
+      True
+    """
     return NamedSharding(mesh, P())
 
 
 def local_device_count(mesh: Mesh) -> int:
-    """Devices of `mesh` that belong to this process."""
+    """Devices of `mesh` that belong to this process.
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from jaxkmeans import sharding
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+      >>> sharding.local_device_count(mesh) == jax.local_device_count()
+      True
+    """
     me = jax.process_index()
     return sum(1 for d in mesh.devices.flat if d.process_index == me)
 
@@ -78,6 +135,15 @@ def shard_rows(
     Returns:
       ``(x_global, w_global, n_valid_total)``: row-sharded global arrays and the number
       of real rows over all processes.
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from jaxkmeans import sharding
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+      >>> x = np.ones((5, 3), np.float32)
+      >>> xs, ws, n = sharding.shard_rows(x, None, mesh)
+      >>> n, xs.shape[0] % jax.device_count(), float(ws.sum())  # padding weighs 0
+      (5, 0, 5.0)
     """
     x = np.asarray(x)
     n, d = x.shape
@@ -107,7 +173,16 @@ def shard_rows(
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Every array leaf of `tree` as a copy replicated on all devices of `mesh` (each
-    process holds the same values)."""
+    process holds the same values).
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from jaxkmeans import sharding
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+      >>> tree = sharding.replicate({"centers": np.zeros((4, 2), np.float32)}, mesh)
+      >>> tree["centers"].sharding.is_fully_replicated
+      True
+    """
     rep = replicated(mesh)
 
     def put(a):
@@ -120,7 +195,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def any_process(flag: bool) -> bool:
-    """True when `flag` is True on at least one process (a collective when several)."""
+    """True when `flag` is True on at least one process (a collective when several).
+
+    Examples:
+      >>> from jaxkmeans import sharding
+      >>> sharding.any_process(False), sharding.any_process(True)  # one process
+      (False, True)
+    """
     if jax.process_count() == 1:
         return bool(flag)
     from jax.experimental import multihost_utils
@@ -130,7 +211,13 @@ def any_process(flag: bool) -> bool:
 
 
 def broadcast_from_first(a: Any) -> np.ndarray:
-    """Process 0's value of `a`, on every process."""
+    """Process 0's value of `a`, on every process.
+
+    Examples:
+      >>> from jaxkmeans import sharding
+      >>> sharding.broadcast_from_first([1, 2, 3])  # one process: its own value
+      array([1, 2, 3])
+    """
     if jax.process_count() == 1:
         return np.asarray(a)
     from jax.experimental import multihost_utils
