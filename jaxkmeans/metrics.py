@@ -43,14 +43,28 @@ __all__ = [
 
 
 def normalize_rows(x: jax.Array) -> jax.Array:
-    """Divides each row by its L2 norm; all-zero rows stay zero (never NaN)."""
+    """Divides each row by its L2 norm; all-zero rows stay zero (never NaN).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans.metrics import normalize_rows
+      >>> normalize_rows(jnp.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+      [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    """
     sq = jnp.sum(x * x, axis=-1, keepdims=True)
     safe = jnp.where(sq > 0, sq, jnp.ones_like(sq))
     return jnp.where(sq > 0, x * lax.rsqrt(safe), jnp.zeros_like(x))
 
 
 def dot(a: jax.Array, b: jax.Array, precision: str) -> jax.Array:
-    """``a @ b.T`` with an explicit precision; the result is in ``a``'s dtype (>= float32)."""
+    """``a @ b.T`` with an explicit precision; the result is in ``a``'s dtype (>= float32).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans.metrics import dot
+      >>> dot(jnp.ones((2, 3)), jnp.ones((4, 3)), "bfloat16").tolist()[0]
+      [3.0, 3.0, 3.0, 3.0]
+    """
     out_dtype = jnp.promote_types(a.dtype, jnp.float32)
     dims = (((a.ndim - 1,), (b.ndim - 1,)), ((), ()))
     if precision == "bfloat16":
@@ -67,7 +81,15 @@ def dot(a: jax.Array, b: jax.Array, precision: str) -> jax.Array:
 def prepare_centers(
     centers: jax.Array, metric: str, offset: jax.Array | None
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns ``(c', bias)`` of the kernel above for `centers` of shape (k, d)."""
+    """Returns ``(c', bias)`` of the kernel above for `centers` of shape (k, d).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans.metrics import prepare_centers
+      >>> c, bias = prepare_centers(jnp.array([[1.0, 2.0]]), "squared_euclidean", None)
+      >>> c.tolist(), bias.tolist()  # -2c and ||c||^2
+      ([[-2.0, -4.0]], [5.0])
+    """
     if metric == COSINE_DISTANCE:
         return -normalize_rows(centers), jnp.zeros(centers.shape[:1], centers.dtype)
     c = centers if offset is None else centers - offset[None, :]
@@ -77,7 +99,15 @@ def prepare_centers(
 def prepare_rows(
     x: jax.Array, metric: str, offset: jax.Array | None
 ) -> tuple[jax.Array, jax.Array]:
-    """Returns ``(x', base)`` of the kernel above for rows `x` of shape (m, d)."""
+    """Returns ``(x', base)`` of the kernel above for rows `x` of shape (m, d).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans.metrics import prepare_rows
+      >>> xp, base = prepare_rows(jnp.array([[3.0, 4.0]]), "squared_euclidean", None)
+      >>> xp.tolist(), base.tolist()  # x and ||x||^2
+      ([[3.0, 4.0]], [25.0])
+    """
     if metric == COSINE_DISTANCE:
         return normalize_rows(x), jnp.ones(x.shape[:1], x.dtype)
     xs = x if offset is None else x - offset[None, :]
@@ -85,12 +115,30 @@ def prepare_rows(
 
 
 def score_block(xp: jax.Array, cp: jax.Array, bias: jax.Array, precision: str) -> jax.Array:
-    """The (m, k) block ``<x', c'> + bias`` (distance minus the per-row ``base``)."""
+    """The (m, k) block ``<x', c'> + bias`` (distance minus the per-row ``base``).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans import metrics
+      >>> x, c = jnp.array([[0.0], [3.0]]), jnp.array([[1.0], [4.0]])
+      >>> xp, base = metrics.prepare_rows(x, "squared_euclidean", None)
+      >>> cp, bias = metrics.prepare_centers(c, "squared_euclidean", None)
+      >>> score = metrics.score_block(xp, cp, bias, "float32")
+      >>> metrics.to_distance(base[:, None], score).tolist()  # (x - c)^2
+      [[1.0, 16.0], [4.0, 1.0]]
+    """
     return dot(xp, cp, precision) + bias[None, :]
 
 
 def to_distance(base: jax.Array, score: jax.Array) -> jax.Array:
-    """Distance from ``base + score``, clamped to be non-negative (cosine also <= 2)."""
+    """Distance from ``base + score``, clamped to be non-negative (cosine also <= 2).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans.metrics import to_distance
+      >>> to_distance(jnp.array([1.0, 1.0]), jnp.array([-1.5, 2.0])).tolist()  # never < 0
+      [0.0, 3.0]
+    """
     return jnp.maximum(base + score, 0.0)
 
 
@@ -116,6 +164,18 @@ def frame_origin(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.A
     Cost: one matrix-vector product for the mean (multithreaded, unlike a column
     reduction) and a strided sample of at most 4096 rows for the spread (the grid only
     needs its scale).
+
+    Examples:
+      Integer ids near 1e5: the origin stays on the integer grid, so subtracting it is
+      exact.
+
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans.metrics import frame_origin
+      >>> x = jnp.array([[100001.0, 7.0], [100003.0, 9.0], [100004.0, 8.0]])
+      >>> frame_origin(x, "squared_euclidean").tolist()
+      [100003.0, 8.0]
+      >>> frame_origin(x, "cosine") is None
+      True
     """
     if metric == COSINE_DISTANCE:
         return None
