@@ -2,6 +2,21 @@
 
 All functions work on rows in the engine's frame: ``x - origin`` for squared Euclidean
 (centers live in the same shifted frame) and unit rows for cosine.
+
+Examples:
+  One Lloyd finish by hand: per-center sums, an empty cluster relocated to the farthest
+  point, new centers.
+
+  >>> import jax.numpy as jnp
+  >>> from jaxkmeans import updates
+  >>> x = jnp.array([[0.0], [1.0], [5.0], [5.0], [10.0]])
+  >>> labels, dist = jnp.array([0, 0, 0, 0, 1]), jnp.array([0.0, 1.0, 25.0, 25.0, 0.0])
+  >>> sums, counts = jnp.array([[11.0], [10.0], [0.0]]), jnp.array([4.0, 1.0, 0.0])
+  >>> far = updates.farthest(x, None, labels, dist, 1, "squared_euclidean", None)
+  >>> sums, counts = updates.relocate_empty(sums, counts, far, updates.members(labels, None, 3))
+  >>> old = jnp.zeros((3, 1))
+  >>> updates.centers_from_stats(sums, counts, old, "squared_euclidean").ravel().tolist()
+  [0.5, 10.0, 5.0]
 """
 
 from __future__ import annotations
@@ -36,7 +51,16 @@ def centers_from_stats(
     sums: jax.Array, counts: jax.Array, old: jax.Array, metric: str
 ) -> jax.Array:
     """Means (squared Euclidean) or normalized sums (cosine); clusters with no weight
-    keep their old center."""
+    keep their old center.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans.updates import centers_from_stats
+      >>> sums, counts = jnp.array([[4.0], [0.0]]), jnp.array([2.0, 0.0])
+      >>> centers_from_stats(sums, counts, jnp.array([[1.0], [7.0]]), "squared_euclidean")
+      Array([[2.],
+             [7.]], dtype=float32)
+    """
     has = counts > 0
     if metric == COSINE_DISTANCE:
         new = metrics.normalize_rows(sums)
@@ -48,7 +72,14 @@ def centers_from_stats(
 
 
 class Far(NamedTuple):
-    """Distinct candidate points for empty clusters, farthest first."""
+    """Distinct candidate points for empty clusters, farthest first.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans.updates import no_candidates
+      >>> no_candidates(2, 3, jnp.float32)._fields
+      ('rows', 'dist', 'labels', 'weights', 'ident', 'copies')
+    """
 
     rows: jax.Array  # (m, d) rows in the frame
     dist: jax.Array  # (m,) distance to their nearest center (-1: no candidate)
@@ -59,7 +90,15 @@ class Far(NamedTuple):
 
 
 def no_candidates(m: int, d: int, dtype: Any) -> Far:
-    """A candidate set with no candidates."""
+    """A candidate set with no candidates.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans.updates import no_candidates
+      >>> far = no_candidates(2, 3, jnp.float32)
+      >>> far.rows.shape, far.dist.tolist()  # distance -1: no candidate
+      ((2, 3), [-1.0, -1.0])
+    """
     return Far(
         jnp.zeros((m, d), dtype),
         jnp.full((m,), -1.0, dtype),
@@ -79,6 +118,15 @@ def identity_groups(
       ``(first, group)``: (m,) bool, True for one row of each group (the one with the
       smallest `priority`, default none, then the lowest index), and (m,) int32 group ids
       in ``[0, m)``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans._validation import row_identity
+      >>> from jaxkmeans.updates import identity_groups
+      >>> x = jnp.array([[0.0], [1.0], [1.0], [9.0]])
+      >>> first, group = identity_groups(row_identity(x, "squared_euclidean"))
+      >>> first.tolist(), int(group[1]) == int(group[2]), len(set(group.tolist()))
+      ([True, True, False, True], True, 3)
     """
     m = ident.shape[0]
     idx = jnp.arange(m, dtype=jnp.int32)
@@ -93,7 +141,16 @@ def identity_groups(
 
 def first_copies(ident: jax.Array, priority: jax.Array | None = None) -> jax.Array:
     """(m,) bool: True for one row of each set of rows with equal identity (m, 2): the
-    one with the smallest `priority` (default: none), then the lowest index."""
+    one with the smallest `priority` (default: none), then the lowest index.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans._validation import row_identity
+      >>> from jaxkmeans.updates import first_copies
+      >>> x = jnp.array([[0.0], [1.0], [1.0], [9.0]])
+      >>> first_copies(row_identity(x, "squared_euclidean")).tolist()
+      [True, True, False, True]
+    """
     return identity_groups(ident, priority)[0]
 
 
@@ -108,7 +165,19 @@ def _farthest_first(far: Far) -> Far:
 def distinct_top(far: Far, m: int) -> Far:
     """The `m` farthest distinct points of a candidate set in which one point may appear
     several times (from different batches or devices): each point once, at its largest
-    distance, carrying the summed weight of its copies."""
+    distance, carrying the summed weight of its copies.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxkmeans.updates import distinct_top, farthest
+      >>> x = jnp.array([[0.0], [1.0], [5.0], [5.0], [10.0]])
+      >>> labels, dist = jnp.array([0, 0, 0, 0, 1]), jnp.array([0.0, 1.0, 25.0, 25.0, 0.0])
+      >>> far = farthest(x, None, labels, dist, 2, "squared_euclidean", None)
+      >>> both = jax.tree_util.tree_map(lambda a: jnp.concatenate([a, a]), far)  # 2 devices
+      >>> top = distinct_top(both, 2)
+      >>> top.rows.ravel().tolist(), top.weights.tolist()  # copies' weights summed
+      ([5.0, 1.0], [4.0, 2.0])
+    """
     first, group = identity_groups(far.ident, -far.dist)
     size = far.dist.shape[0]
     real = far.dist >= 0
@@ -171,6 +240,15 @@ def farthest(
     first copy of each point is that point's farthest copy, so once the pool holds `m`
     distinct points they are the answer. Only when it does not (heavily duplicated
     data) are all n rows hashed and sorted.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans.updates import farthest
+      >>> x = jnp.array([[0.0], [1.0], [5.0], [5.0], [10.0]])
+      >>> labels, dist = jnp.array([0, 0, 0, 0, 1]), jnp.array([0.0, 1.0, 25.0, 25.0, 0.0])
+      >>> far = farthest(x, None, labels, dist, 2, "squared_euclidean", None)
+      >>> far.rows.ravel().tolist(), far.dist.tolist(), far.weights.tolist()
+      ([5.0, 1.0], [25.0, 1.0], [2.0, 1.0])
     """
     n, d = x.shape
     if n < m:  # fewer rows than candidates asked for: the rest are "no candidate"
@@ -203,7 +281,14 @@ def farthest(
 
 
 def members(labels: jax.Array, w: jax.Array | None, k: int) -> jax.Array:
-    """(k,) int32: the number of rows with positive weight nearest to each center."""
+    """(k,) int32: the number of rows with positive weight nearest to each center.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans.updates import members
+      >>> members(jnp.array([0, 0, 1, 0]), jnp.array([1.0, 0.0, 2.0, 1.0]), 3).tolist()
+      [2, 1, 0]
+    """
     ones = jnp.ones(labels.shape, jnp.int32) if w is None else (w > 0).astype(jnp.int32)
     return jax.ops.segment_sum(ones, labels, num_segments=k)
 
@@ -230,6 +315,19 @@ def relocate_empty(
 
     Returns:
       ``(sums, counts)`` with the relocated statistics.
+
+    Examples:
+      Cluster 2 is empty: it takes the point 5 (both of its rows) from cluster 0.
+
+      >>> import jax.numpy as jnp
+      >>> from jaxkmeans.updates import farthest, members, relocate_empty
+      >>> x = jnp.array([[0.0], [1.0], [5.0], [5.0], [10.0]])
+      >>> labels, dist = jnp.array([0, 0, 0, 0, 1]), jnp.array([0.0, 1.0, 25.0, 25.0, 0.0])
+      >>> far = farthest(x, None, labels, dist, 1, "squared_euclidean", None)
+      >>> sums, counts = jnp.array([[11.0], [10.0], [0.0]]), jnp.array([4.0, 1.0, 0.0])
+      >>> sums, counts = relocate_empty(sums, counts, far, members(labels, None, 3))
+      >>> sums.ravel().tolist(), counts.tolist()
+      ([1.0, 10.0, 10.0], [2.0, 1.0, 2.0])
     """
     k = counts.shape[0]
     m = far.dist.shape[0]
@@ -258,7 +356,13 @@ def relocate_empty(
 
 
 class MiniBatchOptState(NamedTuple):
-    """State of :func:`minibatch_optimizer`: the cumulative weight seen by each center."""
+    """State of :func:`minibatch_optimizer`: the cumulative weight seen by each center.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxkmeans
+      >>> jaxkmeans.minibatch_optimizer().init(jnp.zeros((3, 2)))
+      MiniBatchOptState(counts=Array([0., 0., 0.], dtype=float32))
+    """
 
     counts: jax.Array  # (k,)
 
