@@ -43,7 +43,13 @@ _auto_path: str | None = None
 
 
 def default_compilation_cache_dir() -> pathlib.Path:
-    """``$XDG_CACHE_HOME/jaxkmeans/jax-compilation-cache`` (``~/.cache/...`` without it)."""
+    """``$XDG_CACHE_HOME/jaxkmeans/jax-compilation-cache`` (``~/.cache/...`` without it).
+
+    Examples:
+      >>> from jaxkmeans._config import default_compilation_cache_dir
+      >>> default_compilation_cache_dir().parts[-2:]
+      ('jaxkmeans', 'jax-compilation-cache')
+    """
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return pathlib.Path(base) / "jaxkmeans" / "jax-compilation-cache"
 
@@ -128,6 +134,13 @@ def use_default_compilation_cache() -> str | None:
     thresholds included), JAX's cache is switched off (``jax_enable_compilation_cache``
     False), or the directory cannot be created. Without it (the default), only a cache
     the user configured is in use. Returns the directory in use, or None.
+
+    Examples:
+      >>> import os
+      >>> from jaxkmeans._config import use_default_compilation_cache
+      >>> where = use_default_compilation_cache()
+      >>> where is None or os.path.isdir(where)
+      True
     """
     global _auto_checked, _auto_path
     if _auto_checked:
@@ -215,7 +228,15 @@ def _pallas_info(platforms: set[str]) -> dict[str, Any]:
 
 
 def config_info() -> dict[str, Any]:
-    """Everything :func:`show_config` prints, as a dict."""
+    """Everything :func:`show_config` prints, as a dict.
+
+    Examples:
+      >>> import jaxkmeans
+      >>> from jaxkmeans._config import config_info
+      >>> info = config_info()
+      >>> info["versions"]["jaxkmeans"] == jaxkmeans.__version__, "loaded" in info["native_kernel"]
+      (True, True)
+    """
     import numpy as np
 
     from jaxkmeans.kernels import native

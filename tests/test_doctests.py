@@ -10,7 +10,9 @@ import importlib.util
 import inspect
 import pkgutil
 
+import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 
 import jaxkmeans
 
@@ -58,12 +60,30 @@ def _module_names():
 MODULES = _module_names()
 
 
+# JAX settings an example may change (enable_compilation_cache's does): restored after
+# each module so that one module's examples cannot change how the next one runs.
+_JAX_SETTINGS = (
+    "jax_compilation_cache_dir",
+    "jax_enable_compilation_cache",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+    "jax_compilation_cache_max_size",
+)
+
+
 def _run(name):
     module = importlib.import_module(name)
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=_FLAGS)
-    for test in finder.find(module, name):  # each docstring sees its module's globals
-        runner.run(test)
+    saved = {k: getattr(jax.config, k) for k in _JAX_SETTINGS}
+    try:
+        for test in finder.find(module, name):  # each docstring sees its module's globals
+            runner.run(test)
+    finally:
+        if any(getattr(jax.config, k) != v for k, v in saved.items()):
+            for k, v in saved.items():
+                jax.config.update(k, v)
+            compilation_cache.reset_cache()
     return runner.summarize(verbose=False)
 
 
