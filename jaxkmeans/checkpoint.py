@@ -70,11 +70,30 @@ _barrier_ids = itertools.count()
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, damaged, unreadable or does not fit the request."""
+    """A checkpoint is missing, damaged, unreadable or does not fit the request.
+
+    A subclass of ``ValueError``.
+
+    Examples:
+        >>> import tempfile, numpy as np
+        >>> from jaxkmeans.checkpoint import CheckpointError, Checkpointer
+        >>> with Checkpointer(tempfile.mkdtemp()) as ckpt:
+        ...     try:
+        ...         ckpt.restore()
+        ...     except CheckpointError as e:
+        ...         print(isinstance(e, ValueError))
+        True
+    """
 
 
 class CheckpointWarning(UserWarning):
-    """A damaged checkpoint was skipped in favour of an older one."""
+    """A damaged checkpoint was skipped in favour of an older one.
+
+    Examples:
+        >>> from jaxkmeans.checkpoint import CheckpointWarning
+        >>> issubclass(CheckpointWarning, UserWarning)
+        True
+    """
 
 
 class _Damaged(Exception):
@@ -273,6 +292,15 @@ class Checkpointer:
         """Finalized checkpoint steps, ascending ([] when the directory is missing).
 
         Finalized means fully written and committed; it does not mean verified.
+
+        Examples:
+            >>> import tempfile, numpy as np
+            >>> from jaxkmeans.checkpoint import Checkpointer
+            >>> ckpt = Checkpointer(tempfile.mkdtemp(), max_to_keep=2)
+            >>> for step in (1, 2, 3):
+            ...     ckpt.save(step, {"x": np.zeros(2)}, {})
+            >>> ckpt.steps()  # max_to_keep=2
+            [2, 3]
         """
         # Orbax's rule (orbax.checkpoint.path.step.standard_name_format): a finalized
         # step is a directory named by the step; unfinished ones carry a tmp suffix.
@@ -283,12 +311,32 @@ class Checkpointer:
         return sorted(int(e.name) for e in entries if _STEP_NAME.match(e.name) and e.is_dir())
 
     def latest_step(self) -> int | None:
-        """The newest finalized step, or None."""
+        """The newest finalized step, or None.
+
+        Examples:
+            >>> import tempfile, numpy as np
+            >>> from jaxkmeans.checkpoint import Checkpointer
+            >>> ckpt = Checkpointer(tempfile.mkdtemp(), max_to_keep=2)
+            >>> ckpt.latest_step() is None
+            True
+            >>> ckpt.save(7, {"x": np.zeros(2)}, {})
+            >>> ckpt.latest_step()
+            7
+        """
         steps = self.steps()
         return steps[-1] if steps else None
 
     def checkpoint_path(self, step: int | None = None) -> str | None:
-        """Path of the newest (or the given) finalized checkpoint, or None if absent."""
+        """Path of the newest (or the given) finalized checkpoint, or None if absent.
+
+        Examples:
+            >>> import tempfile, numpy as np
+            >>> from jaxkmeans.checkpoint import Checkpointer
+            >>> ckpt = Checkpointer(tempfile.mkdtemp(), max_to_keep=2)
+            >>> ckpt.save(7, {"x": np.zeros(2)}, {})
+            >>> ckpt.checkpoint_path() == str(ckpt.directory / "7"), ckpt.checkpoint_path(8)
+            (True, None)
+        """
         steps = self.steps()
         if step is None:
             step = steps[-1] if steps else None
@@ -312,6 +360,14 @@ class Checkpointer:
         Raises:
             TypeError, ValueError: bad arguments (nothing is written).
             CheckpointError: the write failed (earlier checkpoints are untouched).
+
+        Examples:
+            >>> import tempfile, numpy as np
+            >>> from jaxkmeans.checkpoint import Checkpointer
+            >>> ckpt = Checkpointer(tempfile.mkdtemp())
+            >>> ckpt.save(5, {"centers": np.ones((2, 2), np.float32), "step": 5}, {"k": 2})
+            >>> ckpt.steps()
+            [5]
         """
         step = _check_step(step)
         arrays = _check_state(state)
@@ -433,6 +489,19 @@ class Checkpointer:
         Raises:
             CheckpointError: no checkpoint, the requested step is missing or
                 damaged, no checkpoint is readable, or the target does not fit.
+
+        Examples:
+            >>> import tempfile, numpy as np
+            >>> from jaxkmeans.checkpoint import Checkpointer
+            >>> ckpt = Checkpointer(tempfile.mkdtemp())
+            >>> ckpt.save(1, {"x": np.zeros(2, np.float32)}, {"k": 2})
+            >>> step, state, config = ckpt.restore({"x": np.zeros(2, np.float32)})
+            >>> step, state["x"].dtype, config
+            (1, dtype('float32'), {'k': 2})
+            >>> ckpt.restore({"x": np.zeros(3, np.float32)})
+            Traceback (most recent call last):
+            ...
+            jaxkmeans.checkpoint.CheckpointError: ...
         """
         if step is not None:
             step = _check_step(step)
@@ -473,6 +542,14 @@ class Checkpointer:
 
         The whole checkpoint is read and verified, so the config always belongs to
         an intact checkpoint (same fallback and errors as :meth:`restore`).
+
+        Examples:
+            >>> import tempfile, numpy as np
+            >>> from jaxkmeans.checkpoint import Checkpointer
+            >>> ckpt = Checkpointer(tempfile.mkdtemp())
+            >>> ckpt.save(1, {"x": np.zeros(2)}, {"num_clusters": 2})
+            >>> ckpt.read_config()
+            {'num_clusters': 2}
         """
         return self.restore(step=step)[2]
 
@@ -537,7 +614,17 @@ class Checkpointer:
     # ------------------------------------------------------------------- close
 
     def close(self) -> None:
-        """Releases Orbax resources. Idempotent; the object may still be used after."""
+        """Releases Orbax resources. Idempotent; the object may still be used after.
+
+        Examples:
+            >>> import tempfile, numpy as np
+            >>> from jaxkmeans.checkpoint import Checkpointer
+            >>> ckpt = Checkpointer(tempfile.mkdtemp(), max_to_keep=2)
+            >>> ckpt.save(1, {"x": np.zeros(2)}, {})
+            >>> ckpt.close(); ckpt.close()
+            >>> ckpt.latest_step()
+            1
+        """
         manager, self._manager = self._manager, None
         if manager is not None:
             manager.close()
@@ -561,6 +648,19 @@ class CheckpointStore:
         directory: the absolute path of the model directory (str).
         step, config: the newest checkpoint's step and config (None when there is none).
         saved: the snapshot given to the last :meth:`save` or :meth:`remember`.
+
+    Examples:
+        >>> import tempfile, numpy as np
+        >>> from jaxkmeans.checkpoint import CheckpointStore
+        >>> d = tempfile.mkdtemp()
+        >>> store = CheckpointStore(d)
+        >>> store.step, store.state()
+        (None, None)
+        >>> store.save(3, {"x": np.ones(2)}, {"format": "demo"}, snapshot="after step 3")
+        >>> store.close()
+        >>> again = CheckpointStore(d)
+        >>> again.step, again.config, again.state()["x"].tolist()
+        (3, {'format': 'demo'}, [1.0, 1.0])
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 5):
@@ -577,7 +677,14 @@ class CheckpointStore:
         return f"CheckpointStore({self.directory!r}, step={self.step})"
 
     def state(self) -> dict[str, np.ndarray] | None:
-        """The newest checkpoint's state as read at construction, unchecked (None if none)."""
+        """The newest checkpoint's state as read at construction, unchecked (None if none).
+
+        Examples:
+            >>> import tempfile
+            >>> from jaxkmeans.checkpoint import CheckpointStore
+            >>> CheckpointStore(tempfile.mkdtemp()).state() is None
+            True
+        """
         return self._state
 
     def load(
@@ -601,6 +708,21 @@ class CheckpointStore:
         Raises:
             ValueError: the format or an expected value does not fit.
             CheckpointError: the state does not fit the template.
+
+        Examples:
+            >>> import tempfile, numpy as np
+            >>> from jaxkmeans.checkpoint import CheckpointStore
+            >>> d = tempfile.mkdtemp()
+            >>> store = CheckpointStore(d)
+            >>> store.save(1, {"x": np.ones(2)}, {"format": "demo", "k": 2}, snapshot=None)
+            >>> store = CheckpointStore(d)
+            >>> template = lambda config: {"x": np.zeros(2)}
+            >>> store.load("demo", "Demo", {"k": (2, "")}, template)["x"].tolist()
+            [1.0, 1.0]
+            >>> store.load("demo", "Demo", {"k": (3, "asked 3")}, template)
+            Traceback (most recent call last):
+            ...
+            ValueError: the checkpoint ... does not fit this Demo: it has k=2 (asked 3). ...
         """
         config = self.config
         if config is None:
@@ -624,18 +746,43 @@ class CheckpointStore:
         return _check_target(template(config), self._state, where)
 
     def remember(self, snapshot: Any) -> None:
-        """Keeps `snapshot` as the state to roll back to (what the directory holds)."""
+        """Keeps `snapshot` as the state to roll back to (what the directory holds).
+
+        Examples:
+            >>> import tempfile
+            >>> from jaxkmeans.checkpoint import CheckpointStore
+            >>> store = CheckpointStore(tempfile.mkdtemp())
+            >>> store.remember({"step": 0})
+            >>> store.saved
+            {'step': 0}
+        """
         self.saved = snapshot
 
     def save(
         self, step: int, state: Mapping[str, Any], config: Mapping[str, Any], snapshot: Any
     ) -> None:
-        """:meth:`Checkpointer.save`, then keeps `snapshot` (see :meth:`remember`)."""
+        """:meth:`Checkpointer.save`, then keeps `snapshot` (see :meth:`remember`).
+
+        Examples:
+            >>> import tempfile, numpy as np
+            >>> from jaxkmeans.checkpoint import CheckpointStore
+            >>> store = CheckpointStore(tempfile.mkdtemp())
+            >>> store.save(1, {"x": np.ones(2)}, {}, snapshot="state at step 1")
+            >>> store.saved
+            'state at step 1'
+        """
         self._checkpointer.save(step, state, config)
         self.saved = snapshot
 
     def close(self) -> None:
-        """Releases Orbax resources (the store may still be used after)."""
+        """Releases Orbax resources (the store may still be used after).
+
+        Examples:
+            >>> import tempfile
+            >>> from jaxkmeans.checkpoint import CheckpointStore
+            >>> store = CheckpointStore(tempfile.mkdtemp())
+            >>> store.close()
+        """
         self._checkpointer.close()
 
 
@@ -645,7 +792,19 @@ def _first_line(error: BaseException) -> str:
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> str | None:
-    """Path of the newest finalized checkpoint in `directory`; None if none or no dir."""
+    """Path of the newest finalized checkpoint in `directory`; None if none or no dir.
+
+    Examples:
+        >>> import os, tempfile, numpy as np
+        >>> from jaxkmeans.checkpoint import Checkpointer, latest_checkpoint
+        >>> d = tempfile.mkdtemp()
+        >>> latest_checkpoint(os.path.join(d, "missing")) is None
+        True
+        >>> with Checkpointer(d) as ckpt:
+        ...     ckpt.save(4, {"x": np.zeros(1)}, {})
+        >>> os.path.basename(latest_checkpoint(d))
+        '4'
+    """
     with Checkpointer(directory, max_to_keep=None) as checkpointer:
         return checkpointer.checkpoint_path()
 
@@ -657,6 +816,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[int, dict[str, np.ndarray]
     Raises:
         ValueError: `path` is not a finalized checkpoint step directory.
         CheckpointError: it is damaged or unreadable.
+
+    Examples:
+        >>> import tempfile, numpy as np
+        >>> from jaxkmeans.checkpoint import Checkpointer, latest_checkpoint, read_checkpoint
+        >>> d = tempfile.mkdtemp()
+        >>> with Checkpointer(d) as ckpt:
+        ...     ckpt.save(4, {"x": np.arange(3)}, {"k": 3})
+        >>> step, state, config = read_checkpoint(latest_checkpoint(d))
+        >>> step, state["x"].tolist(), config
+        (4, [0, 1, 2], {'k': 3})
     """
     p = pathlib.Path(path).expanduser().resolve()
     if not _STEP_NAME.match(p.name) or not p.is_dir():
