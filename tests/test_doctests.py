@@ -8,7 +8,9 @@ import doctest
 import importlib
 import importlib.util
 import inspect
+import pathlib
 import pkgutil
+import re
 
 import jax
 import pytest
@@ -128,3 +130,23 @@ def test_every_public_name_has_an_example():
 def test_module_list_is_complete():
     for name in EXPECTED_WITH_EXAMPLES:
         assert name in MODULES
+
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "page",
+    sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md") if "_build" not in p.parts),
+)
+def test_docs_python_blocks_run(page, tmp_path, monkeypatch):
+    """The ```python blocks of each documentation page run, in order, in one namespace
+    (paths under /tmp/ go to a fresh temporary directory)."""
+    pytest.importorskip("sklearn")
+    monkeypatch.chdir(tmp_path)
+    text = (DOCS / page).read_text()
+    namespace = {"__name__": "__docs__"}
+    for i, block in enumerate(re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)):
+        code = block.replace('"/tmp/', f'"{tmp_path}/')
+        exec(compile(code, f"docs/{page} python block {i + 1}", "exec"), namespace)
