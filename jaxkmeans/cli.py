@@ -46,19 +46,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import dataclasses
+import importlib
 import inspect
+import io
+import itertools
 import json
 import math
 import os
 import pathlib
+import re
 import secrets
 import signal
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TextIO
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, TextIO
 
 import jax
 import numpy as np
@@ -68,11 +74,19 @@ from jaxkmeans import _config
 from jaxkmeans.checkpoint import Checkpointer
 from jaxkmeans.initializers import INIT_METHODS
 
-__all__ = ["main", "load_data", "CommandError"]
+__all__ = ["main", "load_data", "read_table", "Table", "CommandError"]
 
 PROG = "jaxkmeans"
 METRICS = (jaxkmeans.SQUARED_EUCLIDEAN_DISTANCE, jaxkmeans.COSINE_DISTANCE)
-DATA_SUFFIXES = (".npy", ".csv", ".txt")
+# DATA: "-" (standard input), .npy, Parquet, or text (optionally compressed).
+STDIN = "-"
+TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
+DATA_SUFFIXES = (".npy", ".parquet", ".pq", *TEXT_SUFFIXES)
+DATA_FORMATS = ".npy, .parquet, .csv, .tsv or .txt (text also .gz, .bz2, .xz), or - (stdin)"
+# Rows per block when reading text without pyarrow, and Parquet; bytes per block of
+# pyarrow's CSV reader (a few blocks are in flight at once).
+READ_BATCH_ROWS = 65_536
+ARROW_BLOCK_BYTES = 16 << 20
 # Rows per batch when predicting or scoring (bounds host and device memory).
 PREDICT_BATCH = 65_536
 DEFAULT_FULL_BATCH_STEPS = 300
@@ -103,124 +117,667 @@ class CommandError(Exception):
 # --------------------------------------------------------------------------- data
 
 
-def load_data(path: str | os.PathLike, what: str = "DATA") -> np.ndarray:
-    """Reads a data file as an ``(n, d)`` numeric array.
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """The feature columns read from a data file.
+
+    Attributes:
+      array: (n_samples, n_features) numbers: float32 for text and Parquet (in memory),
+        the stored dtype for ``.npy`` (memory-mapped unless columns were picked out).
+      names: the features' names (from a header row or a Parquet schema), or None.
+      columns: the features' 0-based positions in the file.
+      name: how messages name the file, e.g. ``DATA 'x.csv'``.
+    """
+
+    array: np.ndarray
+    names: list[str] | None
+    columns: list[int]
+    name: str
+
+
+def load_data(
+    path: str | os.PathLike,
+    what: str = "DATA",
+    columns: Sequence[str] | None = None,
+    delimiter: str | None = None,
+) -> np.ndarray:
+    """Reads a data file as an ``(n, d)`` numeric array (see :func:`read_table`)."""
+    return read_table(path, what, columns, delimiter).array
+
+
+def read_table(
+    path: str | os.PathLike,
+    what: str = "DATA",
+    columns: Sequence[str] | _ModelColumns | None = None,
+    delimiter: str | None = None,
+) -> Table:
+    """Reads the feature columns of a data file.
 
     Args:
-      path: a ``.npy`` file (memory-mapped, not read yet), or a ``.csv`` / ``.txt`` file
-        of numbers separated by commas or whitespace (a non-numeric first row is a
-        header and skipped; lines starting with ``#`` are comments).
-      what: how error messages name the file.
+      path: ``-`` (standard input: ``.npy``, Parquet, gzip/bzip2/xz and text are told
+        apart by their first bytes), a ``.npy`` file, a ``.parquet`` / ``.pq`` file
+        (needs pyarrow), or a ``.csv`` / ``.tsv`` / ``.txt`` file of numbers, optionally
+        compressed (``.gz``, ``.bz2``, ``.xz``). Text: a first row that is not all
+        numbers is a header; blank lines and lines starting with ``#`` are skipped;
+        numbers may be quoted.
+      what: how error messages name the file (``DATA``).
+      columns: the features, each a column name, a 0-based position or a range of
+        positions ``start:stop`` (Python's slice, ``stop`` excluded). None: every
+        column, except the unnamed first column ``pandas.DataFrame.to_csv`` writes for
+        the index (skipped with a note on stderr) and Parquet columns pandas marks as
+        the index.
+      delimiter: for text: one character, ``\\t`` / ``tab``, or ``whitespace`` (runs of
+        spaces and tabs). None: tab for ``.tsv``; else a comma if the first row has one,
+        then tab, then semicolon, else whitespace.
 
     Returns:
-      (n_samples, n_features) array: float32 for text, the stored dtype for ``.npy``.
+      The columns as a :class:`Table` (a 1-D ``.npy`` array is one feature).
 
     Raises:
-      CommandError: missing or unreadable file, unknown suffix, non-numeric values,
-        rows of different lengths, no rows, more than 2 dimensions.
+      CommandError: missing or unreadable file, unknown suffix, unknown column,
+        non-numeric values, rows of different lengths, no rows, more than 2 dimensions.
     """
-    p = pathlib.Path(path).expanduser()
-    name = f"{what} {str(path)!r}"
-    if not p.exists():
-        raise CommandError(f"{name} does not exist.")
-    if p.is_dir():
-        raise CommandError(f"{name} is a directory; expected a .npy, .csv or .txt file.")
-    suffix = p.suffix.lower()
-    if suffix not in DATA_SUFFIXES:
-        raise CommandError(
-            f"{name} must be a .npy, .csv or .txt file; got suffix {suffix or '(none)'!r}."
-        )
-    arr = _load_npy(p, name) if suffix == ".npy" else _load_text(p, name)
-    if arr.ndim == 1:
-        arr = arr.reshape(-1, 1)
-    if arr.ndim != 2:
-        raise CommandError(f"{name} must be 2-D (rows x features); got shape {arr.shape}.")
+    source = _Source.open(str(path), what)
+    if delimiter is not None and source.kind != "text":
+        raise CommandError(f"--delimiter only applies to text files; {source.name} is not one.")
+    if source.kind == "npy":
+        table = _read_npy(source, columns)
+    elif source.kind == "parquet":
+        table = _read_parquet(source, columns)
+    else:
+        table = _read_text(source, columns, delimiter)
+    arr = table.array
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise CommandError(f"{name} has no data; got shape {arr.shape}.")
-    return arr
+        raise CommandError(f"{table.name} has no data; got shape {arr.shape}.")
+    return table
 
 
-def _load_npy(p: pathlib.Path, name: str) -> np.ndarray:
+def _note(message: str) -> None:
+    sys.stderr.write(f"{PROG}: note: {message}\n")
+
+
+_COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+_MAGIC = (
+    (b"\x93NUMPY", "npy"),
+    (b"PAR1", "parquet"),
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bz2"),
+    (b"\xfd7zXZ\x00", "lzma"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """Where a data file's bytes come from: a path, or standard input read whole."""
+
+    kind: str  # "npy", "parquet" or "text"
+    name: str  # e.g. "DATA 'x.csv'"
+    suffix: str  # ".csv", ".tsv", ".txt", ".npy", ".parquet", or "" (stdin)
+    path: pathlib.Path | None = None
+    compression: str | None = None  # "gzip", "bz2", "lzma"
+    data: bytes | None = None  # stdin
+
+    @classmethod
+    def open(cls, path: str, what: str) -> _Source:
+        if path == STDIN:
+            return cls._stdin(what)
+        p = pathlib.Path(path).expanduser()
+        name = f"{what} {path!r}"
+        if not p.exists():
+            raise CommandError(f"{name} does not exist.")
+        if p.is_dir():
+            raise CommandError(f"{name} is a directory; expected a data file ({DATA_FORMATS}).")
+        suffixes = [s.lower() for s in p.suffixes[-2:]]
+        compression = _COMPRESSION.get(suffixes[-1]) if suffixes else None
+        if compression is not None:
+            suffixes = suffixes[:-1]
+        suffix = suffixes[-1] if suffixes else ""
+        if suffix in (".parquet", ".pq") and compression is None:
+            kind = "parquet"
+        elif suffix == ".npy" and compression is None:
+            kind = "npy"
+        elif suffix in TEXT_SUFFIXES:
+            kind = "text"
+        else:
+            got = "".join(p.suffixes[-2:]) or "(none)"
+            raise CommandError(f"{name} must be {DATA_FORMATS}; got suffix {got!r}.")
+        try:
+            with open(p, "rb"):
+                pass
+        except OSError as e:
+            raise CommandError(f"{name}: {_os_reason(e)}.") from None
+        return cls(kind, name, suffix, path=p, compression=compression)
+
+    @classmethod
+    def _stdin(cls, what: str) -> _Source:
+        name = f"{what} '-' (standard input)"
+        stdin = sys.stdin
+        buffer = getattr(stdin, "buffer", None)
+        data = buffer.read() if buffer is not None else stdin.read().encode("utf-8")
+        compression = None
+        for magic, kind in _MAGIC:
+            if data.startswith(magic):
+                if kind in ("npy", "parquet"):
+                    return cls(kind, name, "", data=data)
+                compression = kind
+        if compression is not None:
+            try:
+                data = importlib.import_module(compression).decompress(data)
+            except (OSError, EOFError, ValueError) as e:
+                raise CommandError(
+                    f"{name} is not readable {compression} data: {_one_line(e)}"
+                ) from None
+        return cls("text", name, "", data=data)
+
+    def binary(self) -> BinaryIO:
+        """A fresh binary stream over the (decompressed) bytes."""
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        if self.compression is not None:
+            return importlib.import_module(self.compression).open(self.path, "rb")
+        return open(self.path, "rb")  # noqa: SIM115 (the caller closes it)
+
+    def text(self) -> TextIO:
+        # utf-8-sig: a byte order mark (Excel's CSV) is not part of the first value.
+        return io.TextIOWrapper(self.binary(), encoding="utf-8-sig", newline="")
+
+    def size_hint(self) -> int | None:
+        """Bytes of text to read, when known without reading them."""
+        if self.data is not None:
+            return len(self.data)
+        if self.compression is None and self.path is not None:
+            return self.path.stat().st_size
+        return None
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or _one_line(e)
+
+
+def _pyarrow() -> Any:
+    """pyarrow, or None when it is not installed (tests replace this)."""
     try:
-        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+        import pyarrow  # noqa: F401
+        import pyarrow.csv  # noqa: F401
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        return None
+    return sys.modules["pyarrow"]
+
+
+def _parse_columns(text: str) -> list[str]:
+    """``--columns`` as a list of tokens (names, positions or ranges)."""
+    tokens = [t.strip() for t in text.split(",")]
+    if not tokens or any(not t for t in tokens):
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated column names, 0-based positions or start:stop "
+            f"ranges; got {text!r}"
+        )
+    return tokens
+
+
+def _resolve_columns(
+    spec: Sequence[str], names: Sequence[str] | None, width: int, name: str
+) -> list[int]:
+    """0-based positions of the columns `spec` names (see ``read_table``)."""
+    stripped = [n.strip() for n in names] if names is not None else None
+    out: list[int] = []
+    for token in spec:
+        if stripped is not None and token in stripped:
+            if stripped.count(token) > 1:
+                raise CommandError(f"--columns {token!r}: {name} has several columns named so.")
+            out.append(stripped.index(token))
+            continue
+        match = re.fullmatch(r"(-?\d+)?(:)?(-?\d+)?", token)
+        if token and match and (match.group(1) or match.group(2)):
+            if match.group(2):
+                start = int(match.group(1)) if match.group(1) else None
+                stop = int(match.group(3)) if match.group(3) else None
+                picked = list(range(width))[start:stop]
+                if not picked:
+                    raise CommandError(
+                        f"--columns {token!r} picks no column of {name}, which has {width}."
+                    )
+                out.extend(picked)
+                continue
+            i = int(match.group(1))
+            if not -width <= i < width:
+                raise CommandError(
+                    f"--columns {token!r}: {name} has {width} columns (positions 0 to {width - 1})."
+                )
+            out.append(i % width)
+            continue
+        if stripped is None:
+            raise CommandError(
+                f"--columns {token!r}: {name} has no column names; give 0-based positions."
+            )
+        shown = ", ".join(repr(n) for n in stripped[:20]) + (", ..." if width > 20 else "")
+        raise CommandError(f"--columns {token!r}: {name} has no such column; it has {shown}.")
+    if len(set(out)) != len(out):
+        raise CommandError(f"--columns {','.join(spec)!r} names a column twice.")
+    return out
+
+
+def _pick(names: Sequence[str] | None, columns: Sequence[int]) -> list[str] | None:
+    return None if names is None else [names[i].strip() for i in columns]
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelColumns:
+    """The columns a trained model was fitted on: by its feature names when the file
+    has names, else by the fit's --columns, else the default."""
+
+    names: Sequence[str] | None
+    spec: Sequence[str] | None
+
+
+def _choose_columns(
+    spec: Sequence[str] | _ModelColumns | None,
+    names: Sequence[str] | None,
+    width: int,
+    name: str,
+) -> list[int] | None:
+    """Positions chosen by --columns or the model (None: the reader's default)."""
+    if isinstance(spec, _ModelColumns):
+        if spec.names is not None and names is not None:
+            return _resolve_columns(spec.names, names, width, name)
+        spec = spec.spec
+    return None if spec is None else _resolve_columns(spec, names, width, name)
+
+
+def _read_npy(source: _Source, spec: Sequence[str] | _ModelColumns | None) -> Table:
+    name = source.name
+    try:
+        if source.data is not None:
+            arr = np.load(io.BytesIO(source.data), allow_pickle=False)
+        else:
+            arr = np.load(source.path, mmap_mode="r", allow_pickle=False)
     except (ValueError, EOFError, OSError) as e:
         raise CommandError(f"{name} is not a readable .npy array: {_one_line(e)}") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
         dtype = getattr(arr, "dtype", type(arr).__name__)
         raise CommandError(f"{name} must hold numbers; got dtype {dtype}.")
-    return arr
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise CommandError(f"{name} must be 2-D (rows x features); got shape {arr.shape}.")
+    width = arr.shape[1]
+    columns = _choose_columns(spec, None, width, name) or list(range(width))
+    if columns != list(range(width)):
+        contiguous = columns == list(range(columns[0], columns[0] + len(columns)))
+        # A contiguous range stays a memory-mapped view; other picks are copied.
+        arr = arr[:, columns[0] : columns[0] + len(columns)] if contiguous else arr[:, columns]
+    return Table(arr, None, columns, name)
 
 
-def _load_text(p: pathlib.Path, name: str) -> np.ndarray:
+def _read_parquet(source: _Source, spec: Sequence[str] | _ModelColumns | None) -> Table:
+    name = source.name
+    pa = _pyarrow()
+    if pa is None:
+        raise CommandError(
+            f"{name}: reading Parquet needs pyarrow; install it with "
+            "`pip install 'jaxkmeans[parquet]'`."
+        )
+    import pyarrow.parquet as pq
+
     try:
-        with open(p, encoding="utf-8") as f:
-            skip, first = _find_header(f)
+        file = pq.ParquetFile(
+            pa.BufferReader(source.data) if source.data is not None else str(source.path)
+        )
+    except (pa.ArrowException, OSError) as e:
+        raise CommandError(f"{name} is not a readable Parquet file: {_one_line(e)}") from None
+    schema = file.schema_arrow
+    names = list(schema.names)
+    columns = _choose_columns(spec, names, len(names), name)
+    if columns is None:  # every column but those pandas stored its index in
+        meta = schema.pandas_metadata or {}
+        index = {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+        columns = [i for i, n in enumerate(names) if n not in index]
+    picked = [names[i] for i in columns]
+    for i, column in zip(columns, picked, strict=True):
+        kind = schema.field(i).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)) and not (
+            pa.types.is_boolean(kind) or pa.types.is_decimal(kind)
+        ):
+            raise CommandError(
+                f"{name} column {column!r} holds {kind}, not numbers; choose the feature "
+                "columns with --columns."
+            )
+    if len(set(picked)) != len(picked):
+        raise CommandError(f"{name} has several columns named {picked}; rename them.")
+    rows = _Rows(len(columns), file.metadata.num_rows)
+    try:
+        for batch in file.iter_batches(batch_size=READ_BATCH_ROWS, columns=picked):
+            block = rows.reserve(batch.num_rows)
+            for j, array in enumerate(batch.columns):
+                block[:, j] = array.cast(pa.float32(), safe=False).to_numpy(zero_copy_only=False)
+    except (pa.ArrowException, OSError) as e:
+        raise CommandError(f"{name} could not be read: {_one_line(e)}") from None
+    return Table(rows.result(), picked, columns, name)
+
+
+class _Rows:
+    """A float32 (rows, width) array filled block by block (grown when needed)."""
+
+    def __init__(self, width: int, capacity: int):
+        self._buf = np.empty((max(int(capacity), 1), width), np.float32)
+        self.n = 0
+
+    def reserve(self, m: int) -> np.ndarray:
+        """The next `m` rows, to fill in place."""
+        need = self.n + m
+        if need > len(self._buf):
+            grown = np.empty((max(need, int(1.5 * len(self._buf))), self._buf.shape[1]), np.float32)
+            grown[: self.n] = self._buf[: self.n]
+            self._buf = grown
+        block = self._buf[self.n : need]
+        self.n = need
+        return block
+
+    def result(self) -> np.ndarray:
+        if self.n < len(self._buf):
+            self._buf.resize((self.n, self._buf.shape[1]), refcheck=False)  # realloc: shrinks
+        return self._buf
+
+
+# A number as the parsers take it: decimal, optional exponent, nan, inf.
+_NUMBER = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
+# Lines read to find the header and the first data row.
+_SNIFF_LINES = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class _TextLayout:
+    delimiter: str | None  # None: runs of whitespace
+    skip: int  # physical lines before the data (comments, blank lines, the header)
+    header: list[str] | None
+    width: int  # values per row
+    line_bytes: float  # mean bytes per data line (of the lines looked at)
+
+
+def _split(line: str, delimiter: str | None) -> list[str]:
+    """The values of one text line, unquoted and stripped."""
+    if delimiter is None:
+        fields = line.split()
+    else:
+        fields = next(csv.reader([line], delimiter=delimiter, quotechar='"'))
+    return [f.strip().strip('"').strip() for f in fields]
+
+
+def _is_number(text: str) -> bool:
+    return _NUMBER.fullmatch(text) is not None
+
+
+def _delimiter_option(text: str | None) -> str | None | bool:
+    """--delimiter: a character, None for whitespace, False when not given."""
+    if text is None:
+        return False
+    if text.lower() == "whitespace":
+        return None
+    if text.lower() in ("\\t", "tab"):
+        return "\t"
+    return text
+
+
+def _sniff_text(source: _Source, delimiter: str | None) -> _TextLayout:
+    name = source.name
+    given = _delimiter_option(delimiter)
+    skip = 0
+    first: list[str] | None = None
+    header: list[str] | None = None
+    chosen: str | None = None
+    lengths: list[int] = []
+    try:
+        with source.text() as f:
+            for number, line in enumerate(f, start=1):
+                if number > _SNIFF_LINES and first is not None:
+                    break
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    if first is None:
+                        skip = number
+                    continue
+                if first is None:
+                    if given is not False:
+                        chosen = given
+                    elif source.suffix == ".tsv":
+                        chosen = "\t"
+                    else:
+                        chosen = next((d for d in ",\t;" if d in text), None)
+                        if chosen is None and len(text.split()) == 1:
+                            chosen = ","  # one column: the fast reader can take it
+                    try:
+                        fields = _split(text, chosen)
+                    except csv.Error as e:
+                        raise CommandError(f"{name} line {number}: {_one_line(e)}") from None
+                    first = fields
+                    if header is None and _is_header(fields):
+                        header, skip = fields, number
+                        first = None
+                        continue
+                    skip = number - 1
+                lengths.append(len(line.encode("utf-8")))
     except UnicodeDecodeError:
-        raise CommandError(f"{name} is not a text file of numbers.") from None
+        raise CommandError(f"{name} is not a text file of numbers (not UTF-8).") from None
+    except OSError as e:
+        raise CommandError(f"{name}: {_os_reason(e)}.") from None
     if first is None:
         raise CommandError(f"{name} has no data rows.")
-    delimiter = "," if "," in first else None
+    width = len(header) if header is not None else len(first)
+    return _TextLayout(chosen, skip, header, width, sum(lengths) / max(len(lengths), 1))
+
+
+def _is_header(fields: Sequence[str]) -> bool:
+    """A first row that is not numbers: any value that is not a number, or the header
+    pandas writes for integer column names with the index (",0,1,2")."""
+    if any(f and not _is_number(f) for f in fields):
+        return True
+    return (
+        len(fields) > 1
+        and fields[0] == ""
+        and fields[1:] == [str(i) for i in range(len(fields) - 1)]
+    )
+
+
+def _is_pandas_index(header: Sequence[str] | None) -> bool:
+    if not header:
+        return False
+    return header[0] == "" or re.fullmatch(r"Unnamed: \d+", header[0]) is not None
+
+
+def _read_text(
+    source: _Source, spec: Sequence[str] | _ModelColumns | None, delimiter: str | None
+) -> Table:
+    name = source.name
+    layout = _sniff_text(source, delimiter)
+    columns = _choose_columns(spec, layout.header, layout.width, name)
+    if columns is None and _is_pandas_index(layout.header) and layout.width > 1:
+        columns = list(range(1, layout.width))
+        _note(
+            f"{name}: the first column has no name ({layout.header[0]!r}), as the index "
+            "pandas' to_csv writes; it is not used as a feature (--columns chooses the "
+            "features)."
+        )
+    elif columns is None:
+        columns = list(range(layout.width))
+    size = source.size_hint()
+    capacity = int(1.05 * size / max(layout.line_bytes, 1.0)) + 16 if size else READ_BATCH_ROWS
+    rows = _Rows(len(columns), capacity)
+    pa = _pyarrow() if layout.delimiter is not None else None
+    if pa is not None:
+        _fill_text_arrow(pa, source, layout, columns, rows)
+    else:
+        _fill_text_numpy(source, layout, columns, rows)
+    return Table(rows.result(), _pick(layout.header, columns), columns, name)
+
+
+def _fill_text_arrow(
+    pa: Any, source: _Source, layout: _TextLayout, columns: list[int], rows: _Rows
+) -> None:
+    """Fills `rows` with pyarrow's streaming CSV reader (blocks parsed on several threads)."""
+    import pyarrow.csv as pacsv
+
+    def skip_comment(row: Any) -> str:
+        return "skip" if (row.text or "").lstrip().startswith("#") else "error"
+
+    names = [f"f{i}" for i in range(layout.width)]
+    picked = [names[i] for i in columns]
+    if source.data is not None:
+        stream = pa.BufferReader(source.data)
+    elif source.compression is not None:
+        stream = pa.PythonFile(source.binary(), mode="r")
+    else:
+        stream = str(source.path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "input contained no data"
-            arr = np.loadtxt(
-                p, dtype=np.float32, delimiter=delimiter, skiprows=skip, comments="#", ndmin=2
-            )
-    except ValueError:
-        _explain_bad_text(p, name, skip, delimiter)
-        raise CommandError(f"{name} could not be read as numbers.") from None
-    if arr.shape[0] == 0:
-        raise CommandError(f"{name} has no data rows.")
-    return arr
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(
+                skip_rows=layout.skip, column_names=names, block_size=ARROW_BLOCK_BYTES
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=layout.delimiter, quote_char='"', invalid_row_handler=skip_comment
+            ),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=picked,
+                column_types={n: pa.float32() for n in picked},
+                null_values=[""],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        for batch in reader:
+            block = rows.reserve(batch.num_rows)
+            for j, array in enumerate(batch.columns):
+                if array.null_count:
+                    _explain_text(source, layout, columns, after_rows=rows.n - batch.num_rows)
+                block[:, j] = array.to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid as e:
+        _explain_text(source, layout, columns, after_rows=0)
+        raise CommandError(f"{source.name} could not be read as numbers: {_one_line(e)}") from None
+    except OSError as e:
+        raise CommandError(f"{source.name}: {_os_reason(e)}.") from None
 
 
-def _find_header(f: TextIO) -> tuple[int, str | None]:
-    """Lines to skip (up to and including a header row) and the first data line."""
-    header_seen = False
-    skip = 0
-    for number, line in enumerate(f, start=1):
-        text = line.strip()
+def _fill_text_numpy(source: _Source, layout: _TextLayout, columns: list[int], rows: _Rows):
+    """Fills `rows` with numpy's text reader, READ_BATCH_ROWS lines at a time."""
+    usecols = None if columns == list(range(layout.width)) else columns
+    try:
+        with source.text() as f:
+            lines = iter(f)
+            for _ in range(layout.skip):
+                next(lines, None)
+            first_line = layout.skip + 1
+            while chunk := list(itertools.islice(lines, READ_BATCH_ROWS)):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # "input contained no data"
+                        arr = np.loadtxt(
+                            chunk,
+                            dtype=np.float32,
+                            delimiter=layout.delimiter,
+                            comments="#",
+                            usecols=usecols,
+                            quotechar='"' if layout.delimiter is not None else None,
+                            ndmin=2,
+                        )
+                except ValueError as e:
+                    _explain_lines(source.name, layout, columns, enumerate(chunk, first_line))
+                    raise CommandError(
+                        f"{source.name} could not be read as numbers: {_one_line(e)}"
+                    ) from None
+                if arr.shape[0]:
+                    if arr.shape[1] != len(columns):  # a block of rows of another width
+                        _explain_lines(source.name, layout, columns, enumerate(chunk, first_line))
+                        raise CommandError(
+                            f"{source.name} has rows of {arr.shape[1]} values; expected "
+                            f"{layout.width}."
+                        )
+                    rows.reserve(arr.shape[0])[:] = arr
+                first_line += len(chunk)
+    except UnicodeDecodeError:
+        raise CommandError(f"{source.name} is not a text file of numbers (not UTF-8).") from None
+    except OSError as e:
+        raise CommandError(f"{source.name}: {_os_reason(e)}.") from None
+
+
+def _explain_text(source: _Source, layout: _TextLayout, columns: list[int], after_rows: int):
+    """Raises a CommandError naming the first bad line (the fast reader names none),
+    looking at the data rows after the first `after_rows` (already read fine)."""
+    with source.text() as f:
+        lines = enumerate(f, start=1)
+        for _ in range(layout.skip):
+            next(lines, None)
+        seen = 0
+
+        def data_lines() -> Iterator[tuple[int, str]]:
+            nonlocal seen
+            for number, line in lines:
+                text = line.strip()
+                if text and not text.startswith("#"):
+                    seen += 1
+                    if seen > after_rows:
+                        yield number, line
+
+        _explain_lines(source.name, layout, columns, data_lines())
+
+
+def _explain_lines(
+    name: str, layout: _TextLayout, columns: list[int], lines: Iterable[tuple[int, str]]
+) -> None:
+    """Raises a CommandError for the first line of `lines` that is not a row of numbers."""
+    for number, line in lines:
+        text = line.split("#", 1)[0].strip() if layout.delimiter is None else line.strip()
         if not text or text.startswith("#"):
             continue
-        if _parse_row(text, "," if "," in text else None) is None and not header_seen:
-            header_seen = True
-            skip = number
-            continue
-        return skip, text
-    return skip, None
+        try:
+            values = _split(text, layout.delimiter)
+        except csv.Error as e:
+            raise CommandError(f"{name} line {number}: {_one_line(e)}") from None
+        if len(values) != layout.width:
+            raise CommandError(
+                f"{name} line {number} has {len(values)} values; expected {layout.width}."
+            )
+        for i in columns:
+            where = f"{name} line {number}, column {i + 1}"
+            if layout.header is not None:
+                where += f" ({layout.header[i]!r})"
+            if values[i] == "":
+                raise CommandError(f"{where} is empty (a missing value).")
+            if not _is_number(values[i]):
+                hint = "; choose the feature columns with --columns" if layout.header else ""
+                raise CommandError(f"{where}: {values[i][:40]!r} is not a number{hint}.")
 
 
-def _parse_row(text: str, delimiter: str | None) -> list[float] | None:
-    try:
-        return [float(t) for t in text.split(delimiter)]
-    except ValueError:
-        return None
+class _Scaler:
+    """``--standardize``: rows become ``(x - mean) / scale`` (per feature)."""
 
+    def __init__(self, mean: Sequence[float], scale: Sequence[float]):
+        self.mean = np.asarray(mean, np.float64)
+        self.scale = np.asarray(scale, np.float64)
+        self._mean32 = self.mean.astype(np.float32)
+        self._inv32 = (1.0 / self.scale).astype(np.float32)
 
-def _explain_bad_text(p: pathlib.Path, name: str, skip: int, delimiter: str | None) -> None:
-    """Raises a CommandError naming the first bad line (numpy's message is vaguer)."""
-    width = None
-    with open(p, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            text = line.split("#", 1)[0].strip()
-            if number <= skip or not text:
-                continue
-            tokens = text.split(delimiter)
-            for column, token in enumerate(tokens, start=1):
-                try:
-                    float(token)
-                except ValueError:
-                    raise CommandError(
-                        f"{name} line {number}, column {column}: {token.strip()[:40]!r} is not "
-                        "a number."
-                    ) from None
-            if width is None:
-                width = (len(tokens), number)
-            elif len(tokens) != width[0]:
-                raise CommandError(
-                    f"{name} line {number} has {len(tokens)} values; expected {width[0]} "
-                    f"(as on line {width[1]})."
-                )
+    @classmethod
+    def fit(cls, data: np.ndarray, name: str) -> _Scaler:
+        """Mean and standard deviation of every column (population, as scikit-learn's
+        StandardScaler; a constant column keeps scale 1), merged batch by batch."""
+        n, mean, m2 = 0, np.zeros(data.shape[1]), np.zeros(data.shape[1])
+        for batch in _batches(data, name, PREDICT_BATCH)():
+            b = batch.astype(np.float64)
+            nb, mb = len(b), b.mean(axis=0)
+            delta = mb - mean
+            total = n + nb
+            mean = mean + delta * nb / total
+            m2 = m2 + ((b - mb) ** 2).sum(axis=0) + delta**2 * n * nb / total
+            n = total
+        std = np.sqrt(m2 / max(n, 1))
+        return cls(mean, np.where(std > 0, std, 1.0))
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return (batch - self._mean32) * self._inv32
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
 
 
 def _batches(
@@ -229,11 +786,13 @@ def _batches(
     batch_size: int | None,
     order: np.ndarray | None = None,
     before_batch: Callable[[], None] | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Callable[[], Iterator[np.ndarray]]:
     """An input_fn: every call gives a fresh generator over float32 batches of `data`.
 
     `order` (a permutation of the rows) is applied batch by batch; `before_batch` runs
-    before each batch is handed over (progress reporting).
+    before each batch is handed over (progress reporting); `transform` maps each batch
+    (``--standardize``) after it is checked.
     """
     n = data.shape[0]
     size = n if batch_size is None else batch_size
@@ -249,13 +808,17 @@ def _batches(
                 rows = np.sort(order[start : start + size])
                 batch = data[rows]
             batch = np.asarray(batch, dtype=np.float32)
-            finite = np.isfinite(batch).all(axis=1)
-            if not finite.all():
-                row = int(rows[np.argmin(finite)]) + 1
-                raise CommandError(f"{name} has NaN or inf values (data row {row}).")
-            yield batch
+            _check_finite(batch, rows, name)
+            yield batch if transform is None else transform(batch)
 
     return input_fn
+
+
+def _check_finite(batch: np.ndarray, rows: np.ndarray, name: str) -> None:
+    finite = np.isfinite(batch).all(axis=1)
+    if not finite.all():
+        row = int(rows[np.argmin(finite)]) + 1
+        raise CommandError(f"{name} has a missing, NaN or inf value (data row {row}).")
 
 
 def _check_width(data: np.ndarray, name: str, dims: int, model_dir: str) -> None:
@@ -336,22 +899,48 @@ def _resumed_model(resuming: bool = True, **kwargs: Any) -> jaxkmeans.KMeans:
 
 
 def _cli_state(model_dir: str) -> dict[str, Any]:
+    """What the CLI wrote beside the checkpoints of `model_dir` ({} when nothing).
+
+    Keys: ``initial_clusters`` (the init when the CLI passed centers from a sample),
+    ``columns`` (the --columns of the fit), ``feature_names``, ``standardize``
+    (``{"mean": [...], "scale": [...]}``).
+    """
+    path = pathlib.Path(model_dir).expanduser() / CLI_STATE_FILE
     try:
-        with open(pathlib.Path(model_dir).expanduser() / CLI_STATE_FILE) as f:
+        with open(path) as f:
             state = json.load(f)
-        return state if isinstance(state, dict) else {}
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
+    except OSError as e:
+        raise CommandError(f"--model-dir {model_dir!r}: {_os_reason(e)} ({path.name}).") from None
+    except ValueError:
+        state = None
+    if not isinstance(state, dict):
+        # It may hold how to standardize the data: guessing could give wrong clusters.
+        raise CommandError(f"--model-dir {model_dir!r}: {path.name} is damaged (not JSON).")
+    return state
 
 
 def _write_cli_state(model_dir: str, state: dict[str, Any]) -> None:
     path = pathlib.Path(model_dir).expanduser() / CLI_STATE_FILE
-    try:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, path)
-    except OSError:  # only a nicety for later resumes
-        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
+
+class _StateWriter:
+    """A saving listener that writes the CLI's state of a new model just before its
+    first checkpoint (a model never exists on disk without it)."""
+
+    def __init__(self, model_dir: str, state: dict[str, Any]):
+        self._model_dir = model_dir
+        self._state = state or None
+
+    def before_save(self, session: Any, global_step: int) -> None:
+        if self._state is not None:
+            _write_cli_state(self._model_dir, self._state)
+            self._state = None
 
 
 def _mode(mini_batch: bool) -> str:
@@ -394,9 +983,11 @@ def _converged(model: jaxkmeans.KMeans, mini_batch: bool, tolerance: float) -> f
     return change if change < tolerance else None
 
 
-def _predict_labels(model: jaxkmeans.KMeans, data: np.ndarray, name: str) -> np.ndarray:
+def _predict_labels(
+    model: jaxkmeans.KMeans, data: np.ndarray, name: str, scaler: _Scaler | None = None
+) -> np.ndarray:
     out = model.predict(
-        _batches(data, name, PREDICT_BATCH),
+        _batches(data, name, PREDICT_BATCH, transform=scaler),
         predict_keys=jaxkmeans.CLUSTER_INDEX,
         yield_single_examples=False,
     )
@@ -407,8 +998,8 @@ def _predict_labels(model: jaxkmeans.KMeans, data: np.ndarray, name: str) -> np.
 
 
 class _Progress:
-    """Training progress: remembers the last completed step seen, and draws a one-line
-    bar on stderr (redrawn in place with carriage returns) when enabled.
+    """Training progress: remembers the last completed step seen, and draws a tqdm bar
+    on stderr when enabled (``[####      ] step 12/300  loss 1.2e+03  00:02``).
 
     `update` is called before every batch; it reads the step and the loss (see the module
     docstring) from the estimator at most every `interval` seconds (reading waits for the
@@ -426,38 +1017,54 @@ class _Progress:
         self._model = model
         self._start = model.global_step
         self.last_step = self._start  # the last completed step seen
-        self._target = target
-        self._stream = stream
-        self._enabled = enabled and target - self._start > 1
         self._interval = interval
-        self._t0 = time.monotonic()
         self._last = -math.inf
-        self._width = 0
+        self._loss = "-"
+        self._bar = None
+        if enabled and target - self._start > 1:
+            from tqdm import tqdm
+
+            class Bar(tqdm):
+                monitor_interval = 0  # no monitor thread: we redraw on our own clock
+
+            self._bar = Bar(
+                total=target,
+                initial=self._start,
+                file=stream,
+                ascii=" #",
+                # {desc}, not {postfix}: tqdm puts ", " before a postfix.
+                bar_format="[{bar:20}] step {n}/{total}  {desc}  {elapsed}",
+                desc="loss -",
+                mininterval=0,
+                miniters=1,
+                dynamic_ncols=False,
+            )
 
     def update(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not self._enabled or (not force and now - self._last < self._interval):
+        if self._bar is None or (not force and now - self._last < self._interval):
             return
         self._last = now
         step = self._model.global_step
         self.last_step = max(self.last_step, step)
-        loss = "-"
         if step > self._start:
-            loss = f"{float(self._model.get_variable_value('loss')):.6g}"
-        done = min(1.0, (step - self._start) / max(1, self._target - self._start))
-        bar = "#" * round(20 * done)
-        line = f"[{bar:<20}] step {step}/{self._target}  loss {loss}  {now - self._t0:.1f}s"
-        self._stream.write("\r" + line.ljust(self._width))
-        self._stream.flush()
-        self._width = len(line)
+            self._loss = f"{float(self._model.get_variable_value('loss')):.6g}"
+        self._bar.n = step
+        self._bar.set_description_str(f"loss {self._loss}", refresh=True)
 
-    def close(self, redraw: bool = True) -> None:
-        if self._enabled and self._width:
-            if redraw:
-                self.update(force=True)
-            self._stream.write("\n")
-            self._stream.flush()
-            self._width = 0
+    def close(self, redraw: bool = True, converged: str | None = None) -> None:
+        """Ends the bar with a newline; `converged` (why a tolerance stopped the run) is
+        added to its last line."""
+        if self._bar is None:
+            return
+        if redraw:
+            self.update(force=True)
+        if converged is not None:
+            self._bar.set_description_str(
+                f"loss {self._loss}  converged: {converged}", refresh=False
+            )
+        self._bar.close()
+        self._bar = None
 
 
 def _accepts(func: Callable, name: str) -> bool:
@@ -523,7 +1130,7 @@ def _warn(message: str) -> None:
 
 
 def _check_resume(
-    args: argparse.Namespace, config: dict[str, Any], dims: int, name: str
+    args: argparse.Namespace, config: dict[str, Any], state: dict[str, Any], dims: int, name: str
 ) -> tuple[str, int | None]:
     """Checks a fit on an existing model; returns the init and seed it resumes with.
 
@@ -559,9 +1166,20 @@ def _check_resume(
             f"{where} was trained with --mini-batch; add --mini-batch {fix} (full batch "
             "would mix two kinds of steps in one model)."
         )
+    standardized = "standardize" in state
+    if args.standardize != standardized:
+        if args.standardize:
+            raise CommandError(
+                f"--standardize does not fit {where}, trained on the data as it is; drop "
+                f"--standardize {fix}."
+            )
+        raise CommandError(
+            f"{where} was trained with --standardize; add --standardize {fix} (it keeps the "
+            "mean and scale of its first fit)."
+        )
     step = config.get("global_step")
     at = f"{where} resumes" if step is None else f"{where} resumes at step {step}"
-    init = _cli_state(args.model_dir).get("initial_clusters", config.get("initial_clusters"))
+    init = state.get("initial_clusters", config.get("initial_clusters"))
     if args.init is not None and args.init != init:
         started = f"was started with --init {init}" if init in INIT_METHODS else "keeps its centers"
         _warn(
@@ -578,18 +1196,23 @@ def _check_resume(
 
 
 def _sample_init(
-    data: np.ndarray, name: str, k: int, init: str, metric: str, seed: int
+    data: np.ndarray,
+    name: str,
+    k: int,
+    init: str,
+    metric: str,
+    seed: int,
+    scaler: _Scaler | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Initial centers by `init` from a uniform random sample of all the rows (seeded),
-    and the sample's size."""
+    """Initial centers by `init` from a uniform random sample of all the rows (seeded,
+    standardized by `scaler` if given), and the sample's size."""
     n = data.shape[0]
     m = min(n, max(INIT_SAMPLE_MIN_ROWS, INIT_SAMPLE_ROWS_PER_CLUSTER * k))
     rows = np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
     sample = np.asarray(data[rows], dtype=np.float32)
-    finite = np.isfinite(sample).all(axis=1)
-    if not finite.all():
-        row = int(rows[np.argmin(finite)]) + 1
-        raise CommandError(f"{name} has NaN or inf values (data row {row}).")
+    _check_finite(sample, rows, name)
+    if scaler is not None:
+        sample = scaler(sample)
     # The estimator's split of the seed: the same key as its own init would use.
     _, init_key = jax.random.split(jax.random.PRNGKey(seed))
     centers = jaxkmeans.init_centers(
@@ -598,17 +1221,41 @@ def _sample_init(
     return np.asarray(centers, dtype=np.float32), m
 
 
+def _model_columns(args: argparse.Namespace, state: dict[str, Any]) -> Any:
+    """The columns to read: --columns, else those the model in --model-dir was fit on."""
+    if args.columns is not None:
+        return args.columns
+    if state.get("feature_names") is None and state.get("columns") is None:
+        return None
+    return _ModelColumns(state.get("feature_names"), state.get("columns"))
+
+
+def _model_scaler(state: dict[str, Any], model_dir: str) -> _Scaler | None:
+    saved = state.get("standardize")
+    if saved is None:
+        return None
+    try:
+        return _Scaler(saved["mean"], saved["scale"])
+    except (KeyError, TypeError, ValueError):
+        raise CommandError(
+            f"--model-dir {model_dir!r}: {CLI_STATE_FILE} is damaged (standardize)."
+        ) from None
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
-    name = f"DATA {args.data!r}"
-    data = load_data(args.data)
-    n, d = data.shape
     config = _saved_config(args.model_dir)  # None: a new model
+    state = _cli_state(args.model_dir) if config is not None else {}
+    table = read_table(args.data, columns=_model_columns(args, state), delimiter=args.delimiter)
+    data, name = table.array, table.name
+    n, d = data.shape
     if config is not None:
         config = dict(config, global_step=_saved_step(args.model_dir))
-        init, seed = _check_resume(args, config, d, name)
+        init, seed = _check_resume(args, config, state, d, name)
+        scaler = _model_scaler(state, args.model_dir)
     else:
         init = args.init or jaxkmeans.KMEANS_PLUS_PLUS_INIT
         seed = args.seed if args.seed is not None else secrets.randbits(31)
+        scaler = _Scaler.fit(data, name) if args.standardize else None
     mini_batch = args.mini_batch
     batch_size = args.batch_size
     if mini_batch and batch_size is None:
@@ -622,8 +1269,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         # Full batch over several batches: the estimator would initialize from the first
         # batch only (it cannot read a stream twice); a file can be, so sample all of it.
         initial_clusters, sample_rows = _sample_init(
-            data, name, args.num_clusters, init, args.metric, seed
+            data, name, args.num_clusters, init, args.metric, seed, scaler
         )
+    new_state: dict[str, Any] = {}
+    if config is None:  # what the CLI must remember about a new model
+        if sample_rows is not None:
+            new_state["initial_clusters"] = init
+        if args.columns is not None:
+            new_state["columns"] = list(args.columns)
+        if table.names is not None:
+            new_state["feature_names"] = table.names
+        if scaler is not None:
+            new_state["standardize"] = scaler.to_json()
     model = _resumed_model(
         config is not None,
         num_clusters=args.num_clusters,
@@ -655,42 +1312,54 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     order = None
     if mini_batch:
         order = np.random.default_rng(model.params["seed"]).permutation(n)
-    input_fn = _batches(data, name, batch_size, order, progress.update)
+    input_fn = _batches(data, name, batch_size, order, progress.update, scaler)
     t0 = time.perf_counter()
     try:
         if converged is None and start_step < max_steps:
-            model.train(input_fn, max_steps=max_steps)
-            if config is None and sample_rows is not None:
-                _write_cli_state(args.model_dir, {"initial_clusters": init})
-        progress.close()
-        seconds = time.perf_counter() - t0
+            try:
+                model.train(
+                    input_fn,
+                    max_steps=max_steps,
+                    saving_listeners=[_StateWriter(args.model_dir, new_state)],
+                )
+            except OSError as e:  # writing checkpoints (reading DATA is done)
+                raise CommandError(f"--model-dir {args.model_dir!r}: {_os_reason(e)}.") from None
         step = model.global_step
+        stopped = "max_steps" if step >= max_steps else "tolerance"
+        why = None
+        if stopped == "tolerance" and step > start_step:
+            change = _converged(model, mini_batch, tolerance)
+            why = "relative loss change " + (
+                f"{change:.3g} < tolerance {tolerance:g}" if change is not None else "small"
+            )
+        progress.close(converged=why)
+        seconds = time.perf_counter() - t0
         rows = n if step > start_step else (config or {}).get("rows_per_pass")
         summary = {
             "model_dir": model.model_dir,
             "num_clusters": args.num_clusters,
             "dims": d,
             "rows": n,
+            "features": table.names,
             "metric": args.metric,
             "mode": _mode(mini_batch),
             "init": init,
             "init_sample_rows": sample_rows,
             "mini_batch": mini_batch,
             "batch_size": batch_size,
+            "standardize": scaler is not None,
             "seed": model.params["seed"],
             "global_step": step,
             "steps_run": step - start_step,
             "max_steps": max_steps,
             "tolerance": tolerance,
-            "stopped": "max_steps" if step >= max_steps else "tolerance",
+            "stopped": stopped,
             **_losses(model, mini_batch, rows),
-            "score": model.score(_batches(data, name, PREDICT_BATCH)),
+            "score": model.score(_batches(data, name, PREDICT_BATCH, transform=scaler)),
             "seconds": round(seconds, 3),
         }
     except KeyboardInterrupt:
         progress.close(redraw=False)
-        if config is None and sample_rows is not None and _saved_step(args.model_dir) is not None:
-            _write_cli_state(args.model_dir, {"initial_clusters": init})
         reached = max(progress.last_step, model.global_step)
         sys.stdout.flush()
         sys.stderr.write(_interrupted_message(args.model_dir, reached, start_step) + "\n")
@@ -702,33 +1371,55 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
+def _open_model_and_data(
+    args: argparse.Namespace,
+) -> tuple[jaxkmeans.KMeans, dict[str, Any], Table, _Scaler | None]:
+    """predict / plot: the model, its config, DATA read as the model was fit on, and the
+    model's standardization."""
     model, config = _open_model(args.model_dir)
-    data = load_data(args.data)
-    name = f"DATA {args.data!r}"
-    _check_width(data, name, int(config["dims"]), args.model_dir)
-    labels = _predict_labels(model, data, name)
-    if args.output is None:
+    state = _cli_state(args.model_dir)
+    table = read_table(args.data, columns=_model_columns(args, state), delimiter=args.delimiter)
+    _check_width(table.array, table.name, int(config["dims"]), args.model_dir)
+    return model, config, table, _model_scaler(state, args.model_dir)
+
+
+@contextlib.contextmanager
+def _writing(flag: str, path: str) -> Iterator[None]:
+    """OS errors while writing `path` name the option that gave it."""
+    try:
+        yield
+    except OSError as e:
+        raise CommandError(f"{flag} {path!r}: {_os_reason(e)}.") from None
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    model, _, table, scaler = _open_model_and_data(args)
+    labels = _predict_labels(model, table.array, table.name, scaler)
+    if args.output is None or args.output == STDIN:
         sys.stdout.write("".join(f"{i}\n" for i in labels.tolist()))
         sys.stdout.flush()
     elif args.output.lower().endswith(".npy"):
-        np.save(args.output, labels)
+        with _writing("--output", args.output):
+            np.save(args.output, labels)
     else:
-        with open(args.output, "w") as f:
+        with _writing("--output", args.output), open(args.output, "w") as f:
             f.write("".join(f"{i}\n" for i in labels.tolist()))
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     model, config = _open_model(args.model_dir)
+    state = _cli_state(args.model_dir)
     mini_batch = bool(config.get("use_mini_batch", True))
     history = [[int(s), float(v)] for s, v in model.loss_history]
     shown = history if args.history else history[-INFO_HISTORY:]
-    init = _cli_state(args.model_dir).get("initial_clusters", config.get("initial_clusters"))
+    init = state.get("initial_clusters", config.get("initial_clusters"))
     info = {
         "model_dir": model.model_dir,
         "num_clusters": int(config["num_clusters"]),
         "dims": int(config["dims"]),
+        "features": state.get("feature_names"),
+        "columns": state.get("columns"),
         "metric": config["distance_metric"],
         "mode": _mode(mini_batch),
         "global_step": model.global_step,
@@ -739,6 +1430,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "init": init,
         "seed": config.get("seed"),
         "tolerance": config.get("relative_tolerance"),
+        # Centers are in the standardized space: x -> (x - mean) / scale.
+        "standardize": state.get("standardize"),
     }
     if args.centers:
         info["cluster_centers"] = model.cluster_centers().tolist()
@@ -748,7 +1441,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     model, config = _open_model(args.model_dir)
-    path = model.export_saved_model(args.output)
+    state = _cli_state(args.model_dir)
+    with _writing("--output", args.output):
+        path = model.export_saved_model(args.output)
+    standardize = state.get("standardize")
+    if standardize is not None:
+        _warn(
+            "the model was trained with --standardize: the export takes standardized rows, "
+            "(x - mean) / scale, with the mean and scale in the summary's 'standardize'."
+        )
     print(
         json.dumps(
             {
@@ -757,6 +1458,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 "dims": int(config["dims"]),
                 "metric": config["distance_metric"],
                 "global_step": model.global_step,
+                "standardize": standardize,
             }
         )
     )
@@ -764,19 +1466,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _project_2d(
-    points: np.ndarray, centers: np.ndarray
+    points: np.ndarray, centers: np.ndarray, names: Sequence[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
     """Points and centers in 2-D: as they are for d <= 2, else on the points' first two
-    principal axes (numpy SVD of the centered points). Also returns axis labels."""
+    principal axes (numpy SVD of the centered points). Also returns axis labels (the
+    feature `names` when given)."""
     d = points.shape[1]
+    label = [names[i] if names else f"feature {i}" for i in range(min(d, 2))]
     if d == 1:
         return (
             np.column_stack([points[:, 0], np.zeros(len(points))]),
             np.column_stack([centers[:, 0], np.zeros(len(centers))]),
-            ("feature 0", ""),
+            (label[0], ""),
         )
     if d == 2:
-        return points, centers, ("feature 0", "feature 1")
+        return points, centers, (label[0], label[1])
     mean = points.mean(axis=0)
     _, s, vt = np.linalg.svd(points - mean, full_matrices=False)
     share = 100 * s**2 / max(float(np.sum(s**2)), 1e-30)
@@ -795,24 +1499,37 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             f"`{PROG} plot` needs matplotlib ({_one_line(e)}); install it with "
             "`pip install 'jaxkmeans[plot]'`."
         ) from None
-    model, config = _open_model(args.model_dir)
-    data = load_data(args.data)
-    name = f"DATA {args.data!r}"
-    dims = int(config["dims"])
-    _check_width(data, name, dims, args.model_dir)
+    # The image format from the suffix (matplotlib's rule: none is PNG).
+    suffix = pathlib.Path(args.output).suffix.lower()
+    image_format = suffix[1:] or "png"
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if image_format not in formats:
+        raise CommandError(
+            f"--output {args.output!r}: unknown image format {suffix!r}; use one of "
+            + ", ".join(f".{f}" for f in sorted(formats))
+            + "."
+        )
+    model, config, table, scaler = _open_model_and_data(args)
+    data, name = table.array, table.name
     n = data.shape[0]
     if n > PLOT_MAX_POINTS:
         rows = np.sort(np.random.default_rng(0).choice(n, PLOT_MAX_POINTS, replace=False))
         shown = np.asarray(data[rows], np.float32)
     else:
         shown = np.asarray(data, np.float32)
-    labels = _predict_labels(model, shown, name)
+    labels = _predict_labels(model, shown, name, scaler)
+    if scaler is not None:  # where the centers are
+        shown = scaler(shown)
     centers = model.cluster_centers()
     metric = config["distance_metric"]
     if metric == jaxkmeans.COSINE_DISTANCE:  # spherical k-means: compare directions
         norms = np.linalg.norm(shown, axis=1, keepdims=True)
         shown = shown / np.where(norms > 0, norms, 1.0)
-    xy, cxy, (xlabel, ylabel) = _project_2d(shown.astype(np.float64), centers.astype(np.float64))
+    xy, cxy, (xlabel, ylabel) = _project_2d(
+        shown.astype(np.float64), centers.astype(np.float64), table.names
+    )
+    if scaler is not None:
+        xlabel, ylabel = (f"{label} (standardized)" if label else "" for label in (xlabel, ylabel))
     k = centers.shape[0]
 
     fig = Figure(figsize=PLOT_SIZE_INCHES, dpi=PLOT_DPI)
@@ -846,7 +1563,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     ax_loss.set_xlabel("global step")
     ax_loss.set_ylabel(what)
     fig.tight_layout()
-    fig.savefig(args.output, format="png", dpi=PLOT_DPI)
+    with _writing("--output", args.output):
+        fig.savefig(args.output, format=image_format, dpi=PLOT_DPI)
     print(json.dumps({"output": str(args.output), "points": len(shown), "num_clusters": k}))
     return 0
 
@@ -884,6 +1602,12 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _delimiter_arg(text: str) -> str:
+    if len(text) == 1 or text.lower() in ("\\t", "tab", "whitespace"):
+        return text
+    raise argparse.ArgumentTypeError(f"expected one character, 'tab' or 'whitespace'; got {text!r}")
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -902,10 +1626,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {jaxkmeans.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    data_help = ".npy, or .csv / .txt of numbers (comma or whitespace separated; header skipped)"
+    data_help = (
+        "- (stdin), .npy, .parquet / .pq (needs pyarrow), or .csv / .tsv / .txt of numbers "
+        "(also .gz, .bz2, .xz; a header row is detected)"
+    )
+
+    def add_data(p: argparse.ArgumentParser, model: bool) -> None:
+        p.add_argument("data", metavar="DATA", help=data_help)
+        p.add_argument(
+            "--columns",
+            type=_parse_columns,
+            metavar="COLS",
+            help="the feature columns: names, 0-based positions or start:stop ranges, comma "
+            "separated (default: all, but the unnamed index column pandas' to_csv writes"
+            + ("; with a model: the columns it was fit on)" if model else ")"),
+        )
+        p.add_argument(
+            "--delimiter",
+            type=_delimiter_arg,
+            metavar="D",
+            help="text files: one character, tab, or whitespace (default: tab for .tsv, else "
+            "a comma, tab or semicolon if the first row has one, else whitespace)",
+        )
 
     fit = sub.add_parser("fit", help="train a model on DATA, saving checkpoints in --model-dir")
-    fit.add_argument("data", metavar="DATA", help=data_help)
+    add_data(fit, model=False)
     fit.add_argument("--num-clusters", "-k", type=_int_at_least(1), required=True, metavar="K")
     fit.add_argument(
         "--model-dir", required=True, metavar="DIR", help="checkpoints (resumed if present)"
@@ -957,6 +1702,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="save a checkpoint every N steps instead",
     )
     fit.add_argument(
+        "--standardize",
+        action="store_true",
+        help="center and scale every feature to mean 0, variance 1 (the mean and scale are "
+        "kept with the model; predict and plot apply them)",
+    )
+    fit.add_argument(
         "--progress",
         choices=("auto", "always", "never"),
         default="auto",
@@ -965,7 +1716,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(run=_cmd_fit)
 
     predict = sub.add_parser("predict", help="cluster index of every row of DATA")
-    predict.add_argument("data", metavar="DATA", help=data_help)
+    add_data(predict, model=True)
     predict.add_argument("--model-dir", required=True, metavar="DIR")
     predict.add_argument(
         "--output",
@@ -992,10 +1743,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.set_defaults(run=_cmd_export)
 
-    plot = sub.add_parser("plot", help="PNG of the clusters and the loss (needs matplotlib)")
-    plot.add_argument("data", metavar="DATA", help=data_help)
+    plot = sub.add_parser(
+        "plot", help="image (PNG, PDF, SVG) of the clusters and the loss (needs matplotlib)"
+    )
+    add_data(plot, model=True)
     plot.add_argument("--model-dir", required=True, metavar="DIR")
-    plot.add_argument("--output", "-o", required=True, metavar="FILE.png")
+    plot.add_argument(
+        "--output",
+        "-o",
+        required=True,
+        metavar="FILE",
+        help="the image; its format from the suffix (.png, .pdf, .svg, ...)",
+    )
     plot.set_defaults(run=_cmd_plot)
 
     show = sub.add_parser(
