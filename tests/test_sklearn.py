@@ -392,8 +392,11 @@ def test_bad_parameters(cls, params, error, match, blobs3):
 def test_bad_input(cls, blobs3):
     X, _ = blobs3
     scipy_sparse = pytest.importorskip("scipy.sparse")
+    # Sparse input is accepted (issue 16): the same model as the dense rows.
+    sparse_fit = cls(3, random_state=0).fit(scipy_sparse.csr_matrix(X))
+    np.testing.assert_array_equal(sparse_fit.labels_, cls(3, random_state=0).fit(X).labels_)
     with pytest.raises(TypeError, match="[Ss]parse"):
-        cls(3).fit(scipy_sparse.csr_matrix(X))
+        cls(3).fit(scipy_sparse.csr_matrix(X), sample_weight=scipy_sparse.csr_matrix(X[:, :1]))
     with pytest.raises(ValueError, match="[Nn]egative"):
         cls(3).fit(X, sample_weight=-np.ones(len(X)))
     with pytest.raises(ValueError, match="non-zero|positive weight"):
