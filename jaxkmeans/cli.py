@@ -71,7 +71,7 @@ import numpy as np
 
 import jaxkmeans
 from jaxkmeans import _config
-from jaxkmeans.checkpoint import Checkpointer
+from jaxkmeans.checkpoint import Checkpointer, CheckpointError
 from jaxkmeans.initializers import INIT_METHODS
 
 __all__ = ["main", "load_data", "read_table", "Table", "CommandError"]
@@ -1242,6 +1242,20 @@ def _model_scaler(state: dict[str, Any], model_dir: str) -> _Scaler | None:
         ) from None
 
 
+def _check_writable(model_dir: str) -> None:
+    """Fails early (before training) when `model_dir` cannot be created or written,
+    without creating anything."""
+    path = pathlib.Path(model_dir).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = "not a directory" if existing == path else f"{str(existing)!r} is not a directory"
+        raise CommandError(f"--model-dir {model_dir!r}: {reason}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"--model-dir {model_dir!r}: permission denied ({str(existing)!r}).")
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     config = _saved_config(args.model_dir)  # None: a new model
     state = _cli_state(args.model_dir) if config is not None else {}
@@ -1253,6 +1267,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         init, seed = _check_resume(args, config, state, d, name)
         scaler = _model_scaler(state, args.model_dir)
     else:
+        _check_writable(args.model_dir)
         init = args.init or jaxkmeans.KMEANS_PLUS_PLUS_INIT
         seed = args.seed if args.seed is not None else secrets.randbits(31)
         scaler = _Scaler.fit(data, name) if args.standardize else None
@@ -1324,6 +1339,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
                 )
             except OSError as e:  # writing checkpoints (reading DATA is done)
                 raise CommandError(f"--model-dir {args.model_dir!r}: {_os_reason(e)}.") from None
+            except CheckpointError as e:
+                raise CommandError(f"--model-dir {args.model_dir!r}: {_one_line(e)}") from None
         step = model.global_step
         stopped = "max_steps" if step >= max_steps else "tolerance"
         why = None

@@ -113,7 +113,7 @@ ERRORS = {
     "bad_numbers": (
         ["fit", "bad.csv", "-k", "2", "--model-dir", "e2"],
         1,
-        "line 3, column 2: 'oops' is not a number",
+        "line 3, column 2 ('b'): 'oops' is not a number; choose the feature columns with --columns",
     ),
     "wrong_width": (["predict", "narrow.txt", "--model-dir", "m"], 1, "has 2 columns"),
     "unknown_metric": (
@@ -282,7 +282,6 @@ def test_more_errors_in_process(work, runs, capsys, monkeypatch):
         ("ragged.csv", "1,2,3\n4,5\n", "line 2 has 2 values; expected 3"),
         ("nan.csv", "x,y\n1,2\nnan,3\n", None),
         ("header_only.csv", "x,y\n", "has no data rows"),
-        ("data.json", "[1, 2]", "must be a .npy, .csv or .txt"),
         ("junk.npy", "not an array", "is not a readable .npy array"),
     ],
 )
@@ -290,7 +289,7 @@ def test_load_data_errors(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     if message is None:  # NaN parses; it is reported when the batches are read
         x = cli.load_data(tmp_path / name)
-        with pytest.raises(cli.CommandError, match=r"NaN or inf values \(data row 2\)"):
+        with pytest.raises(cli.CommandError, match=r"missing, NaN or inf value \(data row 2\)"):
             list(cli._batches(x, "DATA", None)())
         return
     with pytest.raises(cli.CommandError, match=message):
@@ -588,3 +587,442 @@ def test_internal_errors_keep_their_traceback_user_errors_are_one_line(
     err = capsys.readouterr().err
     assert err.startswith("jaxkmeans: error:") and "columns" in err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ data files (issue 13)
+
+# Values that every parser reads exactly (multiples of 1/4), 3 features.
+GRID = (np.arange(30, dtype=np.float32).reshape(10, 3) - 7) / 4
+
+
+@pytest.fixture(params=["pyarrow", "numpy"])
+def reader(request, monkeypatch):
+    """Each text test runs with pyarrow's CSV reader and with numpy's (no pyarrow)."""
+    if request.param == "pyarrow":
+        pytest.importorskip("pyarrow")
+    else:
+        monkeypatch.setattr(cli, "_pyarrow", lambda: None)
+    return request.param
+
+
+def _csv(rows, sep=",", quote=False):
+    q = '"' if quote else ""
+    return "\n".join(sep.join(f"{q}{v!r}{q}" for v in map(float, row)) for row in rows) + "\n"
+
+
+def _write_formats(d):
+    """GRID in every text flavour: {file name: extra read_table kwargs}."""
+    import bz2
+    import gzip
+
+    (d / "plain.csv").write_text("x,y,z\n" + _csv(GRID))
+    (d / "quoted.csv").write_text('"x","y","z"\n' + _csv(GRID, quote=True))
+    (d / "spaced.csv").write_text("x, y, z\n" + _csv(GRID, sep=" , "))
+    (d / "tabs.tsv").write_text("x\ty\tz\n" + _csv(GRID, sep="\t"))
+    (d / "semi.txt").write_text("x;y;z\n" + _csv(GRID, sep=";"))
+    (d / "pipe.csv").write_text("x|y|z\n" + _csv(GRID, sep="|"))
+    (d / "white.txt").write_text("# a comment\n\n" + _csv(GRID, sep=" \t "))
+    (d / "bom.csv").write_bytes(b"\xef\xbb\xbf" + ("x,y,z\n" + _csv(GRID)).encode())
+    (d / "crlf.csv").write_bytes(("x,y,z\n" + _csv(GRID)).replace("\n", "\r\n").encode())
+    (d / "comments.csv").write_text(
+        "# made by hand\nx,y,z\n" + _csv(GRID[:4]) + "# half way\n\n" + _csv(GRID[4:])
+    )
+    with gzip.open(d / "zipped.csv.gz", "wt") as f:
+        f.write("x,y,z\n" + _csv(GRID))
+    with bz2.open(d / "zipped.tsv.bz2", "wt") as f:
+        f.write(_csv(GRID, sep="\t"))
+    np.save(d / "array.npy", GRID)
+    return {
+        "plain.csv": {},
+        "quoted.csv": {},
+        "spaced.csv": {},
+        "tabs.tsv": {},
+        "semi.txt": {},
+        "pipe.csv": {"delimiter": "|"},
+        "white.txt": {},
+        "bom.csv": {},
+        "crlf.csv": {},
+        "comments.csv": {},
+        "zipped.csv.gz": {},
+        "zipped.tsv.bz2": {},
+        "array.npy": {},
+    }
+
+
+def test_every_text_flavour_reads_the_same_numbers(tmp_path, reader, capsys):
+    for file, kwargs in _write_formats(tmp_path).items():
+        table = cli.read_table(tmp_path / file, **kwargs)
+        np.testing.assert_array_equal(table.array, GRID, err_msg=file)
+        assert table.array.dtype == (GRID.dtype if file.endswith(".npy") else np.float32)
+        named = file not in ("white.txt", "zipped.tsv.bz2", "array.npy")
+        assert table.names == (["x", "y", "z"] if named else None), file
+        assert table.columns == [0, 1, 2]
+    assert capsys.readouterr() == ("", "")  # no notes: no pandas index here
+
+
+def test_reads_in_blocks_and_names_the_bad_line_after_the_first_block(
+    tmp_path, reader, monkeypatch
+):
+    """Blocks much smaller than the file: the rows come back whole and in order, and
+    errors past the first block still name their line."""
+    monkeypatch.setattr(cli, "READ_BATCH_ROWS", 7)
+    monkeypatch.setattr(cli, "ARROW_BLOCK_BYTES", 256)
+    x = np.arange(3000, dtype=np.float32).reshape(1000, 3) / 8
+    (tmp_path / "big.csv").write_text("a,b,c\n" + _csv(x))
+    np.testing.assert_array_equal(cli.load_data(tmp_path / "big.csv"), x)
+    with_gap = "a,b,c\n" + _csv(x[:900]) + "1.0,,3.0\n" + _csv(x[900:])
+    (tmp_path / "gap.csv").write_text(with_gap)
+    with pytest.raises(cli.CommandError, match=r"line 902, column 2 \('b'\) is empty"):
+        cli.load_data(tmp_path / "gap.csv")
+    (tmp_path / "word.csv").write_text("a,b,c\n" + _csv(x[:950]) + "1.0,2.0,many\n")
+    with pytest.raises(cli.CommandError, match=r"line 952, column 3 \('c'\): 'many' is not"):
+        cli.load_data(tmp_path / "word.csv")
+    (tmp_path / "short.csv").write_text("a,b,c\n" + _csv(x[:500]) + "1.0,2.0\n" + _csv(x[:9]))
+    with pytest.raises(cli.CommandError, match="line 502 has 2 values; expected 3"):
+        cli.load_data(tmp_path / "short.csv")
+
+
+def test_row_buffer_grows_and_trims():
+    rows = cli._Rows(2, 3)
+    for i in range(10):
+        rows.reserve(2)[:] = i
+    out = rows.result()
+    assert out.shape == (20, 2) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[::2, 0], np.arange(10))
+    empty = cli._Rows(2, 100)
+    empty.reserve(1)[:] = 5
+    assert empty.result().shape == (1, 2)
+
+
+def test_pandas_index_column_is_skipped_with_a_note(tmp_path, reader, capsys):
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(GRID, columns=["a", "b", "c"], index=np.arange(10) * 7)
+    df.to_csv(tmp_path / "pandas.csv")  # header ",a,b,c", the index first
+    table = cli.read_table(tmp_path / "pandas.csv")
+    np.testing.assert_array_equal(table.array, GRID)
+    assert table.names == ["a", "b", "c"] and table.columns == [1, 2, 3]
+    err = capsys.readouterr().err
+    assert err.startswith("jaxkmeans: note: DATA") and "the first column has no name" in err
+    assert "index pandas' to_csv writes" in err and len(err.splitlines()) == 1
+    # Read back and written again: "Unnamed: 0"; integer column names: ",0,1,2".
+    pd.read_csv(tmp_path / "pandas.csv").to_csv(tmp_path / "again.csv", index=False)
+    pd.DataFrame(GRID).to_csv(tmp_path / "numbered.csv")
+    for file, names in (("again.csv", ["a", "b", "c"]), ("numbered.csv", ["0", "1", "2"])):
+        table = cli.read_table(tmp_path / file)
+        np.testing.assert_array_equal(table.array, GRID, err_msg=file)
+        assert table.names == names
+        assert "not used as a feature" in capsys.readouterr().err
+    # Chosen columns: no guessing, no note (position 0 is the index: asked for, given).
+    table = cli.read_table(tmp_path / "pandas.csv", columns=["0", "c"])
+    np.testing.assert_array_equal(table.array[:, 0], np.arange(10) * 7)
+    assert capsys.readouterr().err == ""
+
+
+def test_columns_by_name_position_and_range(tmp_path, reader):
+    full = np.column_stack([np.arange(10, dtype=np.float32), GRID])
+    lines = [f"{i},{a},{b},{c},s{i}" for i, (a, b, c) in enumerate(GRID.tolist())]
+    (tmp_path / "d.csv").write_text("id,a,b,c,label\n" + "\n".join(lines) + "\n")
+
+    def read(cols):
+        return cli.read_table(tmp_path / "d.csv", columns=cols)
+
+    for cols, picked in (
+        (["a", "b", "c"], [1, 2, 3]),
+        (["1:4"], [1, 2, 3]),
+        (["c", "1"], [3, 1]),
+        (["-2", "a"], [3, 1]),
+        ([":2"], [0, 1]),
+    ):
+        table = read(cols)
+        assert table.columns == picked, cols
+        np.testing.assert_array_equal(table.array, full[:, picked])
+        assert table.names == [["id", "a", "b", "c"][i] for i in picked]
+    for cols, message in (
+        (["d"], r"--columns 'd': DATA '.*d.csv' has no such column; it has 'id', 'a', 'b'"),
+        (["9"], "has 5 columns \\(positions 0 to 4\\)"),
+        (["a", "1"], "names a column twice"),
+        (["7:9"], "picks no column"),
+        (["label"], r"column 5 \('label'\): 's0' is not a number"),
+    ):
+        with pytest.raises(cli.CommandError, match=message):
+            read(cols)
+
+
+def test_columns_of_npy_files_are_positions(tmp_path):
+    np.save(tmp_path / "x.npy", GRID)
+    table = cli.read_table(tmp_path / "x.npy", columns=["1:3"])
+    assert isinstance(table.array, np.memmap)  # a contiguous pick stays memory-mapped
+    np.testing.assert_array_equal(table.array, GRID[:, 1:3])
+    np.testing.assert_array_equal(
+        cli.load_data(tmp_path / "x.npy", columns=["2", "0"]), GRID[:, [2, 0]]
+    )
+    with pytest.raises(cli.CommandError, match="has no column names; give 0-based positions"):
+        cli.read_table(tmp_path / "x.npy", columns=["a"])
+    with pytest.raises(cli.CommandError, match="--delimiter only applies to text files"):
+        cli.read_table(tmp_path / "x.npy", delimiter=";")
+
+
+def test_parquet_reads_numeric_columns_and_skips_the_pandas_index(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(GRID, columns=["a", "b", "c"], index=np.arange(10) + 100)
+    df["n"] = np.arange(10)  # int64: numbers too
+    df.to_parquet(tmp_path / "x.parquet")  # the index as column __index_level_0__
+    table = cli.read_table(tmp_path / "x.parquet")
+    assert table.names == ["a", "b", "c", "n"] and table.array.dtype == np.float32
+    np.testing.assert_array_equal(table.array, np.column_stack([GRID, np.arange(10)]))
+    assert capsys.readouterr().err == ""  # pandas marked its index: nothing to guess
+    df["s"] = "word"
+    df.to_parquet(tmp_path / "s.pq")
+    with pytest.raises(
+        cli.CommandError, match="column 's' holds (large_)?string, not numbers; choose"
+    ):
+        cli.read_table(tmp_path / "s.pq")
+    table = cli.read_table(tmp_path / "s.pq", columns=["c", "a"])
+    np.testing.assert_array_equal(table.array, GRID[:, [2, 0]])
+    df.iloc[3, 0] = None  # a missing value: reported with its row when batches are read
+    df.to_parquet(tmp_path / "gap.parquet")
+    x = cli.load_data(tmp_path / "gap.parquet", columns=["a"])
+    with pytest.raises(cli.CommandError, match=r"missing, NaN or inf value \(data row 4\)"):
+        list(cli._batches(x, "DATA", None)())
+
+
+def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
+    (tmp_path / "x.parquet").write_bytes(b"PAR1")
+    monkeypatch.setattr(cli, "_pyarrow", lambda: None)
+    with pytest.raises(cli.CommandError, match=r"needs pyarrow; .*jaxkmeans\[parquet\]"):
+        cli.read_table(tmp_path / "x.parquet")
+
+
+class _Stdin:
+    def __init__(self, data: bytes):
+        self.buffer = __import__("io").BytesIO(data)
+
+
+def test_stdin_takes_text_compressed_text_npy_and_parquet(tmp_path, reader, monkeypatch):
+    import gzip
+    import io
+
+    npy = io.BytesIO()
+    np.save(npy, GRID)
+    inputs = {
+        "csv": ("x,y,z\n" + _csv(GRID)).encode(),
+        "whitespace": _csv(GRID, sep=" ").encode(),
+        "gzip": gzip.compress(_csv(GRID, sep="\t").encode()),
+        "npy": npy.getvalue(),
+    }
+    if reader == "pyarrow":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = io.BytesIO()
+        pq.write_table(pa.table({n: GRID[:, i] for i, n in enumerate("xyz")}), sink)
+        inputs["parquet"] = sink.getvalue()
+    for kind, data in inputs.items():
+        monkeypatch.setattr(sys, "stdin", _Stdin(data))
+        table = cli.read_table("-")
+        np.testing.assert_array_equal(table.array, GRID, err_msg=kind)
+        assert table.name == "DATA '-' (standard input)"
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("ragged.csv", "1,2,3\n4,5\n", "line 2 has 2 values; expected 3"),
+        ("gap.csv", "x,y\n1,2\n3,\n", r"line 3, column 2 \('y'\) is empty \(a missing value\)"),
+        ("word.tsv", "1\t2\n3\tfour\n", "line 2, column 2: 'four' is not a number.$"),
+        ("header_only.csv", "x,y\n", "has no data rows"),
+        ("comments_only.txt", "# nothing\n\n", "has no data rows"),
+        ("latin1.csv", b"x,\xe9\n1,2\n", "is not a text file of numbers"),
+        ("data.json", "[1, 2]", "must be .npy, .parquet, .csv, .tsv or .txt"),
+        ("data.csv.zip", "", r"got suffix '.csv.zip'"),
+        ("junk.npy", "not an array", "is not a readable .npy array"),
+        ("strings.npy", np.array(["a", "b"]), "must hold numbers; got dtype <U1"),
+        ("cube.npy", np.zeros((2, 2, 2)), "must be 2-D"),
+        ("none.npy", np.zeros((0, 3)), r"has no data; got shape \(0, 3\)"),
+    ],
+)
+def test_data_errors(tmp_path, reader, name, content, message):
+    path = tmp_path / name
+    if isinstance(content, np.ndarray):
+        np.save(path, content)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(cli.CommandError, match=message):
+        cli.read_table(path)
+
+
+def test_missing_and_unreadable_data_name_the_argument(tmp_path, monkeypatch):
+    with pytest.raises(cli.CommandError, match=r"^DATA '.*nowhere.csv' does not exist\.$"):
+        cli.read_table(tmp_path / "nowhere.csv")
+    with pytest.raises(cli.CommandError, match="is a directory; expected a data file"):
+        cli.read_table(tmp_path)
+    (tmp_path / "locked.csv").write_text("1,2\n")
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cli, "open", refuse, raising=False)  # root reads any mode bits
+    with pytest.raises(cli.CommandError, match=r"^DATA '.*locked.csv': Permission denied\.$"):
+        cli.read_table(tmp_path / "locked.csv")
+
+
+# ------------------------------------------------------------------ the CLI on those files
+
+
+def _fit(capsys, argv):
+    assert cli.main([str(a) for a in argv]) == 0
+    out, err = capsys.readouterr()
+    return json.loads(out), err
+
+
+def test_standardize_is_kept_with_the_model_and_applied_by_predict(work, runs, capsys):
+    x = np.load(work / "x.npy").astype(np.float64)
+    x[:, 2] *= 1000  # a feature on another scale: standardizing matters
+    np.save(work / "scaled.npy", x.astype(np.float32))
+    model = work / "std"
+    base = ["fit", work / "scaled.npy", "-k", "4", "--model-dir", model, "--seed", "0"]
+    summary, _ = _fit(capsys, [*base, "--standardize"])
+    assert summary["standardize"] is True
+    info = json.loads(_capture_main(capsys, ["info", "--model-dir", str(model), "--centers"]))
+    mean, scale = (np.array(info["standardize"][k]) for k in ("mean", "scale"))
+    x32 = x.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(mean, x32.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(scale, x32.std(axis=0), rtol=1e-6)
+    assert cli.main(["predict", str(work / "scaled.npy"), "--model-dir", str(model)]) == 0
+    labels = np.array(capsys.readouterr().out.split(), dtype=np.int64)
+    z = (x32 - mean) / scale
+    centers = np.array(info["cluster_centers"])
+    expected = ((z[:, None] - centers[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(labels, expected)
+    assert _same_partition(labels, np.load(work / "truth.npy"))
+    # Resuming keeps the first fit's mean and scale; the flag must match.
+    err = _main_error(capsys, base)
+    assert "was trained with --standardize; add --standardize" in err
+    err = _main_error(
+        capsys, ["fit", work / "x.npy", "-k", "4", "--model-dir", work / "m"] + ["--standardize"]
+    )
+    assert "--standardize does not fit the model in" in err
+    resumed, _ = _fit(
+        capsys, [*base, "--standardize", "--max-steps", info["global_step"] + 2, "--tolerance", "0"]
+    )
+    assert resumed["steps_run"] == 2
+    again = json.loads(_capture_main(capsys, ["info", "--model-dir", str(model)]))
+    assert again["standardize"] == info["standardize"]
+    # The export takes standardized rows: said on stderr and in the summary.
+    assert cli.main(["export", "--model-dir", str(model), "-o", str(work / "std_export")]) == 0
+    out, err = capsys.readouterr()
+    assert "trained with --standardize: the export takes standardized rows" in err
+    assert json.loads(out)["standardize"] == info["standardize"]
+
+
+def test_predict_reads_the_columns_the_model_was_fit_on(work, runs, capsys):
+    x = np.load(work / "x.npy")
+    model = work / "named"
+    summary, _ = _fit(
+        capsys,
+        ["fit", work / "x.csv", "-k", "4", "--model-dir", model]
+        + ["--seed", "0", "--columns", "gamma,alpha"],
+    )
+    assert summary["features"] == ["gamma", "alpha"] and summary["dims"] == 2
+    # Another file with the columns in another order, an index and a label column.
+    lines = [f"{i},s{i % 3},{r[1]!r},{r[0]!r},{r[2]!r}" for i, r in enumerate(x.tolist())]
+    (work / "shuffled.csv").write_text(",label,beta,alpha,gamma\n" + "\n".join(lines) + "\n")
+    for data in ("x.csv", "shuffled.csv"):
+        assert cli.main(["predict", str(work / data), "--model-dir", str(model)]) == 0
+        out, err = capsys.readouterr()
+        assert err == ""  # by the model's names: no guessing, no note
+        labels = np.array(out.split(), dtype=np.int64)
+        if data == "x.csv":
+            first = labels
+    np.testing.assert_array_equal(labels, first)
+    info = json.loads(_capture_main(capsys, ["info", "--model-dir", str(model)]))
+    assert info["features"] == ["gamma", "alpha"] and info["columns"] == ["gamma", "alpha"]
+    # A file without names: the fit's --columns must be positions to apply.
+    err = _main_error(capsys, ["predict", work / "x.npy", "--model-dir", model])
+    assert "--columns 'gamma': DATA" in err and "has no column names" in err
+    assert (
+        cli.main(["predict", str(work / "x.npy"), "--model-dir", str(model)] + ["--columns", "2,0"])
+        == 0
+    )
+    np.testing.assert_array_equal(np.array(capsys.readouterr().out.split(), int), first)
+
+
+def test_fit_reads_stdin(work, runs, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", _Stdin((work / "x.csv").read_bytes()))
+    summary, _ = _fit(
+        capsys, ["fit", "-", "-k", "4", "--model-dir", work / "stdin"] + ["--seed", "0"]
+    )
+    assert summary["rows"] == 400 and summary["features"] == ["alpha", "beta", "gamma"]
+    monkeypatch.setattr(sys, "stdin", _Stdin((work / "x.csv").read_bytes()))
+    assert cli.main(["predict", "-", "--model-dir", str(work / "stdin")]) == 0
+    labels = np.array(capsys.readouterr().out.split(), dtype=np.int64)
+    assert _same_partition(labels, np.load(work / "truth.npy"))
+
+
+def test_progress_bar_says_converged(work, runs, capsys):
+    summary, err = _fit(
+        capsys,
+        ["fit", work / "x.npy", "-k", "4", "--seed", "0"]
+        + ["--model-dir", work / "progress", "--progress", "always"],
+    )
+    assert summary["stopped"] == "tolerance"
+    last = err.rstrip("\n").split("\r")[-1]
+    assert f"step {summary['global_step']}/300" in last
+    assert re.search(r"converged: relative loss change \S+ < tolerance 0.0001", last), last
+    assert err.endswith("\n")
+    summary, err = _fit(
+        capsys,
+        ["fit", work / "x.npy", "-k", "4", "--seed", "0"]
+        + ["--model-dir", work / "progress2", "--progress", "always"]
+        + ["--max-steps", "3", "--tolerance", "0"],
+    )
+    assert summary["stopped"] == "max_steps"
+    assert "step 3/3" in err and "converged" not in err
+
+
+def test_plot_format_comes_from_the_suffix(work, runs, capsys):
+    pytest.importorskip("matplotlib")
+    model = ["--model-dir", str(work / "m"), str(work / "x.npy")]
+    assert cli.main(["plot", *model, "-o", str(work / "clusters.pdf")]) == 0
+    pdf = (work / "clusters.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    assert cli.main(["plot", *model, "-o", str(work / "clusters.svg")]) == 0
+    assert b"<svg" in (work / "clusters.svg").read_bytes()[:1000]
+    capsys.readouterr()
+    err = _main_error(capsys, ["plot", *model, "-o", work / "clusters.bmpx"])
+    assert "--output" in err and "unknown image format '.bmpx'" in err and ".pdf" in err
+
+
+def test_os_errors_name_the_option(work, runs, capsys):
+    (work / "a_file").write_text("")
+    model = ["--model-dir", str(work / "m")]
+    err = _main_error(capsys, ["predict", work / "x.npy", *model, "-o", work / "no/dir/l.txt"])
+    assert re.search(r"--output '.*no/dir/l.txt': No such file or directory\.$", err.strip())
+    err = _main_error(capsys, ["predict", work / "x.npy", *model, "-o", work / "no/l.npy"])
+    assert "--output '" in err and "No such file or directory" in err
+    pytest.importorskip("matplotlib")
+    err = _main_error(capsys, ["plot", work / "x.npy", *model, "-o", work / "a_file/p.png"])
+    assert "--output '" in err and "Not a directory" in err
+    err = _main_error(capsys, ["export", *model, "-o", work / "a_file/export"])
+    assert err.startswith("jaxkmeans: error: --output '") and "Not a directory" in err
+    err = _main_error(capsys, ["fit", work / "x.npy", "-k", "2", "--model-dir", work / "a_file/m"])
+    assert re.search(r"--model-dir '.*a_file/m': '.*a_file' is not a directory\.$", err.strip())
+    assert not (work / "a_file/m").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--delimiter", "ab"], "argument --delimiter: expected one character, 'tab' or"),
+        (["--columns", "a,,b"], "argument --columns: expected comma-separated column names"),
+    ],
+)
+def test_data_option_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["fit", "x.csv", "-k", "2", "--model-dir", "d", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and message in err[0]
