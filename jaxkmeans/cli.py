@@ -624,10 +624,10 @@ def _fill_text_arrow(
     picked = [names[i] for i in columns]
     if source.data is not None:
         stream = pa.BufferReader(source.data)
-    elif source.compression is not None:
+    elif source.compression in (None, "gzip", "bz2"):
+        stream = str(source.path)  # pyarrow opens it (and decompresses by the suffix)
+    else:  # xz: decompressed by Python
         stream = pa.PythonFile(source.binary(), mode="r")
-    else:
-        stream = str(source.path)
     try:
         reader = pacsv.open_csv(
             stream,

@@ -614,6 +614,7 @@ def _write_formats(d):
     """GRID in every text flavour: {file name: extra read_table kwargs}."""
     import bz2
     import gzip
+    import lzma
 
     (d / "plain.csv").write_text("x,y,z\n" + _csv(GRID))
     (d / "quoted.csv").write_text('"x","y","z"\n' + _csv(GRID, quote=True))
@@ -631,6 +632,8 @@ def _write_formats(d):
         f.write("x,y,z\n" + _csv(GRID))
     with bz2.open(d / "zipped.tsv.bz2", "wt") as f:
         f.write(_csv(GRID, sep="\t"))
+    with lzma.open(d / "zipped.csv.xz", "wt") as f:
+        f.write("x,y,z\n" + _csv(GRID))
     np.save(d / "array.npy", GRID)
     return {
         "plain.csv": {},
@@ -645,6 +648,7 @@ def _write_formats(d):
         "comments.csv": {},
         "zipped.csv.gz": {},
         "zipped.tsv.bz2": {},
+        "zipped.csv.xz": {},
         "array.npy": {},
     }
 
