@@ -4,15 +4,23 @@
 
     jaxkmeans fit DATA --num-clusters K --model-dir DIR [--metric cosine] [--init NAME]
                   [--mini-batch --batch-size B] [--max-steps N] [--tolerance T] [--seed S]
-    jaxkmeans predict DATA --model-dir DIR [--output FILE]
+                  [--columns COLS] [--delimiter D] [--standardize]
+    jaxkmeans predict DATA --model-dir DIR [--output FILE] [--columns COLS] [--delimiter D]
     jaxkmeans info --model-dir DIR
     jaxkmeans export --model-dir DIR --output DIR
-    jaxkmeans plot --model-dir DIR DATA --output FILE.png
+    jaxkmeans plot --model-dir DIR DATA --output FILE.{png,pdf,svg,...}
     jaxkmeans show-config
 
-DATA is a ``.npy`` file (read memory-mapped) or a ``.csv`` / ``.txt`` file of numbers,
-comma or whitespace separated; a header row is detected and skipped, ``#`` lines are
-comments. A 1-D array or a single column is one feature per row.
+DATA is ``-`` (standard input), a ``.npy`` file (read memory-mapped), a Parquet file
+(``.parquet`` / ``.pq``, needs the ``parquet`` extra: pyarrow), or a ``.csv`` / ``.tsv`` /
+``.txt`` file of numbers, also compressed (``.gz``, ``.bz2``, ``.xz``); see
+:func:`read_table`. Text is read block by block, with pyarrow's CSV reader when it is
+installed and numpy's otherwise. ``--columns`` picks the features (names, 0-based
+positions, ``start:stop`` ranges); without it, the unnamed first column that
+``pandas.DataFrame.to_csv`` writes for the index is skipped with a note on stderr. The
+model remembers its features (names and ``--columns``) and ``--standardize``'s mean and
+scale in ``jaxkmeans_cli.json`` beside its checkpoints; ``predict`` and ``plot`` read and
+transform DATA the same way.
 
 ``fit`` and ``export`` print a one-line JSON summary on stdout, ``info`` a JSON object;
 training progress goes to stderr. Every error is one line on stderr
@@ -105,8 +113,9 @@ INIT_SAMPLE_MIN_ROWS = 10_000
 INIT_SAMPLE_ROWS_PER_CLUSTER = 100
 # `info`: loss history entries shown (all with --history).
 INFO_HISTORY = 10
-# What the CLI remembers about how it started a model (beside the checkpoints): the init
-# method when it passed centers computed from a sample of the file.
+# What the CLI remembers about a model (beside the checkpoints, written just before its
+# first checkpoint): the init method when it passed centers computed from a sample of
+# the file, the fit's --columns, the feature names, --standardize's mean and scale.
 CLI_STATE_FILE = "jaxkmeans_cli.json"
 
 
@@ -176,6 +185,17 @@ def read_table(
     Raises:
       CommandError: missing or unreadable file, unknown suffix, unknown column,
         non-numeric values, rows of different lengths, no rows, more than 2 dimensions.
+
+    Examples:
+      >>> import pathlib, tempfile
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "points.csv"
+      >>> _ = path.write_text("id,x,y,label\\n7,1.5,2,a\\n8,3,4.25,b\\n")
+      >>> table = read_table(path, columns=["x", "y"])
+      >>> table.array
+      array([[1.5 , 2.  ],
+             [3.  , 4.25]], dtype=float32)
+      >>> table.names, table.columns
+      (['x', 'y'], [1, 2])
     """
     source = _Source.open(str(path), what)
     if delimiter is not None and source.kind != "text":
