@@ -9,7 +9,10 @@ iterations from the same initial centers (k distinct rows drawn with a fixed see
   scipy CSR matrix (the functional core; conversion to its sparse layout included);
 - ``jaxkmeans.sklearn``: the drop-in ``KMeans(k, init=centers, n_init=1, max_iter=5,
   tol=0)`` (distinct-row merge and the final labels included);
-- ``sklearn``: scikit-learn's ``KMeans(..., algorithm="lloyd")``, same arguments.
+- ``sklearn``: scikit-learn's ``KMeans(..., algorithm="lloyd")``, same arguments;
+- ``sklearn-float64``: the same on a float64 copy of the data (its labels are exact: a
+  reference for how far two float32 computations drift apart over 5 iterations, since
+  TF-IDF rows have many near-ties that float32 rounding decides either way).
 
 Each runs in a fresh child process: data made, one warm-up fit (compiles), then
 ``--repeats`` timed fits. Extra peak memory is the peak RSS (VmHWM, reset right after
@@ -36,7 +39,7 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("jaxkmeans", "jaxkmeans.sklearn", "sklearn")
+METHODS = ("jaxkmeans", "jaxkmeans.sklearn", "sklearn", "sklearn-float64")
 
 
 def _status_kb(field: str) -> int:
@@ -93,9 +96,12 @@ def _fit_fn(method: str, x, c0: np.ndarray, iters: int):
         from jaxkmeans.sklearn import KMeans
     else:
         from sklearn.cluster import KMeans
+    if method == "sklearn-float64":
+        x, c0 = x.astype(np.float64), c0.astype(np.float64)
 
     def run():
         km = KMeans(k, init=c0, n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd").fit(x)
+        run.centers = km.cluster_centers_
         return float(km.inertia_), int(km.n_iter_)
 
     return run
@@ -138,6 +144,14 @@ def child(args: argparse.Namespace) -> dict:
         extra_peak_mb=round(peak - rss0, 1),
         vmhwm_reset=reset,
     )
+    if args.method.startswith("sklearn"):
+        # The same centers measured by jaxkmeans (after the timing and the peak): how
+        # far the two computations of one inertia are, apart from the iterations.
+        import jaxkmeans
+
+        same = float(jaxkmeans.inertia(x.astype(np.float32), run.centers.astype(np.float32)))
+        out["jaxkmeans_inertia_of_these_centers"] = same
+        out["same_centers_rel_diff"] = abs(same - result[0]) / result[0]
     if args.method.startswith("jaxkmeans"):
         import jax
 
@@ -184,7 +198,12 @@ def main() -> None:
             print(json.dumps(r), flush=True)
             by[method] = r
         ref = by.get("sklearn")
+        ref64 = by.get("sklearn-float64")
         for r in by.values():
+            if ref64 is not None:
+                r["inertia_rel_diff_vs_sklearn_float64"] = (
+                    abs(r["inertia"] - ref64["inertia"]) / ref64["inertia"]
+                )
             if ref is not None:
                 r["inertia_rel_diff_vs_sklearn"] = (
                     abs(r["inertia"] - ref["inertia"]) / ref["inertia"]
@@ -202,7 +221,11 @@ def main() -> None:
         note=(
             "5 Lloyd iterations from the same initial centers; times are whole warm fits "
             "(after one warm-up fit in the same process); extra_peak_mb is the peak RSS "
-            "above the RSS once the data is made, warm-up (compilation) included."
+            "above the RSS once the data is made, warm-up (compilation) included. "
+            "sklearn-float64 is scikit-learn on a float64 copy (exact labels; a reference "
+            "for how far float32 runs drift apart through near-ties, not part of the "
+            "time ratios' reference, which is float32 sklearn). same_centers_rel_diff: "
+            "scikit-learn's inertia of its final centers vs jaxkmeans.inertia of them."
         ),
         results=results,
     )

@@ -35,14 +35,24 @@ one place):
 - Fewer distinct points than ``n_clusters``: every distinct point becomes a center, the
   remaining centers repeat the first one (they get no points) and a
   ``ConvergenceWarning`` is issued, as scikit-learn does.
-- Computation runs in float32 unless ``jax_enable_x64`` is on and ``X`` is float64;
-  ``cluster_centers_`` and ``transform`` are returned in ``X``'s float dtype (float32 or
-  float64; integers become float64), as scikit-learn's ``KMeans`` does. ``transform``
+- float64 input (and integers, which become float64) is computed in float64: the
+  methods run with JAX's 64-bit mode on for the call (``jax.enable_x64``; the user's
+  global setting is not changed), on the XLA kernels (the native CPU kernels are
+  float32 only). float32 input is computed in float32. ``cluster_centers_`` and
+  ``transform`` are returned in ``X``'s float dtype, as scikit-learn's ``KMeans`` does. ``transform``
   (Euclidean distances) is computed on the host in float64, so that it is accurate and
   each row's distances do not depend on the other rows passed with it.
 - ``algorithm="elkan"`` is accepted and runs Lloyd iterations (Elkan's algorithm gives
-  the same iterates). ``copy_x`` has no effect: ``X`` is never modified. Sparse input
-  is not supported (a clear ``TypeError``).
+  the same iterates). ``copy_x`` has no effect: ``X`` is never modified.
+- Sparse input: scipy CSR/CSC (other formats are converted to CSR by scikit-learn's
+  validation). Distinct rows are merged by a hash of their nonzero entries (the same
+  key a dense row gets, so dense and sparse input give the same model), and the
+  functional core runs on the sparse rows (:mod:`jaxkmeans.kernels.sparse`: sparse-dense
+  products and segment sums over the nonzeros, never a densified copy of the data).
+  Only a few rows are ever densified: centers chosen by the initialization, candidates
+  for empty clusters, and each mini-batch (``MiniBatchKMeans`` steps on dense batches of
+  ``batch_size`` rows; ``partial_fit`` densifies the batch it is given). ``transform``
+  of sparse rows uses scipy's sparse-dense product in float64.
 - Compiling dominates small fits (seconds per program on a CPU). Small problems are
   therefore padded to a few fixed shapes (up to 256 rows: 256; up to 4096: the next
   power of two; up to 32 columns: 32) with weight-0 rows and zero columns, so that a
@@ -53,6 +63,7 @@ one place):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -353,6 +364,42 @@ def _nearest(x: Any, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(labels)[:n], np.asarray(dist)[:n]
 
 
+def _input_dtype(X: Any) -> np.dtype | None:
+    """The float dtype the drop-in's validation will give `X` (integers and nested lists
+    become float64), or None when it cannot tell (validation then reports the error)."""
+    dtype = getattr(X, "dtype", None)
+    if dtype is None:
+        try:
+            dtype = np.asarray(X).dtype
+        except Exception:
+            return None
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:  # e.g. pandas extension dtypes
+        return None
+    if dtype == np.float32:
+        return dtype
+    if dtype.kind in "fiub":
+        return np.dtype(np.float64)
+    return None
+
+
+def _keeps_float64(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Runs `method` with JAX's 64-bit mode on when `X` is float64 (or integer), so that
+    float64 input is computed in float64 (as scikit-learn does) without changing the
+    user's global JAX configuration; float32 input stays float32."""
+
+    @functools.wraps(method)
+    def wrapper(self, X, *args, **kwargs):
+        scope = contextlib.nullcontext()
+        if _input_dtype(X) == np.float64 and not jax.config.jax_enable_x64:
+            scope = jax.enable_x64(True)
+        with scope:
+            return method(self, X, *args, **kwargs)
+
+    return wrapper
+
+
 def _as_key(random_state: np.random.RandomState) -> jax.Array:
     """A JAX key drawn from a numpy RandomState (deterministic for an int seed)."""
     return jax.random.PRNGKey(int(random_state.randint(np.iinfo(np.int32).max)))
@@ -617,6 +664,7 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
             c = init
         return jnp.asarray(_pad_cols(np.asarray(c, dtype), d_pad))
 
+    @_keeps_float64
     def _init_centroids(
         self,
         X,
@@ -666,6 +714,7 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
         check_is_fitted(self)
         return self._validate_X(X, reset=False)
 
+    @_keeps_float64
     def predict(self, X) -> np.ndarray:
         """Index of the nearest center of each row.
 
@@ -678,10 +727,12 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
         X = self._check_test_data(X)
         return _nearest(X, self.cluster_centers_)[0]
 
+    @_keeps_float64
     def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
         """``fit(X, sample_weight=sample_weight).labels_``."""
         return self.fit(X, sample_weight=sample_weight).labels_
 
+    @_keeps_float64
     def transform(self, X) -> np.ndarray:
         """Euclidean distance of each row to every center, in `X`'s float dtype.
 
@@ -694,11 +745,13 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
     def _transform(self, X: np.ndarray) -> np.ndarray:
         return _euclidean_distances(X, self.cluster_centers_).astype(X.dtype, copy=False)
 
+    @_keeps_float64
     def fit_transform(self, X, y=None, sample_weight=None) -> np.ndarray:
         """``fit(X, sample_weight=sample_weight).transform(X)``."""
         self.fit(X, sample_weight=sample_weight)
         return self._transform(self._validate_X(X, reset=False))
 
+    @_keeps_float64
     def score(self, X, y=None, sample_weight=None) -> float:
         """Opposite of the (weighted) inertia of `X` on the fitted centers."""
         X = self._check_test_data(X)
@@ -764,6 +817,7 @@ class KMeans(_BaseKMeans):
         self.copy_x = copy_x
         self.algorithm = algorithm
 
+    @_keeps_float64
     def fit(self, X, y=None, sample_weight=None) -> KMeans:
         """Computes k-means clustering.
 
@@ -958,6 +1012,7 @@ class MiniBatchKMeans(_BaseKMeans):
                 best = (c, loss)
         return best[0]
 
+    @_keeps_float64
     def fit(self, X, y=None, sample_weight=None) -> MiniBatchKMeans:
         """Computes mini-batch k-means on `X`.
 
@@ -1040,6 +1095,7 @@ class MiniBatchKMeans(_BaseKMeans):
             self.inertia_ = ewa * float(np.sum(wu, dtype=np.float64))
         return self
 
+    @_keeps_float64
     def partial_fit(self, X, y=None, sample_weight=None) -> MiniBatchKMeans:
         """One mini-batch step on `X` (``jaxkmeans.minibatch_step``); the first call
         also initializes the centers from `X`.

@@ -388,20 +388,22 @@ def matmul(sp: SparseRows, c: jax.Array, vals: jax.Array | None = None) -> jax.A
 
 
 def _block_nearest(sp, rows, cols, v, base, cpt, bias, kc):
-    """(labels, dist) of one block: running min / first index over chunks of kc centers."""
+    """(labels, dist) of one block: running min / first index of the scores ``<x, cp> +
+    bias`` over chunks of kc centers; the row's base is added to the minimum only (added
+    first, it would round away differences between centers: rows orthogonal to every
+    center, common in sparse data, are decided by ``bias`` alone)."""
     k = bias.shape[0]
     best = jnp.full((sp.block,), jnp.inf, v.dtype)
     lab = jnp.zeros((sp.block,), jnp.int32)
     for j0 in range(0, k, kc):
         j1 = min(k, j0 + kc)
         s = _block_product(sp, rows, cols, v, cpt[:, j0:j1]) + bias[None, j0:j1]
-        dist = jnp.maximum(base[:, None] + s, 0.0)
-        m = jnp.min(dist, axis=1)
-        a = jnp.argmin(dist, axis=1).astype(jnp.int32) + j0
+        m = jnp.min(s, axis=1)
+        a = jnp.argmin(s, axis=1).astype(jnp.int32) + j0
         better = m < best
         lab = jnp.where(better, a, lab)
         best = jnp.where(better, m, best)
-    return lab, best
+    return lab, jnp.maximum(base + best, 0.0)
 
 
 def _blocked(sp: SparseRows, a: jax.Array) -> jax.Array:

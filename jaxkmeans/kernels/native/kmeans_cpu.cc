@@ -862,7 +862,8 @@ ffi::Error PpRoundImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
 // rows given as CSR (indptr (n+1,), cols and vals of the stored entries, base (n,) the
 // per-row base: 1 for cosine's unit rows; empty: ||x||^2, computed here). The centers are prepared as for the
 // dense kernels but in the frame of the origin 0 (sparse rows are never shifted):
-// dist = max(base + (<x, cp_j> + bias_j), 0). The centers are transposed once per call
+// dist = max(base + min_j (<x, cp_j> + bias_j), 0), the nearest center chosen by the
+// score alone (the base would round away differences). The centers are transposed once per call
 // into (d, k) so that each stored entry (j, v) adds v * cpt[j, :] (k contiguous floats)
 // to its row's k scores: nnz * k multiply-adds, never a densified row. Per-center sums
 // go by cluster: rows are grouped by label (in row order) and each cluster's rows are
@@ -892,23 +893,25 @@ void SparseNearestRange(const SparseProblem& p, int64_t r0, int64_t r1, float* a
       const float* row = p.cpt + static_cast<int64_t>(p.cols[e]) * k;
       for (int64_t c = 0; c < k; ++c) acc[c] += v * row[c];
     }
+    // The nearest center by score <x, cp> + bias alone (the row's base is the same for
+    // every center; adding it first would round away differences between centers).
     float best = std::numeric_limits<float>::infinity();
     int32_t lab = 0;
+    for (int64_t c = 0; c < k; ++c) {
+      const float sc = acc[c] + p.bias[c];
+      if (sc < best) {
+        best = sc;
+        lab = static_cast<int32_t>(c);
+      }
+    }
     float b = 0.0f;
     if (p.base != nullptr) {
       b = p.base[i];
     } else {  // ||x||^2 of the row
       for (int64_t e = p.indptr[i]; e < e1; ++e) b += p.vals[e] * p.vals[e];
     }
-    for (int64_t c = 0; c < k; ++c) {
-      const float dd = std::max(b + (acc[c] + p.bias[c]), 0.0f);
-      if (dd < best) {
-        best = dd;
-        lab = static_cast<int32_t>(c);
-      }
-    }
     p.labels[i] = lab;
-    p.dist[i] = best;
+    p.dist[i] = std::max(b + best, 0.0f);
   }
 }
 
