@@ -39,8 +39,8 @@ one place):
   methods run with JAX's 64-bit mode on for the call (``jax.enable_x64``; the user's
   global setting is not changed), on the XLA kernels (the native CPU kernels are
   float32 only). float32 input is computed in float32. ``cluster_centers_`` and
-  ``transform`` are returned in ``X``'s float dtype, as scikit-learn's ``KMeans`` does. ``transform``
-  (Euclidean distances) is computed on the host in float64, so that it is accurate and
+  ``transform`` are returned in ``X``'s float dtype, as scikit-learn's ``KMeans`` does.
+  ``transform`` (Euclidean distances) is computed on the host in float64, so that it is accurate and
   each row's distances do not depend on the other rows passed with it.
 - ``algorithm="elkan"`` is accepted and runs Lloyd iterations (Elkan's algorithm gives
   the same iterates). ``copy_x`` has no effect: ``X`` is never modified.
