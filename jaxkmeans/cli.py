@@ -94,7 +94,7 @@ DATA_FORMATS = ".npy, .parquet, .csv, .tsv or .txt (text also .gz, .bz2, .xz), o
 # Rows per block when reading text without pyarrow, and Parquet; bytes per block of
 # pyarrow's CSV reader (a few blocks are in flight at once).
 READ_BATCH_ROWS = 65_536
-ARROW_BLOCK_BYTES = 16 << 20
+ARROW_BLOCK_BYTES = 4 << 20
 # Rows per batch when predicting or scoring (bounds host and device memory).
 PREDICT_BATCH = 65_536
 DEFAULT_FULL_BATCH_STEPS = 300
