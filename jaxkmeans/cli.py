@@ -1285,6 +1285,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if config is not None:
         config = dict(config, global_step=_saved_step(args.model_dir))
         init, seed = _check_resume(args, config, state, d, name)
+        trained = state.get("feature_names")
+        if trained is not None and table.names is not None and table.names != trained:
+            raise CommandError(
+                f"--columns {','.join(args.columns)!r} picks {table.names} from {name}, but the "
+                f"model in {args.model_dir!r} was trained on {trained}; drop --columns to "
+                "resume with those, or use a new --model-dir."
+            )
         scaler = _model_scaler(state, args.model_dir)
     else:
         _check_writable(args.model_dir)

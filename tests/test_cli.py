@@ -944,6 +944,13 @@ def test_predict_reads_the_columns_the_model_was_fit_on(work, runs, capsys):
     np.testing.assert_array_equal(labels, first)
     info = json.loads(_capture_main(capsys, ["info", "--model-dir", str(model)]))
     assert info["features"] == ["gamma", "alpha"] and info["columns"] == ["gamma", "alpha"]
+    # Resuming on other columns of the same width is refused, naming both.
+    err = _main_error(
+        capsys,
+        ["fit", work / "x.csv", "-k", "4", "--model-dir", model] + ["--columns", "alpha,beta"],
+    )
+    assert "--columns 'alpha,beta' picks ['alpha', 'beta']" in err
+    assert "was trained on ['gamma', 'alpha']" in err
     # A file without names: the fit's --columns must be positions to apply.
     err = _main_error(capsys, ["predict", work / "x.npy", "--model-dir", model])
     assert "--columns 'gamma': DATA" in err and "has no column names" in err
