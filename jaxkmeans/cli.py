@@ -625,10 +625,20 @@ def _read_text(
     rows = _Rows(len(columns), capacity)
     pa = _pyarrow() if layout.delimiter is not None else None
     if pa is not None:
-        _fill_text_arrow(pa, source, layout, columns, rows)
+        try:
+            _fill_text_arrow(pa, source, layout, columns, rows)
+        except _NotForArrow:
+            # Something pyarrow cannot parse that is no error (a "#" comment line with as
+            # many fields as a row): numpy's reader, which takes it, reads the file again.
+            rows = _Rows(len(columns), capacity)
+            _fill_text_numpy(source, layout, columns, rows)
     else:
         _fill_text_numpy(source, layout, columns, rows)
     return Table(rows.result(), _pick(layout.header, columns), columns, name)
+
+
+class _NotForArrow(Exception):
+    """pyarrow's CSV reader failed on a file with no bad line."""
 
 
 def _fill_text_arrow(
@@ -671,9 +681,9 @@ def _fill_text_arrow(
                 if array.null_count:
                     _explain_text(source, layout, columns, after_rows=rows.n - batch.num_rows)
                 block[:, j] = array.to_numpy(zero_copy_only=False)
-    except pa.ArrowInvalid as e:
+    except pa.ArrowInvalid:
         _explain_text(source, layout, columns, after_rows=0)
-        raise CommandError(f"{source.name} could not be read as numbers: {_one_line(e)}") from None
+        raise _NotForArrow from None  # no line is wrong
     except OSError as e:
         raise CommandError(f"{source.name}: {_os_reason(e)}.") from None
 

@@ -626,7 +626,12 @@ def _write_formats(d):
     (d / "bom.csv").write_bytes(b"\xef\xbb\xbf" + ("x,y,z\n" + _csv(GRID)).encode())
     (d / "crlf.csv").write_bytes(("x,y,z\n" + _csv(GRID)).replace("\n", "\r\n").encode())
     (d / "comments.csv").write_text(
-        "# made by hand\nx,y,z\n" + _csv(GRID[:4]) + "# half way\n\n" + _csv(GRID[4:])
+        "# made by hand\nx,y,z\n"
+        + _csv(GRID[:4])
+        + "# half way\n\n"
+        + _csv(GRID[4:6])
+        + "# a, comment, with commas\n"
+        + _csv(GRID[6:])
     )
     with gzip.open(d / "zipped.csv.gz", "wt") as f:
         f.write("x,y,z\n" + _csv(GRID))
