@@ -1052,7 +1052,11 @@ class _Progress:
         self._loss = "-"
         self._bar = None
         if enabled and target - self._start > 1:
-            from tqdm import tqdm
+            try:
+                from tqdm import tqdm
+            except ImportError:  # a dependency, but an old environment may lack it
+                _warn("no progress bar: tqdm is not installed (`pip install tqdm`).")
+                return
 
             class Bar(tqdm):
                 monitor_interval = 0  # no monitor thread: we redraw on our own clock

@@ -1042,3 +1042,20 @@ def test_data_option_usage_errors(capsys, argv, message):
     assert exc.value.code == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_progress_without_tqdm_warns_and_trains_on(monkeypatch, capsys):
+    import io
+    import types
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import raises ImportError
+    model = types.SimpleNamespace(global_step=0)
+    stream = io.StringIO()
+    progress = cli._Progress(model, 10, stream, enabled=True)
+    progress.update(force=True)
+    progress.close(converged="small")
+    assert stream.getvalue() == ""
+    err = capsys.readouterr().err
+    assert (
+        err == "jaxkmeans: warning: no progress bar: tqdm is not installed (`pip install tqdm`).\n"
+    )
