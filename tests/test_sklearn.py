@@ -13,6 +13,7 @@ import subprocess
 import sys
 import warnings
 
+import jax
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans as SkKMeans
@@ -122,13 +123,17 @@ def test_partial_fit_is_minibatch_step(blobs3):
     X, _ = blobs3
     init = X[:8]
     est = MiniBatchKMeans(8, init=init)
-    state = jaxkmeans.KMeansState.create(init.astype(np.float32))
+    # float64 input is computed in float64 (64-bit mode on for the drop-in's calls).
+    with jax.enable_x64(True):
+        state = jaxkmeans.KMeansState.create(init)
     rng = np.random.default_rng(0)
     for i in range(4):
         batch = X[rng.choice(len(X), 30, replace=False)]
         w = rng.uniform(0.5, 2.0, size=30)
         est.partial_fit(batch, sample_weight=w)
-        state, _ = jaxkmeans.minibatch_step(state, batch, sample_weight=w)
+        with jax.enable_x64(True):
+            state, _ = jaxkmeans.minibatch_step(state, batch, sample_weight=w)
+        assert est.cluster_centers_.dtype == np.float64
         assert est.n_steps_ == i + 1
         np.testing.assert_array_equal(est.cluster_centers_, np.asarray(state.centers, np.float64))
         np.testing.assert_array_equal(est._state.counts, state.counts)
@@ -140,7 +145,8 @@ def test_minibatch_fit_continues_with_partial_fit(blobs3):
     est = MiniBatchKMeans(3, random_state=0).fit(X)
     state = est._state
     est.partial_fit(X[:40])
-    expected, _ = jaxkmeans.minibatch_step(state, X[:40])
+    with jax.enable_x64(True):  # float64 input: the drop-in computes in float64
+        expected, _ = jaxkmeans.minibatch_step(state, X[:40])
     np.testing.assert_array_equal(est.cluster_centers_, np.asarray(expected.centers, np.float64))
     assert est.n_steps_ > 1
 
