@@ -27,3 +27,35 @@ def blobs():
     means = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
     x = np.concatenate([m + rng.normal(size=(150, 2)) for m in means]).astype(np.float32)
     return x[rng.permutation(len(x))]
+
+
+# Every compiled XLA CPU executable holds ~3 memory mappings while it is alive, and JAX
+# keeps compiled programs in its caches for the life of the process. A long pytest
+# process compiles thousands of distinct programs (test_engine + test_sklearn alone reach
+# ~22,000 mappings); past the kernel's vm.max_map_count (65530 by default) LLVM's JIT
+# cannot map new code and the next compilation segfaults inside backend_compile_and_load.
+# So: free the compiled programs after every test module, and in between when a module
+# alone gets close.
+_MAPS = "/proc/self/maps"
+_MAP_BUDGET = 30_000
+
+
+def _map_count() -> int:
+    try:
+        with open(_MAPS, "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux
+        return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs_after_module():
+    yield
+    jax.clear_caches()
+
+
+@pytest.fixture(autouse=True)
+def _free_compiled_programs_when_many():
+    yield
+    if _map_count() > _MAP_BUDGET:
+        jax.clear_caches()
