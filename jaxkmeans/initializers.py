@@ -91,7 +91,9 @@ def merge_duplicates(x: jax.Array, w: jax.Array, metric: str) -> jax.Array:
 def _gumbel_scores(key: jax.Array, w: jax.Array) -> jax.Array:
     """log(w) + Gumbel noise: top-k of these samples k rows without replacement,
     proportionally to w (weight 0 gives -inf)."""
-    g = jax.random.gumbel(key, w.shape, w.dtype)
+    # Drawn in float32 whatever the data's dtype: float32 and float64 data (64-bit mode)
+    # with the same key make the same draws.
+    g = jax.random.gumbel(key, w.shape, jnp.float32).astype(w.dtype)
     safe = jnp.where(w > 0, w, 1.0)
     return jnp.where(w > 0, jnp.log(safe) + g, -jnp.inf)
 
@@ -339,7 +341,7 @@ def _kmeans_pp_native(key, xp, w, k, num_retries):
     totals = jnp.sum(jnp.pad(w * d2, (0, num_blocks * size - n)).reshape(num_blocks, size), 1)
     chosen = jnp.zeros((n,), bool).at[first].set(True)
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
-    u_all = jax.random.uniform(key, (k, num_cand, 2))
+    u_all = jax.random.uniform(key, (k, num_cand, 2), jnp.float32)
 
     def pick(i, carry):
         d2, last, totals, chosen, idx = carry
@@ -405,7 +407,7 @@ def _kmeans_pp(key, xp, w, k, num_retries, kernel="xla"):
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
     # All the randomness up front: one PRNG call instead of two per pick (faster to
     # compile and to run).
-    u_all = jax.random.uniform(key, (k, num_cand, 2))
+    u_all = jax.random.uniform(key, (k, num_cand, 2), jnp.float32)
 
     def pick(i, carry):
         d2, chosen, idx = carry
@@ -440,7 +442,7 @@ def _kmc2(key, xp, w, k, chain_length):
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
     slots = jnp.arange(k)
     # All the randomness up front (proposal draws and acceptance tests for every pick).
-    u_all = jax.random.uniform(key, (k, chain_length, 3))
+    u_all = jax.random.uniform(key, (k, chain_length, 3), jnp.float32)
 
     def pick(i, carry):
         key, centers, chosen, idx = carry
@@ -615,7 +617,7 @@ def _sparse_kmeans_pp(key, sp, vals, xsq, w, k, num_retries):
     d2 = _sparse_sq_dists(sp, vals, xsq, c0)[:, 0].at[first].set(0.0)
     chosen = jnp.zeros((n,), bool).at[first].set(True)
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
-    u_all = jax.random.uniform(key, (k, num_cand, 2))
+    u_all = jax.random.uniform(key, (k, num_cand, 2), jnp.float32)
 
     def pick(i, carry):
         d2, chosen, idx = carry

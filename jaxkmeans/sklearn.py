@@ -177,13 +177,18 @@ def _row_keys(x: Any) -> np.ndarray:
     the row's values only, and a row has the same key dense or sparse (so dense and
     sparse input give the same distinct rows in the same order)."""
     n, d = x.shape
-    if _sp.issparse(x):
-        ident = _sparse_identity(sparse.from_host(x, rows=_bucket_rows(n), check_values=False))
-    else:
-        # Padded to a few shapes (one compiled program for small problems); a row's key
-        # does not depend on the other rows, and zero columns add nothing to it.
-        xp, _ = _pad(x, None, _bucket_rows(n), _bucket_cols(d))
-        ident = _dense_identity(_validation.to_device(xp))
+    # Hashed in float32 whatever the dtype, so that float32 and float64 copies of the data
+    # put their distinct rows in the same order (and draw the same initial centers);
+    # float64 rows equal in float32 share a key, and the caller groups them exactly.
+    with np.errstate(over="ignore"):
+        if _sp.issparse(x):
+            sp = sparse.from_host(x, rows=_bucket_rows(n), dtype=np.float32, check_values=False)
+            ident = _sparse_identity(sp)
+        else:
+            # Padded to a few shapes (one compiled program for small problems); a row's key
+            # does not depend on the other rows, and zero columns add nothing to it.
+            xp, _ = _pad(x.astype(np.float32, copy=False), None, _bucket_rows(n), _bucket_cols(d))
+            ident = _dense_identity(_validation.to_device(xp))
     ident = np.asarray(ident)[:n].astype(np.uint64)
     return (ident[:, 0] << np.uint64(32)) | ident[:, 1]
 
@@ -442,7 +447,7 @@ def _reassign(state: KMeansState, xb: jax.Array, n_real: jax.Array, ratio: jax.A
     rank = jnp.zeros((k,), jnp.int32).at[jnp.argsort(counts, stable=True)].set(jnp.arange(k))
     low = jnp.where(jnp.sum(low) > half, low & (rank < jnp.floor(half).astype(jnp.int32)), low)
     key, sub = jax.random.split(state.key)
-    scores = jnp.where(jnp.arange(b) < n_real, jax.random.uniform(sub, (b,)), -1.0)
+    scores = jnp.where(jnp.arange(b) < n_real, jax.random.uniform(sub, (b,), jnp.float32), -1.0)
     order = jnp.argsort(-scores)
     slot = jnp.clip(jnp.cumsum(low.astype(jnp.int32)) - 1, 0, b - 1)
     centers = jnp.where(low[:, None], xb[order[slot]], state.centers)
@@ -490,7 +495,8 @@ def _minibatch_program(
     def body(c):
         st = c["state"]
         key, sub = jax.random.split(c["key"])
-        u = jax.random.uniform(sub, (batch,), dtype) * cdf[-1]
+        # float32 draws whatever the dtype: float32 and float64 input draw the same rows.
+        u = jax.random.uniform(sub, (batch,), jnp.float32).astype(dtype) * cdf[-1]
         idx = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, x.shape[0] - 1)
         xb = _take(x, idx)
         since = c["since"] + n_real
