@@ -61,6 +61,12 @@ def local_rows(a: jax.Array, n: int) -> jax.Array:
       True
     """
     if jax.process_count() == 1:
+        sh = getattr(a, "sharding", None)
+        if isinstance(sh, NamedSharding) and jax.sharding.AxisType.Explicit in tuple(
+            getattr(sh.mesh, "axis_types", ())
+        ):
+            # Explicit mesh axes: slicing a sharded dimension unevenly is refused.
+            a = jax.sharding.reshard(a, NamedSharding(sh.mesh, P()))
         return a[:n]
     shards = sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
     return jnp.concatenate([jnp.asarray(s.data) for s in shards])[:n]

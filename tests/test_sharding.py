@@ -173,6 +173,27 @@ def test_mesh_argument_is_checked():
         jaxkmeans.fit(jax.random.PRNGKey(0), x, 2, mesh="data")
 
 
+def test_local_rows_drops_padding_on_an_explicit_mesh():
+    # jax.make_mesh gives Explicit axes, where slicing a sharded dimension unevenly is
+    # refused; local_rows must still give back the real rows of a padded 2-D array.
+    out = _run(
+        """
+        import jax
+        from jaxkmeans import sharding
+        mesh = jax.make_mesh((4,), ("data",))
+        x = np.arange(6, dtype=np.float32).reshape(3, 2)
+        xs, _, _ = sharding.shard_rows(x, None, mesh)
+        print(json.dumps({"padded": list(xs.shape),
+                          "rows": np.asarray(sharding.local_rows(xs, 3)).tolist(),
+                          "col": np.asarray(sharding.local_rows(xs[:, 0], 3)).tolist()}))
+        """,
+        devices=4,
+    )
+    assert out["padded"] == [4, 2]
+    assert out["rows"] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    assert out["col"] == [0.0, 2.0, 4.0]
+
+
 ESTIMATOR_CODE = """
 import jax, jaxkmeans, tempfile
 mesh = jax.make_mesh((jax.device_count(),), ("data",)) if jax.device_count() > 1 else None
