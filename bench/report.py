@@ -780,14 +780,74 @@ def newest_result(results_dir: Path = RESULTS_DIR) -> Path:
     return max(candidates)[2]
 
 
+def sparse_section(path: Path) -> list[str]:
+    """``bench/sparse.py``'s committed result (its own run), when there is one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    rows = data.get("results") or []
+    if not rows:
+        return []
+    load = (data.get("machine") or {}).get("load_average")
+    out = [
+        "## Sparse input (`bench/sparse.py`)",
+        "",
+        f"From `{_rel(path)}` ({data.get('created')}; a separate run of `bench/sparse.py`"
+        + (f", load average {_load(load)} at start" if load else "")
+        + f"). {data.get('note', '')}",
+        "",
+        "| contestant | N × D (nonzeros) | K | iters | median s (min) | time / scikit-learn "
+        "(median) | inertia Δ vs scikit-learn float64 | extra peak RSS |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r.get('method')} | {_n(r['rows'])} × {_n(r['cols'])} ({_n(r['nnz'])}) | "
+            f"{r.get('clusters')} | {r.get('iters')} | {_g(r.get('median_s'))} s "
+            f"({_g(r.get('min_s'))} s) | {_x(r.get('median_time_ratio_vs_sklearn'))} | "
+            f"{_num(r.get('inertia_rel_diff_vs_sklearn_float64'))} | "
+            f"{_g(r.get('extra_peak_mb'), 4)} MB |"
+        )
+    return [*out, ""]
+
+
+def streaming_section(path: Path) -> list[str]:
+    """``bench/streaming_memory.py``'s committed result, when there is one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    rows = data.get("results") or []
+    if not rows:
+        return []
+    out = [
+        "## Streaming memory (`bench/streaming_memory.py`)",
+        "",
+        f"From `{_rel(path)}` ({data.get('created')}; a separate run). Peak RSS growth of a "
+        "process training the estimator over a file read in batches.",
+        "",
+        "| file | batch | batches | D | K | init | peak RSS growth |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {_g(r.get('file_mb'), 5)} MB | {_g(r.get('batch_mb'))} MB | {r.get('batches')} | "
+            f"{r.get('dims')} | {r.get('clusters')} | {r.get('init')} | "
+            f"{_g(r.get('peak_growth_mb'))} MB |"
+        )
+    return [*out, ""]
+
+
 def write_report(json_path: Path, md_path: Path = RESULTS_MD) -> Path:
     json_path = Path(json_path)
     result = json.loads(json_path.read_text())
     png_path = json_path.with_suffix(".png")
     has_png = plot(result, png_path)
-    md_path.write_text(
-        render_markdown(result, _rel(json_path), _rel(png_path) if has_png else None) + "\n"
-    )
+    text = render_markdown(result, _rel(json_path), _rel(png_path) if has_png else None)
+    extra = sparse_section(RESULTS_DIR / "sparse.json")
+    extra += streaming_section(RESULTS_DIR / "streaming_memory.json")
+    md_path.write_text("\n".join([text, "", *extra]).rstrip("\n") + "\n")
     return md_path
 
 
