@@ -54,10 +54,20 @@ def default_compilation_cache_dir() -> pathlib.Path:
     return pathlib.Path(base) / "jaxkmeans" / "jax-compilation-cache"
 
 
+def _jax_option(name: str) -> Any:
+    """The current value of JAX config option `name` (``jax.config.<name>``).
+
+    JAX defines its options as dynamic attributes of ``jax.config``, which type checkers
+    cannot see; this reads them the same way, by attribute."""
+    return getattr(jax.config, name)
+
+
 def _user_cache_dir() -> str | None:
     """The cache directory the user gave JAX itself (config or environment), if any."""
     return (
-        jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR") or None
+        _jax_option("jax_compilation_cache_dir")
+        or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        or None
     )
 
 
@@ -102,20 +112,22 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> str:
     where = os.path.abspath(os.path.expanduser(os.fspath(path)))
     os.makedirs(where, exist_ok=True)
     config = jax.config
-    changed = config.jax_compilation_cache_dir != where or not config.jax_enable_compilation_cache
+    changed = _jax_option("jax_compilation_cache_dir") != where or not _jax_option(
+        "jax_enable_compilation_cache"
+    )
     if changed:
         config.update("jax_compilation_cache_dir", where)
         config.update("jax_enable_compilation_cache", True)
-    if config.jax_persistent_cache_min_compile_time_secs == _JAX_DEFAULT_MIN_COMPILE_SECS:
+    if _jax_option("jax_persistent_cache_min_compile_time_secs") == _JAX_DEFAULT_MIN_COMPILE_SECS:
         config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         changed = True
-    if config.jax_persistent_cache_min_entry_size_bytes == 0:
+    if _jax_option("jax_persistent_cache_min_entry_size_bytes") == 0:
         # 0 lets JAX choose a filesystem-dependent minimum; -1 stores every entry (a
         # small program still costs 20-100 ms to compile and ~1 ms to read back).
         config.update("jax_persistent_cache_min_entry_size_bytes", -1)
         changed = True
     if (
-        config.jax_compilation_cache_max_size == -1
+        _jax_option("jax_compilation_cache_max_size") == -1
         and importlib.util.find_spec("filelock") is not None
         and where == os.path.abspath(default_compilation_cache_dir())
     ):
@@ -152,7 +164,7 @@ def use_default_compilation_cache() -> str | None:
         return user
     if os.environ.get(CACHE_ENV_VAR, "").strip().lower() not in _ON:
         return None
-    if not jax.config.jax_enable_compilation_cache:
+    if not _jax_option("jax_enable_compilation_cache"):
         return None
     try:
         _auto_path = enable_compilation_cache()
@@ -187,6 +199,7 @@ def _cpu_features() -> dict[str, Any]:
             info["model"] = value.strip()
         elif key in ("flags", "features") and not flags:
             flags = set(value.split())
+    wanted: tuple[str, ...]
     wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16")
     wanted += ("asimd", "sve", "sve2")  # aarch64
     info["flags"] = [f for f in wanted if f in flags] if flags else None
@@ -194,14 +207,13 @@ def _cpu_features() -> dict[str, Any]:
 
 
 def _compilation_cache_info() -> dict[str, Any]:
-    config = jax.config
-    where = config.jax_compilation_cache_dir
+    where = _jax_option("jax_compilation_cache_dir")
     info: dict[str, Any] = {
         "dir": where,
-        "enabled": bool(where) and bool(config.jax_enable_compilation_cache),
-        "min_compile_time_secs": config.jax_persistent_cache_min_compile_time_secs,
-        "min_entry_size_bytes": config.jax_persistent_cache_min_entry_size_bytes,
-        "max_size_bytes": config.jax_compilation_cache_max_size,
+        "enabled": bool(where) and bool(_jax_option("jax_enable_compilation_cache")),
+        "min_compile_time_secs": _jax_option("jax_persistent_cache_min_compile_time_secs"),
+        "min_entry_size_bytes": _jax_option("jax_persistent_cache_min_entry_size_bytes"),
+        "max_size_bytes": _jax_option("jax_compilation_cache_max_size"),
         "entries": None,
         "size_bytes": None,
         "env": os.environ.get(CACHE_ENV_VAR),
