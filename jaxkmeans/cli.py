@@ -72,7 +72,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, Literal, TextIO
 
 import jax
 import numpy as np
@@ -293,6 +293,7 @@ class _Source:
         """A fresh binary stream over the (decompressed) bytes."""
         if self.data is not None:
             return io.BytesIO(self.data)
+        assert self.path is not None  # a _Source without data was opened from a path
         if self.compression is not None:
             return importlib.import_module(self.compression).open(self.path, "rb")
         return open(self.path, "rb")  # noqa: SIM115 (the caller closes it)
@@ -411,6 +412,7 @@ def _read_npy(source: _Source, spec: Sequence[str] | _ModelColumns | None) -> Ta
         if source.data is not None:
             arr = np.load(io.BytesIO(source.data), allow_pickle=False)
         else:
+            assert source.path is not None  # a _Source without data was opened from a path
             arr = np.load(source.path, mmap_mode="r", allow_pickle=False)
     except (ValueError, EOFError, OSError) as e:
         raise CommandError(f"{name} is not a readable .npy array: {_one_line(e)}") from None
@@ -528,7 +530,7 @@ def _is_number(text: str) -> bool:
     return _NUMBER.fullmatch(text) is not None
 
 
-def _delimiter_option(text: str | None) -> str | None | bool:
+def _delimiter_option(text: str | None) -> str | None | Literal[False]:
     """--delimiter: a character, None for whitespace, False when not given."""
     if text is None:
         return False
@@ -611,7 +613,12 @@ def _read_text(
     name = source.name
     layout = _sniff_text(source, delimiter)
     columns = _choose_columns(spec, layout.header, layout.width, name)
-    if columns is None and _is_pandas_index(layout.header) and layout.width > 1:
+    if (
+        columns is None
+        and layout.header is not None
+        and _is_pandas_index(layout.header)
+        and layout.width > 1
+    ):
         columns = list(range(1, layout.width))
         _note(
             f"{name}: the first column has no name ({layout.header[0]!r}), as the index "
@@ -781,7 +788,7 @@ def _explain_lines(
 class _Scaler:
     """``--standardize``: rows become ``(x - mean) / scale`` (per feature)."""
 
-    def __init__(self, mean: Sequence[float], scale: Sequence[float]):
+    def __init__(self, mean: Sequence[float] | np.ndarray, scale: Sequence[float] | np.ndarray):
         self.mean = np.asarray(mean, np.float64)
         self.scale = np.asarray(scale, np.float64)
         self._mean32 = self.mean.astype(np.float32)
@@ -1324,6 +1331,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if config is None and not mini_batch and batch_size is not None and batch_size < n:
         # Full batch over several batches: the estimator would initialize from the first
         # batch only (it cannot read a stream twice); a file can be, so sample all of it.
+        assert seed is not None  # a new model (config is None): the seed was chosen above
         initial_clusters, sample_rows = _sample_init(
             data, name, args.num_clusters, init, args.metric, seed, scaler
         )
@@ -1570,6 +1578,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     model, config, table, scaler = _open_model_and_data(args)
     data, name = table.array, table.name
     n = data.shape[0]
+    shown: np.ndarray
     if n > PLOT_MAX_POINTS:
         rows = np.sort(np.random.default_rng(0).choice(n, PLOT_MAX_POINTS, replace=False))
         shown = np.asarray(data[rows], np.float32)
