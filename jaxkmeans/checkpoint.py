@@ -384,6 +384,7 @@ class Checkpointer:
                 decision = "replace"
             _barrier("save_decided")
             if decision == "new":
+                assert manager is not None  # create=True made the directory
                 if step in manager.all_steps():  # cached; stale after our own deletions
                     manager.reload()
                 self._orbax_save(manager, step, arrays, config, integrity)
@@ -743,6 +744,7 @@ class CheckpointStore:
                 f"has {', '.join(problems)}. Use another model_dir or matching parameters."
             )
         where = f"step {self.step} in {self._checkpointer.directory}"
+        assert self._state is not None  # restored together with self.config
         return _check_target(template(config), self._state, where)
 
     def remember(self, snapshot: Any) -> None:

@@ -314,6 +314,7 @@ class InputReader:
         else:
             raise TypeError(f"`input_fn` must be {ACCEPTED}; got {type(obj).__name__}.")
         self.passes += 1
+        batch: np.ndarray | None
         for item in items:
             batch = self._check(to_matrix(item, self._names))
             if self.features is None:
