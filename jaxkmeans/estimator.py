@@ -32,8 +32,9 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -286,7 +287,7 @@ class RunConfig:
             return NotImplemented
         return all(getattr(self, f) == getattr(other, f) for f in self._FIELDS)
 
-    __hash__ = None  # mutable, like a dataclass
+    __hash__ = None  # type: ignore[assignment]  # unhashable: mutable, like a dataclass
 
     def __repr__(self) -> str:
         args = ", ".join(f"{f}={getattr(self, f)!r}" for f in self._FIELDS)
@@ -621,7 +622,9 @@ def _centers_from_method(settings: _Settings, it: Iterator, seen: list, key: jax
 def _sample_origin(sample: jax.Array) -> jax.Array:
     """The frame origin of the first rows, in one fused pass (run op by op it made
     temporaries the size of the sample, a peak of memory on big first batches)."""
-    return metrics.frame_origin(sample, SQUARED_EUCLIDEAN_DISTANCE)
+    origin = metrics.frame_origin(sample, SQUARED_EUCLIDEAN_DISTANCE)
+    assert origin is not None  # only the cosine metric has no frame origin
+    return origin
 
 
 def _initial_state(
@@ -632,6 +635,7 @@ def _initial_state(
     it = reader.batches()
     seen: list[np.ndarray] = []
     key, init_key = jax.random.split(jax.random.PRNGKey(seed))
+    centers: np.ndarray | jax.Array
     if settings.init_array is not None:
         centers = _centers_from_array(settings.init_array, it, seen, reader)
     elif callable(settings.init):
@@ -790,7 +794,7 @@ class _Trainer:
         reader: InputReader,
         save: Callable[[], None],
         interrupts: _Interrupts,
-        hooks: list[Callable] = (),
+        hooks: Sequence[Callable] = (),
     ):
         self.settings = settings
         self.run = run
@@ -800,6 +804,12 @@ class _Trainer:
         self.hooks = list(hooks)
         self.step = run.global_step  # a host int: no device read per step
         self._last_save = _clock()
+
+    def _dims(self) -> int:
+        """The run's feature count (train() sets it with the state, before any step)."""
+        dims = self.run.dims
+        assert dims is not None
+        return dims
 
     def _save(self) -> None:
         with self.interrupts.deferred:
@@ -858,7 +868,7 @@ class _Trainer:
 
     def _train_full(self, first_pass: Iterator | None, target: int | None) -> bool:
         one_pass = target is None
-        while one_pass or self.step < target:
+        while target is None or self.step < target:
             batches = first_pass if first_pass is not None else self.reader.batches()
             first_pass = None
             stop = self._lloyd_pass(batches)
@@ -870,13 +880,15 @@ class _Trainer:
         """One exact Lloyd iteration over one pass; True when the tolerance says stop."""
         settings, run = self.settings, self.run
         state = run.state
+        assert state is not None  # train() made the state before any step
+        dims = self._dims()
         acc = None
         standard = None
         rows = 0
         pending: list[Any] = []
-        for batch in _synced(batches, settings.mesh, run.dims):
+        for batch in _synced(batches, settings.mesh, dims):
             standard = standard or batch.shape[0] or None
-            x, w, b = _place(batch, standard, settings.mesh, run.dims)
+            x, w, b = _place(batch, standard, settings.mesh, dims)
             # What is alive stays a few batches whatever the input's size: the host
             # batch is let go of before the next one is read, and (each pass_add
             # needing the previous one's result, so they run one after another) the
@@ -940,7 +952,7 @@ class _Trainer:
         standard = None
         rows = 0
         got_any = trained = False
-        for batch in _synced(batches, self.settings.mesh, run.dims):
+        for batch in _synced(batches, self.settings.mesh, self._dims()):
             got_any = True
             standard = standard or batch.shape[0] or None
             if skip:
@@ -966,7 +978,7 @@ class _Trainer:
     ) -> tuple[int, bool]:
         """One update on one batch; returns (its real rows, whether to stop)."""
         settings, run = self.settings, self.run
-        x, w, b = _place(batch, standard, settings.mesh, run.dims)
+        x, w, b = _place(batch, standard, settings.mesh, self._dims())
         n_pass = run.rows_per_pass or (rows_before + b)
         alpha = min(1.0, 2.0 * b / (n_pass + 1))
         state, loss = fitting.minibatch_impl(
@@ -1022,7 +1034,7 @@ def _distances(batches: Iterator, cosine: bool) -> Iterator[np.ndarray]:
         yield from d
 
 
-def _with_hooks(batches: Iterator, hooks: list[Callable]) -> Iterator:
+def _with_hooks(batches: Iterator, hooks: Sequence[Callable]) -> Iterator:
     """The batches, calling ``hook(batches_done, rows_done)`` after each; stops when a
     hook returns True."""
     rows = 0
@@ -1041,7 +1053,7 @@ def _total_distance(
     centers: np.ndarray,
     spec: engine.Pass,
     steps: int | None,
-    hooks: list[Callable] = (),
+    hooks: Sequence[Callable] = (),
 ) -> float:
     total = 0.0
     rows = 0
@@ -1166,7 +1178,7 @@ class KMeans:
         config: RunConfig | None = None,
         feature_columns: Any = None,
     ):
-        k = check_positive_int(num_clusters, "num_clusters")
+        k = cast(int, check_positive_int(num_clusters, "num_clusters"))  # no allow_none
         metric = check_metric(distance_metric, "distance_metric")
         init_given = initial_clusters is not _DEFAULT_INIT
         if isinstance(initial_clusters, str):
@@ -1174,8 +1186,9 @@ class KMeans:
         init, init_array = _check_initial_clusters(initial_clusters, k, metric)
         seed = check_positive_int(seed, "seed", minimum=0, allow_none=True)
         use_mini_batch = check_bool(use_mini_batch, "use_mini_batch")
-        steps_per_iteration = check_positive_int(
-            mini_batch_steps_per_iteration, "mini_batch_steps_per_iteration"
+        steps_per_iteration = cast(  # no allow_none: an int
+            int,
+            check_positive_int(mini_batch_steps_per_iteration, "mini_batch_steps_per_iteration"),
         )
         num_retries = check_int(kmeans_plus_plus_num_retries, "kmeans_plus_plus_num_retries")
         tol = check_non_negative(relative_tolerance, "relative_tolerance", allow_none=True)
@@ -1200,7 +1213,7 @@ class KMeans:
         if seed is None:
             seed = config.tf_random_seed
         self._temporary = model_dir is None
-        if self._temporary:
+        if model_dir is None:
             model_dir = _temporary_dir_name()
         spec = engine.make_pass(metric, chunk_size=config.chunk_size, mesh=config.mesh)
         self._settings = _Settings(
@@ -1247,6 +1260,7 @@ class KMeans:
         if values is None:
             return
         cfg = self._store.config
+        assert cfg is not None  # a state was loaded, so was its config
         self._run = _Run.from_checkpoint(values, cfg, s.mesh)
         ignored = []
         saved_init = cfg.get("initial_clusters")
@@ -1295,15 +1309,17 @@ class KMeans:
             stacklevel=_caller_stacklevel(),
         )
 
-    def _save(self, listeners: list[Any] = ()) -> None:
+    def _save(self, listeners: Sequence[Any] = ()) -> None:
         run = self._run
-        step = int(run.state.step)
+        state = run.state
+        assert state is not None  # saved only once train() made a state
+        step = int(state.step)
         for listener in listeners:
             if hasattr(listener, "before_save"):
                 listener.before_save(None, step)
         self._ensure_model_dir()
         config = run.config_json(self._settings, self._seed)
-        self._store.save(step, _state_to_dict(run.state), config, run.copy())
+        self._store.save(step, _state_to_dict(state), config, run.copy())
         for listener in listeners:
             if hasattr(listener, "after_save"):
                 listener.after_save(None, step)
@@ -1467,10 +1483,12 @@ class KMeans:
             return self
         reader = self._reader(input_fn, _TRAIN)
         save = functools.partial(self._save, listeners)
+        seed = self._seed
+        assert seed is not None  # __init__ chose one
         with _Interrupts() as interrupts:
             try:
                 _Trainer(self._settings, self._run, reader, save, interrupts, hooks).train(
-                    steps, max_steps, self._seed
+                    steps, max_steps, seed
                 )
             except KeyboardInterrupt:
                 self._save_interrupted(interrupts, save)
@@ -1545,7 +1563,7 @@ class KMeans:
         return centers, step, cfg.get("features")
 
     def _predict_batches(
-        self, input_fn: Any, checkpoint_path: Any = None, hooks: list[Callable] = ()
+        self, input_fn: Any, checkpoint_path: Any = None, hooks: Sequence[Callable] = ()
     ) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
         centers, _, _ = self._checkpoint(checkpoint_path)  # inference is per process
         reader = self._reader(input_fn, _INFER)
@@ -1801,6 +1819,7 @@ def _caller_stacklevel() -> int:
     """The ``stacklevel`` of the first frame outside jaxkmeans (for warnings raised
     deep inside a call)."""
     package = os.path.dirname(os.path.abspath(__file__))
+    frame: FrameType | None
     frame, level = sys._getframe(1), 1
     while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == (
         package
@@ -1823,7 +1842,9 @@ def _open(model_dir: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str
     try:
         if store.config is None:
             raise ValueError(f"`model_dir` {store.directory!r} holds no checkpoint.")
-        return store.state(), store.config
+        state = store.state()
+        assert state is not None  # read together with store.config
+        return state, store.config
     finally:
         store.close()
 
