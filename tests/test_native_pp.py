@@ -23,8 +23,19 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def _native_pp_on(monkeypatch):
-    # The round is opt-in (JAXKMEANS_NATIVE_PP=1); these tests are about it.
+    # On by default; a user's JAXKMEANS_NATIVE_PP=0 must not hide these tests' subject.
+    monkeypatch.delenv("JAXKMEANS_NATIVE_PP", raising=False)
+
+
+def test_round_is_on_by_default_and_env_turns_it_off(monkeypatch):
+    assert native.pp_round_available()
+    for off in ("0", "off", "false"):
+        monkeypatch.setenv("JAXKMEANS_NATIVE_PP", off)
+        assert not native.pp_round_available()
     monkeypatch.setenv("JAXKMEANS_NATIVE_PP", "1")
+    assert native.pp_round_available()
+
+
 TARGET = "jaxkmeans_pp_round_f32"
 
 

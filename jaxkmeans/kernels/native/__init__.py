@@ -289,9 +289,9 @@ def usable(dtype: Any, metric: str, precision: str) -> bool:
 
 def pp_round_available() -> bool:
     """Whether the k-means++ round kernel (:func:`pp_round`) is used: the loaded library
-    has it and ``JAXKMEANS_NATIVE_PP=1`` (opt-in until a segmentation fault seen once
-    while compiling a k-means++ program late in the full test suite is understood)."""
-    if os.environ.get("JAXKMEANS_NATIVE_PP", "").strip() != "1":
+    has it, unless ``JAXKMEANS_NATIVE_PP=0`` turns it off (read when a k-means++ program
+    is traced)."""
+    if os.environ.get("JAXKMEANS_NATIVE_PP", "").strip().lower() in ("0", "false", "no", "off"):
         return False
     return available() and bool(_info.get("pp_round"))
 
