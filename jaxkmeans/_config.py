@@ -26,12 +26,12 @@ __all__ = [
     "show_config",
 ]
 
-# `JAXKMEANS_COMPILATION_CACHE=1` (or true / yes / on) turns the automatic cache of the
-# CLI and the drop-in on. It is off by default: JAX writes cache entries in place, and a
-# process killed while writing one (an interrupted fit) left a truncated entry that
-# crashed (segmentation fault) a later process reading it.
+# `JAXKMEANS_COMPILATION_CACHE=0` (or false / no / off) turns the automatic cache of the
+# CLI and the drop-in off. JAX writes an entry in place, so a process killed while
+# writing one leaves it truncated; entries are compressed, so reading one back fails
+# cleanly (JAX warns and compiles again), which tests/test_config.py checks.
 CACHE_ENV_VAR = "JAXKMEANS_COMPILATION_CACHE"
-_ON = frozenset({"1", "true", "yes", "on"})
+_OFF = frozenset({"0", "false", "no", "off"})
 # JAX's own default for `jax_persistent_cache_min_compile_time_secs`: at 1 s nothing of
 # jaxkmeans is ever stored (its programs compile in 0.02-0.9 s each on CPU).
 _JAX_DEFAULT_MIN_COMPILE_SECS = 1.0
@@ -141,11 +141,11 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> str:
 def use_default_compilation_cache() -> str | None:
     """The CLI's and the drop-in's automatic cache (cheap after the first call).
 
-    With ``JAXKMEANS_COMPILATION_CACHE=1``, enables :func:`enable_compilation_cache` at
-    the default directory unless the user configured JAX's own cache (kept as it is,
-    thresholds included), JAX's cache is switched off (``jax_enable_compilation_cache``
-    False), or the directory cannot be created. Without it (the default), only a cache
-    the user configured is in use. Returns the directory in use, or None.
+    Enables :func:`enable_compilation_cache` at the default directory unless
+    ``JAXKMEANS_COMPILATION_CACHE=0``, the user configured JAX's own cache (kept as it
+    is, thresholds included), JAX's cache is switched off
+    (``jax_enable_compilation_cache`` False), or the directory cannot be created.
+    Returns the directory in use, or None.
 
     Examples:
       >>> import os
@@ -162,7 +162,7 @@ def use_default_compilation_cache() -> str | None:
     if user:
         _auto_path = user
         return user
-    if os.environ.get(CACHE_ENV_VAR, "").strip().lower() not in _ON:
+    if os.environ.get(CACHE_ENV_VAR, "").strip().lower() in _OFF:
         return None
     if not _jax_option("jax_enable_compilation_cache"):
         return None

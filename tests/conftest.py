@@ -3,6 +3,10 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI and the drop-in keep compiled programs in the user's cache directory by default;
+# the suite (and the processes it starts) leaves that directory alone. tests/test_config.py
+# checks the default with a private XDG_CACHE_HOME.
+os.environ.setdefault("JAXKMEANS_COMPILATION_CACHE", "0")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
