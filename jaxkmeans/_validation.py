@@ -16,8 +16,9 @@ import functools
 import math
 import operator
 import sys
+import types
 import warnings
-from typing import Any
+from typing import Any, Literal, overload
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,18 @@ def check_metric(metric: Any, name: str = "metric") -> str:
 
 def check_precision(precision: Any) -> str:
     return "float32" if precision is None else check_choice(precision, "precision", PRECISIONS)
+
+
+@overload
+def check_positive_int(
+    value: Any, name: str, *, minimum: int = 1, allow_none: Literal[False] = False
+) -> int: ...
+
+
+@overload
+def check_positive_int(
+    value: Any, name: str, *, minimum: int = 1, allow_none: bool
+) -> int | None: ...
 
 
 def check_positive_int(
@@ -115,7 +128,8 @@ def _warn_float64_once() -> None:
     _FLOAT64_WARNED = True
     # Point at the first frame outside the package (the user's call).
     package = __name__.rpartition(".")[0] + "."
-    frame, level = sys._getframe(1), 2
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 2
     while frame is not None and frame.f_globals.get("__name__", "").startswith(package):
         frame, level = frame.f_back, level + 1
     warnings.warn(FLOAT64_WARNING, UserWarning, stacklevel=level)
@@ -272,6 +286,7 @@ def _checked_weights(sample_weight: Any, n: int, dtype: Any) -> Any:
     if sample_weight is None:
         return None
     traced = is_traced(sample_weight)
+    w: Any
     if isinstance(sample_weight, jax.Array):
         w = sample_weight
     else:
@@ -356,17 +371,19 @@ def as_bucketed(
         or (pad_rows is None and size * d > PAD_LIMIT_ELEMENTS)
     ):
         return to_device(xa), (None if w is None else to_device(w)), n
+    xp: Any
+    wp: Any
     if isinstance(xa, np.ndarray):
-        xp = aligned_empty((size, d), xa.dtype)
-        xp[:n] = xa
-        xp[n:] = xa[0]
-        xp = to_device(xp)
+        host_x = aligned_empty((size, d), xa.dtype)
+        host_x[:n] = xa
+        host_x[n:] = xa[0]
+        xp = to_device(host_x)
     else:
         xp = jnp.concatenate([xa, jnp.broadcast_to(xa[:1], (size - n, d))])
     if w is None or isinstance(w, np.ndarray):
-        wp = np.zeros((size,), xa.dtype)
-        wp[:n] = 1.0 if w is None else w
-        wp = to_device(wp)
+        host_w = np.zeros((size,), xa.dtype)
+        host_w[:n] = 1.0 if w is None else w
+        wp = to_device(host_w)
     else:
         wp = jnp.concatenate([w, jnp.zeros((size - n,), w.dtype)])
     return xp, wp, n

@@ -195,6 +195,7 @@ def to_frame(centers: jax.Array, origin: jax.Array | None, metric: str) -> jax.A
     """Centers in the frame: ``centers - origin``, or unit rows for cosine."""
     if metric == COSINE_DISTANCE:
         return metrics.normalize_rows(centers)
+    assert origin is not None  # squared Euclidean frames always have an origin
     return centers - origin[None, :]
 
 
@@ -354,7 +355,7 @@ def candidates(
         local,
         (x, w, labels, dist, origin),
         (rows, per_row, per_row, per_row, rep),
-        (Far(*(rep,) * len(Far._fields)), rep),
+        (Far(*(rep,) * len(Far._fields)), rep),  # type: ignore[arg-type]  # specs, not arrays
     )
 
 
@@ -427,7 +428,7 @@ def finish(
     if relocate:
         sums, counts = lax.cond(
             jnp.any(st.counts <= 0),
-            lambda a: updates.relocate_empty(*a, st.far, st.rows),
+            lambda a: updates.relocate_empty(a[0], a[1], st.far, st.rows),
             lambda a: a,
             (st.sums, st.counts),
         )

@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import Any, cast
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -1178,7 +1178,7 @@ class KMeans:
         config: RunConfig | None = None,
         feature_columns: Any = None,
     ):
-        k = cast(int, check_positive_int(num_clusters, "num_clusters"))  # no allow_none
+        k = check_positive_int(num_clusters, "num_clusters")
         metric = check_metric(distance_metric, "distance_metric")
         init_given = initial_clusters is not _DEFAULT_INIT
         if isinstance(initial_clusters, str):
@@ -1186,9 +1186,8 @@ class KMeans:
         init, init_array = _check_initial_clusters(initial_clusters, k, metric)
         seed = check_positive_int(seed, "seed", minimum=0, allow_none=True)
         use_mini_batch = check_bool(use_mini_batch, "use_mini_batch")
-        steps_per_iteration = cast(  # no allow_none: an int
-            int,
-            check_positive_int(mini_batch_steps_per_iteration, "mini_batch_steps_per_iteration"),
+        steps_per_iteration = check_positive_int(
+            mini_batch_steps_per_iteration, "mini_batch_steps_per_iteration"
         )
         num_retries = check_int(kmeans_plus_plus_num_retries, "kmeans_plus_plus_num_retries")
         tol = check_non_negative(relative_tolerance, "relative_tolerance", allow_none=True)

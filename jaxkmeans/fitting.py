@@ -402,7 +402,7 @@ def fit(
         and n_init * x.shape[0] * max(d, k) <= 1 << 26
     )
     spec = FitSpec(k, init_spec, n_init, vectorize, "loss", passes)
-    tol = jnp.asarray(tol, x.dtype)
+    tol_array = jnp.asarray(tol, x.dtype)
     max_iter = min(max_iter, 2**31 - 1)
     # Driven from the host (smaller programs) unless traced (under the user's jit or
     # vmap), with vectorized restarts, or over several processes.
@@ -410,8 +410,8 @@ def fit(
 
     def run(x, w):
         if stepped:
-            return lloyd_run(key, x, w, init_array, tol, max_iter, spec)
-        return fit_impl(key, x, w, init_array, tol, np.int32(max_iter), spec)
+            return lloyd_run(key, x, w, init_array, tol_array, max_iter, spec)
+        return fit_impl(key, x, w, init_array, tol_array, np.int32(max_iter), spec)
 
     if passes.mesh is None:
         result = run(x, w)

@@ -394,8 +394,8 @@ def _kmeans_pp(key, xp, w, k, num_retries, kernel="xla"):
             key,
             xp,
             w,
-            cpu=lambda *a: _kmeans_pp_native(*a, k, num_retries),
-            default=lambda *a: _kmeans_pp(*a, k, num_retries),
+            cpu=lambda key, xp, w: _kmeans_pp_native(key, xp, w, k, num_retries),
+            default=lambda key, xp, w: _kmeans_pp(key, xp, w, k, num_retries),
         )
     n = xp.shape[0]
     num_cand = _num_candidates(num_retries, k)

@@ -244,8 +244,8 @@ def _placed(x: Any, w: np.ndarray, dtype: Any) -> tuple[Any, jax.Array, int]:
         xs = sparse.from_host(x, rows=n_pad, dtype=dtype, check_values=False)
         return xs, _validation.to_device(wp), d
     d_pad = _bucket_cols(d)
-    xp, wp = _pad(x, w, n_pad, d_pad)
-    return _validation.to_device(xp), _validation.to_device(wp), d_pad
+    xp, wpad = _pad(x, w, n_pad, d_pad)
+    return _validation.to_device(xp), _validation.to_device(wpad), d_pad
 
 
 def _dense_rows(x: Any) -> np.ndarray:
@@ -397,7 +397,7 @@ def _keeps_float64(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def wrapper(self, X, *args, **kwargs):
         scope = contextlib.nullcontext()
-        if _input_dtype(X) == np.float64 and not jax.config.jax_enable_x64:
+        if _input_dtype(X) == np.float64 and not jaxkmeans._config._jax_option("jax_enable_x64"):
             scope = jax.enable_x64(True)
         with scope:
             return method(self, X, *args, **kwargs)
@@ -634,7 +634,9 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
         if X.shape[0] < self.n_clusters:
             raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={self.n_clusters}.")
 
-    def _prepare(self, X: np.ndarray, sample_weight) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+    def _prepare(
+        self, X: np.ndarray, sample_weight
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.dtype]:
         """Validated weights and the distinct weighted rows in the compute dtype."""
         sw = self._sample_weight(sample_weight, X)
         dtype = _compute_dtype(X.dtype)
@@ -895,6 +897,7 @@ class KMeans(_BaseKMeans):
                 print(f"[KMeans] run {run + 1}/{n_init}: {int(n_iter)} iterations, inertia {loss}.")
             if best is None or loss < best[2]:
                 best = (c, int(n_iter), loss)
+        assert best is not None  # n_init >= 1
         return np.asarray(best[0])[:, :d], best[1]
 
 
@@ -1010,12 +1013,13 @@ class MiniBatchKMeans(_BaseKMeans):
             else:
                 xp, wp, _ = _placed(xs, ws, dtype)
                 c = self._init_run(keys[run], xp, wp, init, X, d_pad, random_state, dtype)
-            c = np.asarray(c)[:, :d]
+            host_c = np.asarray(c)[:, :d]
             if valid is None:
-                return c
-            loss = float(np.dot(valid[1].astype(np.float64), _nearest(valid[0], c)[1]))
+                return host_c
+            loss = float(np.dot(valid[1].astype(np.float64), _nearest(valid[0], host_c)[1]))
             if best is None or loss < best[1]:
-                best = (c, loss)
+                best = (host_c, loss)
+        assert best is not None  # n_init >= 1
         return best[0]
 
     @_keeps_float64
@@ -1161,7 +1165,7 @@ class MiniBatchKMeans(_BaseKMeans):
             )
         self._state = _host_state(state)
         self.n_steps_ += 1
-        self._set_fitted(X, self._state.centers)
+        self._set_fitted(X, np.asarray(self._state.centers))
         if self.compute_labels:
             self.labels_, self.inertia_ = self._labels_inertia(X, sw)
         return self

@@ -111,6 +111,7 @@ def _dot_nt(a: jax.Array, b: jax.Array, precision: str, interpret: bool) -> jax.
             dims,
             preferred_element_type=jnp.float32,
         )
+    prec: lax.Precision | lax.DotAlgorithmPreset
     if interpret:
         prec = lax.Precision.HIGHEST if precision == "float32" else lax.Precision.HIGH
     elif precision == "float32":
@@ -182,6 +183,7 @@ def _nearest_kernel(
         start = pl.multiple_of(j * bk, bk)
         if nd == 1:
             c = cp_ref[pl.ds(start, bk), :]
+            assert x_res is not None  # prepared above when nd == 1
             s = _dot_nt(x_res, c, precision, interpret)
         else:
 

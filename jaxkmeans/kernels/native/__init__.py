@@ -197,9 +197,12 @@ def _load() -> bool:
         if why is not None:
             return _fail(f"{path.name}: {why}", warn=True)
         try:
-            for name, symbol in ((_ASSIGN, "JaxkmeansAssignF32"), (_LLOYD, "JaxkmeansLloydF32")):
+            for name, symbol_name in (
+                (_ASSIGN, "JaxkmeansAssignF32"),
+                (_LLOYD, "JaxkmeansLloydF32"),
+            ):
                 jax.ffi.register_ffi_target(
-                    name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu"
+                    name, jax.ffi.pycapsule(getattr(lib, symbol_name)), platform="cpu"
                 )
         except Exception as e:  # a broken build must not break the package
             return _fail(f"could not register {path.name}: {e}", warn=True)
@@ -356,7 +359,7 @@ def pp_round(
     call = jax.ffi.ffi_call(
         _PP_ROUND, (_sds((n,)), _sds((t,)), _sds((t, nb))), vmap_method="sequential"
     )
-    return call(xp, xsq, w, d2, c, csq, cand.astype(jnp.int32), block=block)
+    return tuple(call(xp, xsq, w, d2, c, csq, cand.astype(jnp.int32), block=block))  # type: ignore[return-value]  # fixed arity
 
 
 def sparse_available() -> bool:
@@ -384,7 +387,7 @@ def sparse_nearest(
     call = jax.ffi.ffi_call(
         _SPARSE_ASSIGN, (_sds((n,), jnp.int32), _sds((n,))), vmap_method="sequential"
     )
-    return call(indptr, cols, vals, base, cp, bias)
+    return tuple(call(indptr, cols, vals, base, cp, bias))  # type: ignore[return-value]  # fixed arity
 
 
 def sparse_statistics(
@@ -406,4 +409,4 @@ def sparse_statistics(
         (_sds((n,), jnp.int32), _sds((n,)), _sds((k, d)), _sds((k,)), _sds(())),
         vmap_method="sequential",
     )
-    return call(indptr, cols, vals, base, w, cp, bias)
+    return tuple(call(indptr, cols, vals, base, w, cp, bias))  # type: ignore[return-value]  # fixed arity
