@@ -780,13 +780,18 @@ def newest_result(results_dir: Path = RESULTS_DIR) -> Path:
     return max(candidates)[2]
 
 
-def sparse_section(path: Path) -> list[str]:
-    """``bench/sparse.py``'s committed result (its own run), when there is one."""
+def _side_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A separate bench script's committed JSON and its result rows (none if absent)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return []
-    rows = data.get("results") or []
+        return {}, []
+    return data, data.get("results") or []
+
+
+def sparse_section(path: Path) -> list[str]:
+    """``bench/sparse.py``'s committed result (its own run), when there is one."""
+    data, rows = _side_run(path)
     if not rows:
         return []
     load = (data.get("machine") or {}).get("load_average")
@@ -814,11 +819,7 @@ def sparse_section(path: Path) -> list[str]:
 
 def streaming_section(path: Path) -> list[str]:
     """``bench/streaming_memory.py``'s committed result, when there is one."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    rows = data.get("results") or []
+    data, rows = _side_run(path)
     if not rows:
         return []
     out = [

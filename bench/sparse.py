@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -39,21 +38,10 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from streaming_memory import hwm_mb, reset_hwm, rss_mb  # noqa: E402  (peak-RSS probes)
+
 METHODS = ("jaxkmeans", "jaxkmeans.sklearn", "sklearn", "sklearn-float64")
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{field}:\s+(\d+)", f.read(), re.M).group(1))
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def tfidf_like(n: int, d: int, nnz: int, seed: int = 0):
@@ -114,8 +102,8 @@ def child(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed + 1)
     c0 = x[rng.choice(x.shape[0], args.clusters, replace=False)].toarray()
     run = _fit_fn(args.method, x, c0, args.iters)
-    rss0 = _status_kb("VmRSS") / 1024
-    reset = _reset_hwm()
+    rss0 = rss_mb()
+    reset = reset_hwm()
     t = time.perf_counter()
     run()
     warmup = time.perf_counter() - t
@@ -124,7 +112,7 @@ def child(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         result = run()
         times.append(time.perf_counter() - t)
-    peak = _status_kb("VmHWM") / 1024
+    peak = hwm_mb()
     out = dict(
         method=args.method,
         rows=args.rows,
