@@ -691,6 +691,11 @@ class _Interrupts:
     def __init__(self) -> None:
         self.depth = 0
         self.pending: list[tuple[int, Any]] = []
+        # The signal whose KeyboardInterrupt was raised and has not reached train()'s
+        # handler yet. A raise can be lost: Python ignores exceptions raised inside a
+        # finalizer or a weakref callback, which the handler can interrupt like any
+        # other code. The next deferred block raises it again (see _Deferred).
+        self.raised: int | None = None
         self._previous: dict[int, Any] = {}
         self.deferred = _Deferred(self)
 
@@ -723,6 +728,7 @@ class _Interrupts:
         if callable(previous) and previous is not signal.default_int_handler:
             previous(signum, frame)
             return
+        self.raised = signum
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
     def flush(self) -> None:
@@ -738,7 +744,12 @@ class _Deferred:
         self._owner = owner
 
     def __enter__(self) -> None:
-        self._owner.depth += 1
+        owner = self._owner
+        if owner.raised is not None and not owner.depth:
+            # A KeyboardInterrupt raised for a signal was lost on the way (see
+            # _Interrupts.raised): raise it again before this block changes anything.
+            raise KeyboardInterrupt(f"signal {signal.Signals(owner.raised).name}")
+        owner.depth += 1
 
     def __exit__(self, exc_type: Any, *rest: Any) -> None:
         owner = self._owner
@@ -1490,6 +1501,7 @@ class KMeans:
                     steps, max_steps, seed
                 )
             except KeyboardInterrupt:
+                interrupts.raised = None  # it arrived: the save below must not raise it again
                 self._save_interrupted(interrupts, save)
                 raise
             except BaseException:

@@ -360,6 +360,28 @@ def test_sigterm_during_train_raises_keyboard_interrupt_and_handlers_are_restore
     assert errors == [None] and km.global_step == 7
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("mini_batch", [False, True])
+def test_a_signal_whose_interrupt_is_lost_in_a_finalizer_still_stops_training(tmp_path, mini_batch):
+    # Python ignores an exception raised inside __del__ (or a weakref callback); a signal
+    # that arrives while one runs loses its KeyboardInterrupt. train() raises it again at
+    # the next step boundary instead of running on to max_steps.
+    class RaisesSignalWhenCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here, inside the finalizer
+
+    def hook(step, loss):
+        if step == 3:
+            RaisesSignalWhenCollected()  # collected at once: its __del__ runs here
+
+    km = make(tmp_path, use_mini_batch=mini_batch)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        km.train(BATCHES, steps=1000, hooks=[hook])
+    assert km.global_step == 3 and step_dirs(km.model_dir) == [3]
+    assert make(tmp_path, use_mini_batch=mini_batch).global_step == 3
+
+
 INTERRUPT_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -399,10 +421,11 @@ def test_signal_at_a_random_moment_saves_and_resumes_bit_identically(tmp_path, m
     np.save(tmp_path / "x.npy", X)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     args = [str(model_dir), json.dumps(kwargs), str(tmp_path / "x.npy"), str(max_steps)]
+    stderr = open(tmp_path / "stderr.txt", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [sys.executable, "-c", INTERRUPT_SCRIPT, *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         text=True,
         env=env,
     )
@@ -427,6 +450,8 @@ def test_signal_at_a_random_moment_saves_and_resumes_bit_identically(tmp_path, m
         proc.kill()
         proc.wait(timeout=60)
         proc.stdout.close()
+        stderr.close()
+    where += "\n" + (tmp_path / "stderr.txt").read_text()[-3000:]
     assert proc.returncode == 130, f"exit {proc.returncode} {where}"
     assert interrupted is not None and interrupted >= reported >= stop_after, where
 
