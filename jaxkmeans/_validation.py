@@ -45,6 +45,21 @@ def check_precision(precision: Any) -> str:
     return "float32" if precision is None else check_choice(precision, "precision", PRECISIONS)
 
 
+def check_key(key: Any, name: str = "key") -> Any:
+    """`key` if it is a JAX PRNG key: a typed key array (``jax.random.key``) or a raw
+    uint32 key (``jax.random.PRNGKey``), concrete or traced; else a TypeError."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and (
+        jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+        or (dtype == np.uint32 and getattr(key, "ndim", 0) >= 1)
+    ):
+        return key
+    raise TypeError(
+        f"`{name}` must be a JAX PRNG key, e.g. jax.random.key(0) or jax.random.PRNGKey(0); "
+        f"got {type(key).__name__} {key!r:.60}."
+    )
+
+
 @overload
 def check_positive_int(
     value: Any, name: str, *, minimum: int = 1, allow_none: Literal[False] = False

@@ -651,7 +651,7 @@ def _initial_state(
     # The frame origin (fixed for the life of the model) comes from the rows seen so
     # far (as fit's from all rows), so distances stay accurate even if a center is
     # far from the data, and exact ties stay exact on integer data.
-    sample = np.concatenate(seen) if seen else np.asarray(centers)
+    sample = (seen[0] if len(seen) == 1 else np.concatenate(seen)) if seen else centers
     origin = np.asarray(_sample_origin(to_device(sample)))
     if mesh is not None:
         origin = sharding.broadcast_from_first(origin)

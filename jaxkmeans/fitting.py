@@ -26,6 +26,7 @@ from jaxkmeans._validation import (
     as_data,
     as_weights,
     check_enough_distinct,
+    check_key,
     check_non_negative,
     check_positive_int,
     is_traced,
@@ -354,6 +355,7 @@ def fit(
       >>> sorted(r.centers.ravel().tolist()), float(r.loss)
       ([0.5, 10.5], 1.0)
     """
+    check_key(key)
     k = check_positive_int(num_clusters, "num_clusters")
     max_iter = check_positive_int(max_iter, "max_iter", minimum=0)
     n_init = check_positive_int(n_init, "n_init")

@@ -32,6 +32,7 @@ from jaxkmeans._validation import (
     check_choice,
     check_enough_distinct,
     check_int,
+    check_key,
     check_metric,
     check_positive_int,
     is_traced,
@@ -820,6 +821,7 @@ def init_centers(
       >>> jaxkmeans.init_centers(jax.random.PRNGKey(0), x, 2).shape
       (2, 2)
     """
+    check_key(key)
     metric = check_metric(metric)
     k = check_positive_int(num_clusters, "num_clusters")
     if sparse.is_sparse(x):

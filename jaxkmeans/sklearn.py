@@ -68,7 +68,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -118,6 +118,8 @@ _ALGORITHMS = ("lloyd", "elkan")
 # rows are padded to their size bucket (:func:`jaxkmeans._validation.bucket_rows`).
 _SMALL_COLS = 32
 _NO_LIMIT = 2**31 - 1
+_HASH_BLOCK_ELEMENTS = 1 << 21  # rows hashed per program call: about this many elements
+_VARIANCE_BLOCK_ROWS = 4096  # rows reduced at a time by _column_variance_sum
 
 
 # ------------------------------------------------------------------------ host helpers
@@ -185,10 +187,21 @@ def _row_keys(x: Any) -> np.ndarray:
             sp = sparse.from_host(x, rows=_bucket_rows(n), dtype=np.float32, check_values=False)
             ident = _sparse_identity(sp)
         else:
-            # Padded to a few shapes (one compiled program for small problems); a row's key
-            # does not depend on the other rows, and zero columns add nothing to it.
-            xp, _ = _pad(x.astype(np.float32, copy=False), None, _bucket_rows(n), _bucket_cols(d))
-            ident = _dense_identity(_validation.to_device(xp))
+            # In blocks of a fixed number of rows (of a few shapes for small problems):
+            # one compiled program per column count, and no copy or temporary of the
+            # whole data. A row's key does not depend on the other rows, and zero columns
+            # add nothing to it.
+            d_pad = _bucket_cols(d)
+            block = _bucket_rows(max(256, _HASH_BLOCK_ELEMENTS // d_pad))
+            block = min(block, _bucket_rows(n))
+            parts = []
+            for start in range(0, n, block):
+                xb = x[start : start + block].astype(np.float32, copy=False)
+                xb, _ = _pad(xb, None, block, d_pad)
+                parts.append(_dense_identity(_validation.to_device(xb)))
+                if len(parts) > 2:  # bound what is alive: blocks in flight
+                    parts[-3] = np.asarray(parts[-3])
+            ident = np.concatenate([np.asarray(p) for p in parts])
     ident = np.asarray(ident)[:n].astype(np.uint64)
     return (ident[:, 0] << np.uint64(32)) | ident[:, 1]
 
@@ -225,32 +238,108 @@ def _distinct_sparse_rows(x: Any, w: np.ndarray) -> tuple[Any, np.ndarray]:
     return x[order[starts]], wu.astype(w.dtype)
 
 
-def _distinct(x: Any, w: np.ndarray) -> tuple[Any, np.ndarray]:
-    """Distinct weighted rows of dense or sparse `x` (see :func:`_distinct_rows`)."""
+def _distinct(x: Any, w: np.ndarray, *, padded: bool = False) -> _Distinct:
+    """Distinct weighted rows of dense or sparse `x` (see :func:`_distinct_rows`);
+    `padded`: dense rows gathered into their padded device layout."""
     if _sp.issparse(x):
-        return _distinct_sparse_rows(x, w)
-    return _distinct_rows(np.asarray(x), w)
+        return _Distinct(*_distinct_sparse_rows(x, w))
+    return _distinct_dense(np.asarray(x), w, padded=padded)
 
 
-def _placed(x: Any, w: np.ndarray, dtype: Any) -> tuple[Any, jax.Array, int]:
+def _placed(
+    x: Any, w: np.ndarray, dtype: Any, padded: np.ndarray | None = None
+) -> tuple[Any, jax.Array, int]:
     """Distinct rows `x` and weights `w` on the device, padded: dense rows to their row
-    bucket and small column counts (:func:`_pad`), sparse rows to :class:`SparseRows`
-    with empty rows of weight 0 (columns as they are). Returns ``(x, w, d_pad)``."""
+    bucket and small column counts (:func:`_pad`; `padded`, when given, already holds
+    them so), sparse rows to :class:`SparseRows` with empty rows of weight 0 (columns as
+    they are). Returns ``(x, w, d_pad)``."""
     m, d = x.shape
     n_pad = _bucket_rows(m)
+    wp = np.zeros((n_pad,), w.dtype)
+    wp[:m] = w
     if _sp.issparse(x):
-        wp = np.zeros((n_pad,), w.dtype)
-        wp[:m] = w
         xs = sparse.from_host(x, rows=n_pad, dtype=dtype, check_values=False)
         return xs, _validation.to_device(wp), d
     d_pad = _bucket_cols(d)
-    xp, wpad = _pad(x, w, n_pad, d_pad)
-    return _validation.to_device(xp), _validation.to_device(wpad), d_pad
+    xp = padded if padded is not None else _pad(x, None, n_pad, d_pad)[0]
+    return _validation.to_device(xp), _validation.to_device(wp), d_pad
 
 
 def _dense_rows(x: Any) -> np.ndarray:
     """`x` as a dense array (for a few rows: centers, a user's mini-batch)."""
     return x.toarray() if _sp.issparse(x) else np.asarray(x)
+
+
+class _Distinct(NamedTuple):
+    """The distinct weighted rows of the data (see :func:`_distinct_rows`).
+
+    Attributes:
+      xu: (m, d) rows: dense (a view of `padded` when there is one) or CSR.
+      wu: (m,) their total weights (> 0).
+      inverse: (n,) the row of `xu` equal to each input row; None when rows of weight 0
+        were dropped (or for sparse rows).
+      padded: None, or an aligned (bucket_rows(m), d_pad) host buffer holding `xu` in
+        its first rows and columns, padded as :func:`_pad` does: what :func:`_placed`
+        puts on the device without another copy.
+    """
+
+    xu: Any
+    wu: np.ndarray
+    inverse: np.ndarray | None = None
+    padded: np.ndarray | None = None
+
+
+def _group_rows(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups equal rows of `x` (-0.0 counting as 0.0) by their row keys. Returns
+    ``(first, wu, inverse)``: the first row of each group, groups in key order; their
+    total weights (summed in float64); the group of each row."""
+    h = _row_keys(x)
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    new = np.concatenate([[True], hs[1:] != hs[:-1]])
+    same = np.flatnonzero(~new[1:])  # neighbours with equal keys
+    if same.size and not np.array_equal(x[order[same]], x[order[same + 1]]):
+        # a hash collision between different rows (practically never): exact grouping
+        canonical = x + np.zeros((), x.dtype)  # -0.0 -> 0.0, so that equal rows have equal bits
+        keys = canonical.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
+        _, first, group = np.unique(keys, return_index=True, return_inverse=True)
+        wu = np.bincount(group.ravel(), weights=w, minlength=len(first))
+        return first, wu, group.ravel()
+    starts = np.flatnonzero(new)
+    wu = np.add.reduceat(w[order].astype(np.float64), starts)
+    inverse = np.empty(order.shape, np.intp)
+    inverse[order] = np.cumsum(new) - 1
+    return order[starts], wu, inverse
+
+
+def _distinct_dense(x: np.ndarray, w: np.ndarray, *, padded: bool = False) -> _Distinct:
+    """:func:`_distinct_rows` with the inverse map, and with `padded` the rows gathered
+    straight into their padded device layout (one copy of the distinct rows in all)."""
+    keep = w > 0
+    all_kept = bool(keep.all())
+    if not all_kept:
+        x, w = x[keep], w[keep]
+    if x.shape[0] == 0:
+        return _Distinct(x, w)
+    x = np.ascontiguousarray(x)
+    first, wu, inverse = _group_rows(x, w)
+    m, d = first.size, x.shape[1]
+    buf = None
+    if padded:
+        buf = _validation.aligned_empty((_bucket_rows(m), _bucket_cols(d)), x.dtype)
+        if buf.shape[1] == d:
+            np.take(x, first, axis=0, out=buf[:m], mode="clip")
+        else:
+            buf[:m, :d] = x[first]
+            buf[:, d:] = 0
+        xu = buf[:m, :d]
+    else:
+        xu = x[first]
+    if (xu == 0).any():
+        np.add(xu, np.zeros((), xu.dtype), out=xu)  # -0.0 -> 0.0
+    if buf is not None:
+        buf[m:, :d] = xu[0]
+    return _Distinct(xu, wu.astype(w.dtype), inverse if all_kept else None, buf)
 
 
 def _distinct_rows(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -263,35 +352,57 @@ def _distinct_rows(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray
     Returns:
       ``(xu (m, d), wu (m,))`` with ``wu > 0``.
     """
-    keep = w > 0
-    if not keep.all():
-        x, w = x[keep], w[keep]
-    if x.shape[0] == 0:
-        return x, w
-    x = np.ascontiguousarray(x)
-    if (x == 0).any():
-        x = x + np.zeros((), x.dtype)  # -0.0 -> 0.0, so that equal rows have equal bits
-    h = _row_keys(x)
-    order = np.argsort(h, kind="stable")
-    hs = h[order]
-    starts = np.flatnonzero(np.concatenate([[True], hs[1:] != hs[:-1]]))
-    same = np.flatnonzero(hs[1:] == hs[:-1])  # neighbours with equal hashes
-    if same.size and not np.array_equal(x[order[same]], x[order[same + 1]]):
-        # a hash collision between different rows (practically never): exact grouping
-        keys = x.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
-        _, first, group = np.unique(keys, return_index=True, return_inverse=True)
-        wu = np.bincount(group.ravel(), weights=w, minlength=len(first))
-        return x[first], wu.astype(w.dtype)
-    wu = np.add.reduceat(w[order].astype(np.float64), starts)
-    return x[order[starts]], wu.astype(w.dtype)
+    rows = _distinct_dense(x, w)
+    return rows.xu, rows.wu
 
 
-def _scaled_tol(tol: float, x: np.ndarray, w: np.ndarray) -> float:
+def _scaled_tol(tol: float, x: Any, w: Any, d: int | None = None) -> float:
     """`tol` times the mean over features of the weighted per-feature variance of `x`
-    (scikit-learn's scaling; weights count as repetitions)."""
+    (scikit-learn's scaling; weights count as repetitions). Rows on the device (dense,
+    padded: zero columns and rows of weight 0 add nothing) are reduced there, in their
+    dtype, without a temporary copy; `d` is then the number of real columns."""
     if tol == 0:
         return 0.0
+    if isinstance(x, jax.Array):
+        assert d is not None
+        return tol * float(_column_variance_sum(x, w)) / d
     return tol * _weighted_mean_variance(x, w)
+
+
+def _tol_rows(xu: Any, wu: np.ndarray, xp: Any, wp: jax.Array) -> tuple[Any, Any]:
+    """The rows :func:`_scaled_tol` reduces: dense ones on the device, sparse ones on
+    the host."""
+    return (xu, wu) if _sp.issparse(xu) else (xp, wp)
+
+
+@jax.jit
+def _column_variance_sum(x: jax.Array, w: jax.Array) -> jax.Array:
+    """Sum over columns of the weighted variance of the rows of `x`: two passes over
+    blocks of rows, so that no temporary grows with the number of rows."""
+    n = x.shape[0]
+    size = min(n, _VARIANCE_BLOCK_ROWS)
+    count = -(-n // size)
+
+    def block(i):
+        # The last block is shifted back to fit; rows already counted get weight 0.
+        start = jnp.minimum(i * size, n - size)
+        xb = jax.lax.dynamic_slice_in_dim(x, start, size)
+        wb = jax.lax.dynamic_slice_in_dim(w, start, size)
+        return xb, jnp.where(start + jnp.arange(size) >= i * size, wb, 0)
+
+    def add_sum(i, acc):
+        xb, wb = block(i)
+        return acc + jnp.dot(wb, xb, precision=jax.lax.Precision.HIGHEST)
+
+    total = jnp.sum(w)
+    zeros = jnp.zeros(x.shape[1], x.dtype)
+    mean = jax.lax.fori_loop(0, count, add_sum, zeros) / total
+
+    def add_square(i, acc):
+        xb, wb = block(i)
+        return acc + jnp.sum(wb[:, None] * jnp.square(xb - mean[None, :]), axis=0)
+
+    return jnp.sum(jax.lax.fori_loop(0, count, add_square, zeros)) / total
 
 
 def _weighted_mean_variance(x: Any, w: np.ndarray) -> float:
@@ -635,15 +746,16 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
             raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={self.n_clusters}.")
 
     def _prepare(
-        self, X: np.ndarray, sample_weight
-    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.dtype]:
-        """Validated weights and the distinct weighted rows in the compute dtype."""
+        self, X: np.ndarray, sample_weight, *, padded: bool = False
+    ) -> tuple[np.ndarray, _Distinct, np.dtype]:
+        """Validated weights and the distinct weighted rows in the compute dtype (dense
+        rows gathered into their padded device layout with `padded`)."""
         sw = self._sample_weight(sample_weight, X)
         dtype = _compute_dtype(X.dtype)
-        xu, wu = _distinct(X.astype(dtype), np.asarray(sw, dtype))
-        if xu.shape[0] == 0:
+        rows = _distinct(X.astype(dtype, copy=False), np.asarray(sw, dtype), padded=padded)
+        if rows.xu.shape[0] == 0:
             raise ValueError("`sample_weight` must have at least one positive weight; all are 0.")
-        return sw, (xu, wu), dtype
+        return sw, rows, dtype
 
     def _few_distinct(self, xu: np.ndarray) -> np.ndarray:
         """Centers when there are at most n_clusters distinct points: all of them, the
@@ -699,7 +811,7 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
             c = init(X, k, random_state=random_state) if callable(init) else init
             return np.asarray(c, X.dtype)
         dtype = _compute_dtype(X.dtype)
-        xu, wu = _distinct(X.astype(dtype), np.asarray(sw, dtype))
+        xu, wu, *_ = _distinct(X.astype(dtype, copy=False), np.asarray(sw, dtype))
         if xu.shape[0] <= k:
             xu = _dense_rows(xu)
             return np.concatenate([xu, np.repeat(xu[:1], k - xu.shape[0], axis=0)]).astype(X.dtype)
@@ -857,21 +969,34 @@ class KMeans(_BaseKMeans):
         if not isinstance(init, str) and not callable(init):
             init = self._check_init_array(init, X, "init")
         random_state = check_random_state(self.random_state)
-        sw, (xu, wu), dtype = self._prepare(X, sample_weight)
+        sw, rows, dtype = self._prepare(X, sample_weight, padded=True)
         k = self.n_clusters
-        if xu.shape[0] < k:
-            self._set_fitted(X, self._few_distinct(xu))
+        if rows.xu.shape[0] < k:
+            self._set_fitted(X, self._few_distinct(rows.xu))
             self.n_iter_ = 1
+            self.labels_, self.inertia_ = self._labels_inertia(X, sw)
+            return self
+        centers, self.n_iter_, labels, dist = self._lloyd(
+            X, rows, init, n_init, random_state, dtype
+        )
+        self._set_fitted(X, centers)
+        if rows.inverse is None or labels is None:  # rows of weight 0 were dropped
+            self.labels_, self.inertia_ = self._labels_inertia(X, sw)
         else:
-            centers, self.n_iter_ = self._lloyd(X, xu, wu, init, n_init, random_state, dtype)
-            self._set_fitted(X, centers)
-        self.labels_, self.inertia_ = self._labels_inertia(X, sw)
+            # Equal rows have equal labels and distances: those of the distinct rows,
+            # computed on the rows already on the device (no second copy of X).
+            self.labels_ = labels[rows.inverse]
+            self.inertia_ = float(np.dot(rows.wu.astype(np.float64), dist.astype(np.float64)))
         return self
 
-    def _lloyd(self, X, xu, wu, init, n_init, random_state, dtype):
+    def _lloyd(self, X, rows: _Distinct, init, n_init, random_state, dtype):
+        """The best of `n_init` runs: ``(centers (k, d), n_iter, labels (m,), distances
+        (m,))`` (labels and squared distances of the distinct rows to the centers)."""
+        xu, wu = rows.xu, rows.wu
         m, d = xu.shape
-        xp, wp, d_pad = _placed(xu, wu, dtype)
-        tol = jnp.asarray(_scaled_tol(self.tol, xu, wu), dtype)
+        xp, wp, d_pad = _placed(xu, wu, dtype, rows.padded)
+        del rows
+        tol = jnp.asarray(_scaled_tol(self.tol, *_tol_rows(xu, wu, xp, wp), d), dtype)
         max_iter = jnp.asarray(min(self.max_iter, _NO_LIMIT), jnp.int32)
         keys = jax.random.split(_as_key(random_state), n_init)
         best = None
@@ -898,7 +1023,11 @@ class KMeans(_BaseKMeans):
             if best is None or loss < best[2]:
                 best = (c, int(n_iter), loss)
         assert best is not None  # n_init >= 1
-        return np.asarray(best[0])[:, :d], best[1]
+        labels = dist = None
+        if not isinstance(xp, SparseRows):  # dense rows on the device: label them there
+            on_device = jaxkmeans.assign(xp, best[0], pad_rows=False)
+            labels, dist = np.asarray(on_device[0])[:m], np.asarray(on_device[1])[:m]
+        return np.asarray(best[0])[:, :d], best[1], labels, dist
 
 
 class MiniBatchKMeans(_BaseKMeans):
@@ -1043,7 +1172,8 @@ class MiniBatchKMeans(_BaseKMeans):
         if not isinstance(init, str) and not callable(init):
             init = self._check_init_array(init, X, "init")
         random_state = check_random_state(self.random_state)
-        sw, (xu, wu), dtype = self._prepare(X, sample_weight)
+        sw, rows, dtype = self._prepare(X, sample_weight, padded=True)
+        xu, wu = rows.xu, rows.wu
         m, d = xu.shape
         k = self.n_clusters
         key = _as_key(random_state)
@@ -1060,7 +1190,7 @@ class MiniBatchKMeans(_BaseKMeans):
             centers = self._initial_centers(
                 X, xu, wu, init, n_init, init_size, random_state, init_key, dtype
             )
-            xp, wp, d_pad = _placed(xu, wu, dtype)
+            xp, wp, d_pad = _placed(xu, wu, dtype, rows.padded)
             cdf = np.cumsum(np.asarray(wp, np.float64)).astype(dtype)
             state = KMeansState.create(jnp.asarray(_pad_cols(centers, d_pad)), key=state_key)
             n_steps = (self.max_iter * m) // batch
@@ -1073,7 +1203,7 @@ class MiniBatchKMeans(_BaseKMeans):
                 jnp.asarray(batch, jnp.int32),
                 jnp.asarray(min(n_steps, _NO_LIMIT), jnp.int32),
                 jnp.asarray(m, jnp.int32),
-                jnp.asarray(_scaled_tol(self.tol, xu, wu), dtype),
+                jnp.asarray(_scaled_tol(self.tol, *_tol_rows(xu, wu, xp, wp), d), dtype),
                 jnp.asarray(_NO_LIMIT if no_imp is None else no_imp, jnp.int32),
                 jnp.asarray(self.reassignment_ratio, dtype),
                 batch=_bucket_rows(batch),
@@ -1132,7 +1262,7 @@ class MiniBatchKMeans(_BaseKMeans):
                 init = self._check_init_array(init, X, "init")
             random_state = check_random_state(self.random_state)
             self._random_state = random_state
-            _, (xu, wu), _ = self._prepare(X, sw)
+            _, (xu, wu, *_), _ = self._prepare(X, sw)
             key = _as_key(random_state)
             init_key, state_key = jax.random.split(key)
             m = xu.shape[0]

@@ -29,6 +29,13 @@ DUPS = np.repeat(X[:2], 10, axis=0)  # 20 rows, 2 distinct points
 
 # (call, exception, message regex)
 CASES = {
+    # keys
+    "int key (fit)": (lambda: jaxkmeans.fit(0, X, 3), TypeError, r"`key`.*PRNG key.*got int 0"),
+    "float key (init_centers)": (
+        lambda: jaxkmeans.init_centers(np.zeros(2, np.float32), X, 3),
+        TypeError,
+        r"`key`.*PRNG key.*got ndarray",
+    ),
     # data values
     "nan in x (fit)": (lambda: jaxkmeans.fit(KEY, with_nan(), 3), ValueError, r"`x`.*finite"),
     "inf in x (assign)": (lambda: jaxkmeans.assign(with_inf(), C), ValueError, r"`x`.*finite"),
