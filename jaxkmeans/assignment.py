@@ -40,6 +40,13 @@ def auto_chunk_size(
 
     Returns:
       An int in ``[1, n]``, independent of n once n exceeds it.
+
+    Examples:
+      >>> import jaxkmeans
+      >>> jaxkmeans.auto_chunk_size(10, 4, 3)  # small n: the whole input is one chunk
+      10
+      >>> jaxkmeans.auto_chunk_size(10**7, 1024, 128, backend="gpu")
+      32768
     """
     return xla.chunk_rows(n, k, d, dtype, backend or jax.default_backend())
 

@@ -529,6 +529,35 @@ def _place(batch: np.ndarray, standard: int | None, mesh: Any, dims: int) -> tup
     return sharding.shard_rows(padded, w, mesh, valid=b)
 
 
+class _Placements:
+    """The batches of one train() call as placed on the device(s) (:func:`_place`).
+
+    For an input held in memory (``InputReader.in_memory``) every pass yields the same
+    batch objects: their placements are kept and reused by the next passes, so a pass
+    costs no copy of the data (the placements are the one copy). Otherwise each batch is
+    placed when it comes and let go of after its step.
+    """
+
+    def __init__(self, keep: bool):
+        self.keep = keep
+        self._items: dict[int, tuple[np.ndarray, int | None, tuple[Any, Any, int]]] = {}
+
+    def get(
+        self, position: int, batch: np.ndarray, standard: int | None, mesh: Any, dims: int
+    ) -> tuple[Any, Any, int]:
+        """`batch`, the `position`-th of its pass, placed (see :func:`_place`)."""
+        if not self.keep:
+            return _place(batch, standard, mesh, dims)
+        hit = self._items.pop(position, None)
+        if hit is not None and hit[0] is batch and hit[1] == standard:
+            placed = hit[2]
+        else:
+            del hit  # let go of a stale placement before making its replacement
+            placed = _place(batch, standard, mesh, dims)
+        self._items[position] = (batch, standard, placed)
+        return placed
+
+
 def _bounded(pending: list[Any], value: Any, depth: int = 2) -> None:
     """Bounds the work in flight (JAX dispatches asynchronously): at most `depth`
     dispatched computations are unfinished once this returns, so the next batch is
@@ -615,14 +644,19 @@ def _centers_from_method(settings: _Settings, it: Iterator, seen: list, key: jax
             "k-means needs at least num_clusters of them."
         )
     spec = initializers.make_init(settings.init, k, metric, settings.num_retries)
-    return initializers.init_impl(key, to_device(sample), to_device(w), spec)
+    xs, ws = to_device(sample), to_device(w)
+    del sample, w
+    # The frame origin from the same placed rows (the padding has weight 0 and the
+    # origin's sample follows the size bucket): no second copy of the first batches.
+    return initializers.init_impl(key, xs, ws, spec), _sample_origin(xs, ws)
 
 
 @jax.jit
-def _sample_origin(sample: jax.Array) -> jax.Array:
-    """The frame origin of the first rows, in one fused pass (run op by op it made
-    temporaries the size of the sample, a peak of memory on big first batches)."""
-    origin = metrics.frame_origin(sample, SQUARED_EUCLIDEAN_DISTANCE)
+def _sample_origin(sample: jax.Array, w: jax.Array | None = None) -> jax.Array:
+    """The frame origin of the first rows (weights `w`: 0 for padding), in one fused
+    pass (run op by op it made temporaries the size of the sample, a peak of memory on
+    big first batches)."""
+    origin = metrics.frame_origin(sample, SQUARED_EUCLIDEAN_DISTANCE, w)
     assert origin is not None  # only the cosine metric has no frame origin
     return origin
 
@@ -636,12 +670,13 @@ def _initial_state(
     seen: list[np.ndarray] = []
     key, init_key = jax.random.split(jax.random.PRNGKey(seed))
     centers: np.ndarray | jax.Array
+    origin = None
     if settings.init_array is not None:
         centers = _centers_from_array(settings.init_array, it, seen, reader)
     elif callable(settings.init):
         centers = _centers_from_callable(settings.init, settings.num_clusters, it, seen)
     else:
-        centers = _centers_from_method(settings, it, seen, init_key)
+        centers, origin = _centers_from_method(settings, it, seen, init_key)
     centers = jnp.asarray(centers, jnp.float32)
     if settings.metric == COSINE_DISTANCE:
         centers = metrics.normalize_rows(centers)
@@ -651,12 +686,14 @@ def _initial_state(
     # The frame origin (fixed for the life of the model) comes from the rows seen so
     # far (as fit's from all rows), so distances stay accurate even if a center is
     # far from the data, and exact ties stay exact on integer data.
-    sample = (seen[0] if len(seen) == 1 else np.concatenate(seen)) if seen else centers
-    origin = np.asarray(_sample_origin(to_device(sample)))
+    if origin is None:
+        sample = (seen[0] if len(seen) == 1 else np.concatenate(seen)) if seen else centers
+        origin = _sample_origin(to_device(sample))
+        del sample
+    origin = np.asarray(origin)
     if mesh is not None:
         origin = sharding.broadcast_from_first(origin)
     state = _replicated(KMeansState.create(centers, key=key, origin=origin), mesh)
-    del sample
     return state, _replay(seen, it)
 
 
@@ -815,6 +852,7 @@ class _Trainer:
         self.hooks = list(hooks)
         self.step = run.global_step  # a host int: no device read per step
         self._last_save = _clock()
+        self._placed = _Placements(reader.in_memory)
 
     def _dims(self) -> int:
         """The run's feature count (train() sets it with the state, before any step)."""
@@ -897,9 +935,9 @@ class _Trainer:
         standard = None
         rows = 0
         pending: list[Any] = []
-        for batch in _synced(batches, settings.mesh, dims):
+        for position, batch in enumerate(_synced(batches, settings.mesh, dims)):
             standard = standard or batch.shape[0] or None
-            x, w, b = _place(batch, standard, settings.mesh, dims)
+            x, w, b = self._placed.get(position, batch, standard, settings.mesh, dims)
             # What is alive stays a few batches whatever the input's size: the host
             # batch is let go of before the next one is read, and (each pass_add
             # needing the previous one's result, so they run one after another) the
@@ -963,7 +1001,7 @@ class _Trainer:
         standard = None
         rows = 0
         got_any = trained = False
-        for batch in _synced(batches, self.settings.mesh, self._dims()):
+        for position, batch in enumerate(_synced(batches, self.settings.mesh, self._dims())):
             got_any = True
             standard = standard or batch.shape[0] or None
             if skip:
@@ -971,7 +1009,9 @@ class _Trainer:
                 rows += batch.shape[0]
                 continue
             trained = True
-            b, stop = self._minibatch_step(batch, standard, rows, pending)
+            placed = self._placed.get(position, batch, standard, self.settings.mesh, self._dims())
+            del batch
+            b, stop = self._minibatch_step(placed, rows, pending)
             rows += b
             if stop:
                 return True, trained
@@ -985,11 +1025,11 @@ class _Trainer:
         return None, trained
 
     def _minibatch_step(
-        self, batch: np.ndarray, standard: int | None, rows_before: int, pending: list
+        self, placed: tuple[Any, Any, int], rows_before: int, pending: list
     ) -> tuple[int, bool]:
-        """One update on one batch; returns (its real rows, whether to stop)."""
+        """One update on one placed batch; returns (its real rows, whether to stop)."""
         settings, run = self.settings, self.run
-        x, w, b = _place(batch, standard, settings.mesh, self._dims())
+        x, w, b = placed
         n_pass = run.rows_per_pass or (rows_before + b)
         alpha = min(1.0, 2.0 * b / (n_pass + 1))
         state, loss = fitting.minibatch_impl(

@@ -113,6 +113,13 @@ def lloyd_step(
     Returns:
       ``(new_centers, StepStats(loss, counts, shift))`` where ``loss`` is the weighted
       sum of distances before the update.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxkmeans
+      >>> x = jnp.array([[0.0], [1.0], [10.0], [12.0]])
+      >>> centers, stats = jaxkmeans.lloyd_step(x, jnp.array([[0.0], [10.0]]))
+      >>> centers.tolist(), float(stats.loss), stats.counts.tolist()
+      ([[0.5], [11.0]], 5.0, [2.0, 2.0])
     """
     if sparse.is_sparse(x):
         x, w, _ = sparse.bucketed(x, sample_weight, pad_rows)
@@ -503,6 +510,16 @@ def minibatch_step(
 
     Returns:
       ``(new_state, loss)``: the batch's weighted sum of distances before the update.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxkmeans
+      >>> state = jaxkmeans.KMeansState.create(jnp.array([[0.0], [10.0]]))
+      >>> state, loss = jaxkmeans.minibatch_step(state, jnp.array([[1.0], [12.0]]))
+      >>> state.centers.tolist(), float(loss)  # counts were 0: centers jump to the rows
+      ([[1.0], [12.0]], 5.0)
+      >>> state, loss = jaxkmeans.minibatch_step(state, jnp.array([[3.0], [9.0]]))
+      >>> state.centers.tolist(), state.counts.tolist()  # learning rate 1/2 now
+      ([[2.0], [10.5]], [2.0, 2.0])
     """
     if not isinstance(state, KMeansState):
         raise TypeError(f"`state` must be a KMeansState; got {type(state).__name__}.")

@@ -262,6 +262,17 @@ class InputReader:
         # An iterator passed directly (not returned by a callable): one pass only, and
         # a later reader of the same iterator continues where this one stopped.
         self.one_shot = isinstance(input_fn, collections.abc.Iterator)
+        # The input holds all its batches in memory (an array, or a list or tuple of
+        # them): every pass yields the same batch objects, so what was made of a batch
+        # in one pass (its finiteness check, its placement on the device) holds for the
+        # next (see :meth:`seen_before`).
+        self.in_memory = isinstance(input_fn, np.ndarray) or (
+            isinstance(input_fn, list | tuple)
+            and all(isinstance(item, np.ndarray) for item in input_fn)
+        )
+        # position in the pass -> the input's own batch object checked there (kept only
+        # when the batch is that object: no converted copy is held)
+        self._checked: dict[int, np.ndarray] = {}
 
     def _obtain(self) -> Any:
         src = self._source
@@ -279,7 +290,12 @@ class InputReader:
                 raise
         return src
 
-    def _check(self, batch: np.ndarray) -> np.ndarray:
+    def seen_before(self, position: int, batch: np.ndarray) -> bool:
+        """True when `batch` is the very object this in-memory input yielded at
+        `position` of an earlier pass (and was checked then)."""
+        return self.in_memory and self._checked.get(position) is batch
+
+    def _check(self, batch: np.ndarray, position: int, item: Any) -> np.ndarray:
         if self.dims is None:
             self.dims = batch.shape[1]
         elif batch.shape[1] != self.dims:
@@ -290,11 +306,15 @@ class InputReader:
         if np.asarray(batch).dtype == np.float64 and not _WARNED_FLOAT64:
             _warn_float64_once()
         batch = np.asarray(batch, dtype=np.float32)
+        if self.seen_before(position, batch):
+            return batch
         # Checked in blocks of rows: no temporary the size of the batch.
         step = max(1, _CHECK_BLOCK // max(1, batch.shape[1]))
         for start in range(0, batch.shape[0], step):
             if not np.isfinite(batch[start : start + step]).all():
                 raise ValueError("input features must be finite; a batch has NaN or inf.")
+        if self.in_memory and batch is item:
+            self._checked[position] = batch
         return batch
 
     def batches(self) -> Iterator[np.ndarray]:
@@ -315,8 +335,8 @@ class InputReader:
             raise TypeError(f"`input_fn` must be {ACCEPTED}; got {type(obj).__name__}.")
         self.passes += 1
         batch: np.ndarray | None
-        for item in items:
-            batch = self._check(to_matrix(item, self._names))
+        for position, item in enumerate(items):
+            batch = self._check(to_matrix(item, self._names), position, item)
             if self.features is None:
                 self.features = feature_layout(item, self._names)
             # Hold no batch while the input reads the next one: a consumer that lets

@@ -1058,6 +1058,15 @@ class MiniBatchKMeans(_BaseKMeans):
     Attributes:
       cluster_centers_, labels_, inertia_, n_iter_ (passes over the data), n_steps_
       (mini-batch steps), n_features_in_, feature_names_in_.
+
+    Examples:
+      >>> import numpy as np
+      >>> from jaxkmeans.sklearn import MiniBatchKMeans
+      >>> X = np.array([[0, 0], [0, 1], [10, 10], [10, 11], [0, 0.5], [10, 10.5]], np.float32)
+      >>> km = MiniBatchKMeans(2, batch_size=4, random_state=0, n_init=1).fit(X)
+      >>> labels = km.predict(np.array([[0, 0.2], [9, 9]], np.float32))
+      >>> bool(labels[0] != labels[1]), km.cluster_centers_.shape
+      (True, (2, 2))
     """
 
     _default_n_init = 3

@@ -40,13 +40,6 @@ EXPECTED_WITH_EXAMPLES = {
 
 # Public names known to have no example yet (modules other work is editing). A name
 # listed here that gains an example is fine; a public name NOT listed here must have one.
-KNOWN_WITHOUT_EXAMPLES = {
-    "jaxkmeans.auto_chunk_size",
-    "jaxkmeans.lloyd_step",
-    "jaxkmeans.minibatch_step",
-    "jaxkmeans.sklearn.MiniBatchKMeans",
-}
-
 _FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
@@ -123,8 +116,7 @@ def _has_example(obj):
 
 def test_every_public_name_has_an_example():
     missing = sorted(n for n, obj in _public_objects().items() if not _has_example(obj))
-    unexpected = [n for n in missing if n not in KNOWN_WITHOUT_EXAMPLES]
-    assert not unexpected, f"public names without a docstring example: {unexpected}"
+    assert not missing, f"public names without a docstring example: {missing}"
 
 
 def test_module_list_is_complete():
