@@ -358,6 +358,31 @@ def check_pad_rows(pad_rows: Any) -> bool | None:
     raise TypeError(f"`pad_rows` must be None (automatic), True or False; got {pad_rows!r}.")
 
 
+def pad_host_rows(
+    x: np.ndarray, rows: int, cols: int | None = None, w: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Host rows `x` (n, d) padded to (rows, cols) (`cols` default d) in a buffer the
+    CPU device uses in place (:func:`aligned_empty`): the extra rows copy row 0 (zeros
+    when n == 0) and get weight 0, the extra columns are 0; `x` itself when there is
+    nothing to pad. Returns ``(x_pad, w_pad)``: the weights `w` (default ones, in x's
+    dtype) followed by zeros.
+
+    The one row padder of the host paths (:func:`as_bucketed`, the estimator's
+    batches, the scikit-learn drop-in).
+    """
+    n, d = x.shape
+    cols = d if cols is None else cols
+    wp = np.zeros((rows,), x.dtype if w is None else w.dtype)
+    wp[:n] = 1 if w is None else w
+    if (n, d) == (rows, cols):
+        return x, wp
+    out = aligned_empty((rows, cols), x.dtype)
+    out[:n, :d] = x
+    out[n:, :d] = x[0] if n else 0
+    out[:, d:] = 0
+    return out, wp
+
+
 def as_bucketed(
     x: Any, sample_weight: Any, pad_rows: bool | None, name: str = "x"
 ) -> tuple[jax.Array, jax.Array | None, int]:
@@ -386,20 +411,19 @@ def as_bucketed(
         or (pad_rows is None and size * d > PAD_LIMIT_ELEMENTS)
     ):
         return to_device(xa), (None if w is None else to_device(w)), n
+    host_w = w if w is None or isinstance(w, np.ndarray) else None
     xp: Any
     wp: Any
     if isinstance(xa, np.ndarray):
-        host_x = aligned_empty((size, d), xa.dtype)
-        host_x[:n] = xa
-        host_x[n:] = xa[0]
+        host_x, wp = pad_host_rows(xa, size, w=host_w)
         xp = to_device(host_x)
     else:
         xp = jnp.concatenate([xa, jnp.broadcast_to(xa[:1], (size - n, d))])
+        wp = np.zeros((size,), xa.dtype)
+        wp[:n] = 1 if host_w is None else host_w
     if w is None or isinstance(w, np.ndarray):
-        host_w = np.zeros((size,), xa.dtype)
-        host_w[:n] = 1.0 if w is None else w
-        wp = to_device(host_w)
-    else:
+        wp = to_device(wp)
+    else:  # weights already on the device
         wp = jnp.concatenate([w, jnp.zeros((size - n,), w.dtype)])
     return xp, wp, n
 

@@ -45,7 +45,6 @@ from jaxkmeans import export as export_lib
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
-    aligned_empty,
     bucket_rows,
     check_bool,
     check_int,
@@ -54,6 +53,7 @@ from jaxkmeans._validation import (
     check_non_negative,
     check_positive_int,
     count_distinct,
+    pad_host_rows,
     to_device,
 )
 from jaxkmeans.assignment import inertia_impl
@@ -479,17 +479,9 @@ def _jitted_predict(metric: str) -> Callable[[jax.Array, jax.Array], dict[str, j
 
 
 def _pad_batch(batch: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pads a batch to `size` rows with zero-weight copies of its first row (one compiled
-    shape per size), into a buffer the CPU device uses in place."""
-    b = batch.shape[0]
-    w = np.ones((size,), np.float32)
-    if b == size:
-        return batch, w
-    w[b:] = 0.0
-    out = aligned_empty((size, batch.shape[1]), batch.dtype)
-    out[:b] = batch
-    out[b:] = batch[0] if b else 0
-    return out, w
+    """Pads a float32 batch to `size` rows with zero-weight copies of its first row (one
+    compiled shape per size), into a buffer the CPU device uses in place."""
+    return pad_host_rows(batch, size)
 
 
 def _bucket(b: int, standard: int | None) -> int:

@@ -95,8 +95,34 @@ def _gumbel_scores(key: jax.Array, w: jax.Array) -> jax.Array:
     # Drawn in float32 whatever the data's dtype: float32 and float64 data (64-bit mode)
     # with the same key make the same draws.
     g = jax.random.gumbel(key, w.shape, jnp.float32).astype(w.dtype)
+    return _weighted_scores(g, w)
+
+
+def _weighted_scores(g: jax.Array, w: jax.Array) -> jax.Array:
     safe = jnp.where(w > 0, w, 1.0)
     return jnp.where(w > 0, jnp.log(safe) + g, -jnp.inf)
+
+
+def _unit_floats(bits: jax.Array) -> jax.Array:
+    """float32 in [0, 1) from uint32 bits (their 23 high bits, as jax.random.uniform)."""
+    one = lax.bitcast_convert_type((bits >> 9) | jnp.uint32(0x3F800000), jnp.float32)
+    return one - 1.0
+
+
+def _first_and_uniforms(key: jax.Array, w: jax.Array, shape: tuple[int, ...]):
+    """The first center (a row drawn proportionally to `w`, as the top Gumbel score) and
+    uniforms in [0, 1) of `shape` (float32) for the later picks, from ONE call of the
+    PRNG: each call is a threefry block of its own in the compiled program, and a small
+    one is slow to compile on CPU (0.6-0.8 s for a (k, candidates, 2) draw, a quarter of
+    a k-means++ program's compile time). The uniforms come first in the bits, so a row's
+    score does not depend on the rows after it (padding rows draw nothing different)."""
+    m = math.prod(shape)
+    bits = jax.random.bits(key, (m + w.shape[0],), jnp.uint32)
+    u = _unit_floats(bits[:m]).reshape(shape)
+    tiny = jnp.finfo(jnp.float32).tiny
+    g = -jnp.log(-jnp.log(jnp.maximum(_unit_floats(bits[m:]), tiny)))
+    first = jnp.argmax(_weighted_scores(g.astype(w.dtype), w)).astype(jnp.int32)
+    return first, u
 
 
 def _mass_blocks(n: int) -> tuple[int, int]:
@@ -336,13 +362,11 @@ def _kmeans_pp_native(key, xp, w, k, num_retries):
     num_cand = _num_candidates(num_retries, k)
     size, num_blocks = _mass_blocks(n)
     xsq = jnp.sum(xp * xp, axis=1)
-    key, sub = jax.random.split(key)
-    first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
+    first, u_all = _first_and_uniforms(key, w, (k, num_cand, 2))
     d2 = _sq_dists(xp, xsq, _row(xp, first)[None, :])[:, 0].at[first].set(0.0)
     totals = jnp.sum(jnp.pad(w * d2, (0, num_blocks * size - n)).reshape(num_blocks, size), 1)
     chosen = jnp.zeros((n,), bool).at[first].set(True)
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
-    u_all = jax.random.uniform(key, (k, num_cand, 2), jnp.float32)
 
     def pick(i, carry):
         d2, last, totals, chosen, idx = carry
@@ -401,14 +425,12 @@ def _kmeans_pp(key, xp, w, k, num_retries, kernel="xla"):
     n = xp.shape[0]
     num_cand = _num_candidates(num_retries, k)
     xsq = jnp.sum(xp * xp, axis=1)
-    key, sub = jax.random.split(key)
-    first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
+    # All the randomness up front: one PRNG call instead of two per pick (faster to
+    # compile and to run).
+    first, u_all = _first_and_uniforms(key, w, (k, num_cand, 2))
     d2 = _sq_dists(xp, xsq, _row(xp, first)[None, :])[:, 0].at[first].set(0.0)
     chosen = jnp.zeros((n,), bool).at[first].set(True)
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
-    # All the randomness up front: one PRNG call instead of two per pick (faster to
-    # compile and to run).
-    u_all = jax.random.uniform(key, (k, num_cand, 2), jnp.float32)
 
     def pick(i, carry):
         d2, chosen, idx = carry
@@ -432,8 +454,8 @@ def _kmc2(key, xp, w, k, chain_length):
     ``q = (w d1 / sum w d1 + w / sum w) / 2`` targeting ``w D^2``."""
     n = xp.shape[0]
     xsq = jnp.sum(xp * xp, axis=1)
-    key, sub = jax.random.split(key)
-    first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
+    # All the randomness up front (proposal draws and acceptance tests for every pick).
+    first, u_all = _first_and_uniforms(key, w, (k, chain_length, 3))
     d1 = _sq_dists(xp, xsq, _row(xp, first)[None, :])[:, 0].at[first].set(0.0)
     wd = w * d1
     q = 0.5 * wd / jnp.maximum(jnp.sum(wd), 1e-30) + 0.5 * w / jnp.sum(w)
@@ -442,8 +464,6 @@ def _kmc2(key, xp, w, k, chain_length):
     chosen = jnp.zeros((n,), bool).at[first].set(True)
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
     slots = jnp.arange(k)
-    # All the randomness up front (proposal draws and acceptance tests for every pick).
-    u_all = jax.random.uniform(key, (k, chain_length, 3), jnp.float32)
 
     def pick(i, carry):
         key, centers, chosen, idx = carry
@@ -612,13 +632,11 @@ def _sparse_kmeans_pp(key, sp, vals, xsq, w, k, num_retries):
     """Greedy k-means++ on sparse rows (the rounds of :func:`_kmeans_pp`)."""
     n = sp.n
     num_cand = _num_candidates(num_retries, k)
-    key, sub = jax.random.split(key)
-    first = jnp.argmax(_gumbel_scores(sub, w)).astype(jnp.int32)
+    first, u_all = _first_and_uniforms(key, w, (k, num_cand, 2))
     c0 = sparse.take_rows(sp, first[None], vals)
     d2 = _sparse_sq_dists(sp, vals, xsq, c0)[:, 0].at[first].set(0.0)
     chosen = jnp.zeros((n,), bool).at[first].set(True)
     idx = jnp.zeros((k,), jnp.int32).at[0].set(first)
-    u_all = jax.random.uniform(key, (k, num_cand, 2), jnp.float32)
 
     def pick(i, carry):
         d2, chosen, idx = carry

@@ -137,23 +137,10 @@ def _bucket_cols(d: int) -> int:
     return _SMALL_COLS if d <= _SMALL_COLS else d
 
 
-def _pad(
-    x: np.ndarray, w: np.ndarray | None, n_pad: int, d_pad: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """`x` (n, d) padded to (n_pad, d_pad): extra rows copy row 0 (weight 0), extra
-    columns are 0. Returns ``(x_pad, w_pad)`` (``w_pad`` None when `w` is None)."""
-    n, d = x.shape
-    if (n, d) == (n_pad, d_pad):
-        return x, w
-    xp = _validation.aligned_empty((n_pad, d_pad), x.dtype)  # used in place on CPU
-    xp[:n, :d] = x
-    xp[n:, :d] = x[0]
-    xp[:, d:] = 0
-    if w is None:
-        return xp, None
-    wp = np.zeros((n_pad,), w.dtype)
-    wp[:n] = w
-    return xp, wp
+def _pad(x: np.ndarray, n_pad: int, d_pad: int) -> np.ndarray:
+    """`x` (n, d) padded to (n_pad, d_pad) (:func:`jaxkmeans._validation.pad_host_rows`:
+    extra rows copy row 0, extra columns are 0)."""
+    return _validation.pad_host_rows(x, n_pad, d_pad)[0]
 
 
 def _pad_cols(c: np.ndarray, d_pad: int) -> np.ndarray:
@@ -197,7 +184,7 @@ def _row_keys(x: Any) -> np.ndarray:
             parts = []
             for start in range(0, n, block):
                 xb = x[start : start + block].astype(np.float32, copy=False)
-                xb, _ = _pad(xb, None, block, d_pad)
+                xb = _pad(xb, block, d_pad)
                 parts.append(_dense_identity(_validation.to_device(xb)))
                 if len(parts) > 2:  # bound what is alive: blocks in flight
                     parts[-3] = np.asarray(parts[-3])
@@ -261,7 +248,7 @@ def _placed(
         xs = sparse.from_host(x, rows=n_pad, dtype=dtype, check_values=False)
         return xs, _validation.to_device(wp), d
     d_pad = _bucket_cols(d)
-    xp = padded if padded is not None else _pad(x, None, n_pad, d_pad)[0]
+    xp = padded if padded is not None else _pad(x, n_pad, d_pad)
     return _validation.to_device(xp), _validation.to_device(wp), d_pad
 
 
@@ -475,7 +462,7 @@ def _nearest(x: Any, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype)
     n, d = x.shape
     d_pad = _bucket_cols(d)
-    xp, _ = _pad(x, None, _bucket_rows(n), d_pad)
+    xp = _pad(x, _bucket_rows(n), d_pad)
     labels, dist = jaxkmeans.assign(xp, _pad_cols(np.asarray(centers, dtype), d_pad))
     return np.asarray(labels)[:n], np.asarray(dist)[:n]
 
