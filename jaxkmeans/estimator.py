@@ -844,7 +844,11 @@ class _Trainer:
         self.hooks = list(hooks)
         self.step = run.global_step  # a host int: no device read per step
         self._last_save = _clock()
-        self._placed = _Placements(reader.in_memory)
+        # Placements are kept only within one process: over several, placing a batch is
+        # a collective step that every process must take together, pass after pass.
+        self._placed = _Placements(
+            reader.in_memory and (settings.mesh is None or jax.process_count() == 1)
+        )
 
     def _dims(self) -> int:
         """The run's feature count (train() sets it with the state, before any step)."""
