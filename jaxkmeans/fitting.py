@@ -386,7 +386,11 @@ def fit(
     )
     if isinstance(init, str):
         kernel = passes.kernel if passes.mesh is None else "xla"  # native would gather rows
-        init_spec = make_init(init, k, passes.metric, num_retries, init_options, "init", kernel)
+        # On a mesh the initializer works on each device's rows (see InitSpec.mesh):
+        # no row is gathered to every device (tests/test_sharding.py checks the program).
+        init_spec = make_init(
+            init, k, passes.metric, num_retries, init_options, "init", kernel, passes.mesh
+        )
         if is_sparse and init_spec.method == KMC2_INIT:
             raise ValueError(
                 f"`init`={KMC2_INIT!r} does not support sparse `x`; use 'random', "

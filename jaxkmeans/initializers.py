@@ -497,7 +497,7 @@ def _kmeans_parallel(key, xp, w, spec: InitSpec):
     platform's blocks elsewhere)."""
     opts = dict(spec.options)
     kernel = spec.kernel if xp.dtype == jnp.float32 else "xla"  # native: float32 only
-    passes = engine.Pass(chunk=opts["chunk_size"], kernel=kernel)
+    passes = engine.Pass(chunk=opts["chunk_size"], kernel=kernel, mesh=spec.mesh)
     k, num_retries = spec.k, spec.num_retries
     rounds, oversampling_factor = opts["rounds"], opts["oversampling_factor"]
     n, d = xp.shape
@@ -516,7 +516,7 @@ def _kmeans_parallel(key, xp, w, spec: InitSpec):
         cp = -2.0 * xp[new_idx]
         bias = jnp.where(new_ok, jnp.sum(xp[new_idx] ** 2, axis=1), jnp.inf)
         frame = engine.Frame(jnp.zeros((d,), xp.dtype), cp, bias)  # rows already centred
-        j, dnew = kernels.nearest(passes, xp, frame)
+        j, dnew = engine.nearest(passes, xp, frame)  # on each device's rows with a mesh
         better = dnew < d2
         d2 = jnp.where(better, dnew, d2)
         near = jnp.where(better, offset + j, near)
@@ -558,6 +558,10 @@ class InitSpec:
       num_retries: k-means++ extra candidates per pick (negative: 2 + ln k).
       options: the method's options (``METHOD_OPTIONS``) as sorted ``(name, value)``.
       kernel: the engine kernel k-means|| measures candidate distances with.
+      mesh: the mesh the rows are sharded over (None: not sharded). k-means|| then
+        measures candidate distances on each device's rows; k-means++ runs its
+        pure-JAX rounds, which the compiler partitions (a native round would gather
+        every row to each device).
     """
 
     k: int
@@ -566,6 +570,7 @@ class InitSpec:
     num_retries: int = -1
     options: tuple[tuple[str, Any], ...] = ()
     kernel: str = "xla"
+    mesh: Any = None
 
 
 # ------------------------------------------------------------------ sparse rows
@@ -759,16 +764,17 @@ def make_init(
     options: dict[str, Any] | None = None,
     name: str = "method",
     kernel: str = "auto",
+    mesh: Any = None,
 ) -> InitSpec:
     """Checks an init method name, `num_retries` and the method's options. `kernel` is
     what k-means|| measures candidate distances with (``"auto"``: as
-    :func:`engine.make_pass` resolves it for float32 data; on row-sharded data pass
-    ``"xla"``, which the compiler partitions, where the native call would gather)."""
+    :func:`engine.make_pass` resolves it for float32 data); `mesh`: the (engine's) mesh
+    the rows are sharded over, if any (see :class:`InitSpec`)."""
     method = check_choice(method, name, INIT_METHODS, " or a (k, d) array")
     opts = check_method_options(method, dict(options or {}))
     retries = check_int(num_retries, "num_retries", "an int (negative: 2 + ln k)")
     kernel = engine.make_pass(kernel=kernel).kernel
-    return InitSpec(k, method, metric, retries, tuple(sorted(opts.items())), kernel)
+    return InitSpec(k, method, metric, retries, tuple(sorted(opts.items())), kernel, mesh)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
@@ -789,7 +795,8 @@ def init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec)
         w = merge_duplicates(x, w, metric)
         xp = _prepare(x, w, metric)
         if spec.method == KMEANS_PLUS_PLUS_INIT:
-            kernel = spec.kernel if xp.dtype == jnp.float32 else "xla"
+            native_ok = xp.dtype == jnp.float32 and spec.mesh is None
+            kernel = spec.kernel if native_ok else "xla"
             idx = _kmeans_pp(key, xp, w, k, spec.num_retries, kernel)
         elif spec.method == KMC2_INIT:
             idx = _kmc2(key, xp, w, k, opts["chain_length"])

@@ -305,12 +305,16 @@ x = data(n=4000, d=7)
 xs, ws, n = sharding.shard_rows(x, None, mesh)
 out = {}
 for method in ["kmeans_plus_plus", "kmeans_parallel", "random", "kmc2"]:
-    spec = initializers.make_init(method, 6, "squared_euclidean", kernel="xla")  # as fit(mesh)
-    f = jax.jit(lambda key, xs, ws: initializers.init_impl(key, xs, ws, spec))
-    hlo = f.lower(jax.random.PRNGKey(0), xs, ws).compile().as_text()
-    gathers = [l for l in hlo.splitlines() if "all-gather(" in l]
-    shapes = [g.split("=")[1].split("all-gather")[0] for g in gathers]
-    out[method] = [g for g in shapes if re.search(r"\\[\\d+,7\\]", g)]
+    for kernel in ["auto", "xla"]:  # auto: the native kernel on CPU
+        # as fit(mesh=...) makes it; small chunks, so that k-means|| loops over chunks
+        options = {"chunk_size": 256} if method == "kmeans_parallel" else None
+        spec = initializers.make_init(method, 6, "squared_euclidean", -1, options, "init",
+                                      kernel, mesh)
+        f = jax.jit(lambda key, xs, ws: initializers.init_impl(key, xs, ws, spec))
+        hlo = f.lower(jax.random.PRNGKey(0), xs, ws).compile().as_text()
+        gathers = [l for l in hlo.splitlines() if "all-gather(" in l]
+        shapes = [g.split("=")[1].split("all-gather")[0] for g in gathers]
+        out[f"{method} {kernel}"] = [g for g in shapes if re.search(r"\\[\\d+,7\\]", g)]
 print(json.dumps(out))
 """
 
@@ -318,4 +322,5 @@ print(json.dumps(out))
 def test_initializers_on_sharded_data_do_not_gather_the_points():
     """Only per-row scalars (weights, distances, hashes) cross devices, never (n, d)."""
     got = _run(NO_GATHER_CODE, 4)
-    assert got == {m: [] for m in ["kmeans_plus_plus", "kmeans_parallel", "random", "kmc2"]}
+    methods = ["kmeans_plus_plus", "kmeans_parallel", "random", "kmc2"]
+    assert got == {f"{m} {kernel}": [] for m in methods for kernel in ["auto", "xla"]}
