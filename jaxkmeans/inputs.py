@@ -228,6 +228,11 @@ def _warn_float64_once() -> None:
     )
 
 
+def _resident(obj: Any) -> bool:
+    """True for a numpy array held in memory (not a memmap)."""
+    return isinstance(obj, np.ndarray) and not isinstance(obj, np.memmap)
+
+
 class InputReader:
     """Reads batches from an input, pass after pass.
 
@@ -266,9 +271,10 @@ class InputReader:
         # them): every pass yields the same batch objects, so what was made of a batch
         # in one pass (its finiteness check, its placement on the device) holds for the
         # next (see :meth:`seen_before`).
-        self.in_memory = isinstance(input_fn, np.ndarray) or (
-            isinstance(input_fn, list | tuple)
-            and all(isinstance(item, np.ndarray) for item in input_fn)
+        # A numpy.memmap is not in memory: its pages are read on use, and keeping what
+        # is made of it would hold the whole file (data larger than memory streams).
+        self.in_memory = _resident(input_fn) or (
+            isinstance(input_fn, list | tuple) and all(_resident(item) for item in input_fn)
         )
         # position in the pass -> the input's own batch object checked there (kept only
         # when the batch is that object: no converted copy is held)

@@ -402,3 +402,32 @@ def test_evaluate_log_lines_are_json(tmp_path):
         lines = pathlib.Path(km.eval_dir(name), "metrics.jsonl").read_text().splitlines()
         assert len(lines) == 1
         assert set(json.loads(lines[0])) == {"loss", "score", "global_step"}
+
+
+def test_in_memory_inputs_are_checked_and_placed_once_per_train(tmp_path, monkeypatch):
+    memmap = np.lib.format.open_memmap(tmp_path / "x.npy", "w+", np.float32, X.shape)
+    memmap[:] = X
+    assert InputReader(X).in_memory and InputReader(BATCHES).in_memory
+    assert InputReader(tuple(BATCHES)).in_memory
+    # Not held in memory (or not the same objects every pass): nothing is kept.
+    for source in (memmap, np.array_split(memmap, 3), lambda: X, iter(BATCHES), X.tolist()):
+        assert not InputReader(source).in_memory
+    import jaxkmeans.estimator as est
+
+    placed = []
+    real = est._place
+    monkeypatch.setattr(est, "_place", lambda *a: placed.append(1) or real(*a))
+    for source, per_train in ((BATCHES, 3), (lambda: BATCHES, 3 * 4), (memmap, 4)):
+        placed.clear()
+        km = make(tmp_path, f"m{len(str(per_train))}{id(source)}", use_mini_batch=False)
+        km.train(source, steps=4)
+        assert len(placed) == per_train, source
+    # The same model either way.
+    a = make(tmp_path, "a", use_mini_batch=False).train(BATCHES, steps=4)
+    b = make(tmp_path, "b", use_mini_batch=False).train(lambda: BATCHES, steps=4)
+    np.testing.assert_array_equal(a.cluster_centers(), b.cluster_centers())
+    # A second pass skips the finiteness check of the same objects, not of new ones.
+    reader = InputReader(BATCHES)
+    list(reader.batches())
+    assert all(reader.seen_before(i, b) for i, b in enumerate(BATCHES))
+    assert not reader.seen_before(0, BATCHES[0].copy())
