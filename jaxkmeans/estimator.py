@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any
@@ -66,7 +67,7 @@ from jaxkmeans.initializers import (
     KMEANS_PLUS_PLUS_INIT,
     RANDOM_INIT,
 )
-from jaxkmeans.inputs import InputReader, feature_names
+from jaxkmeans.inputs import InputReader, feature_names, resident
 from jaxkmeans.state import KMeansState
 from jaxkmeans.updates import MiniBatchOptState
 
@@ -524,21 +525,27 @@ def _place(batch: np.ndarray, standard: int | None, mesh: Any, dims: int) -> tup
 class _Placements:
     """The batches of one train() call as placed on the device(s) (:func:`_place`).
 
-    For an input held in memory (``InputReader.in_memory``) every pass yields the same
-    batch objects: their placements are kept and reused by the next passes, so a pass
-    costs no copy of the data (the placements are the one copy). Otherwise each batch is
-    placed when it comes and let go of after its step.
+    A batch that is the very object the previous pass yielded at the same position
+    (an input held in memory: an array, a list of arrays, or a callable returning the
+    same ones) is placed once and its placement reused by the next passes, so a pass
+    costs no copy of the data (the placements are the one copy). With `in_memory` (the
+    reader knows its batches are such objects) that starts with the first pass, else
+    with the second (the first pass only notes, by weak reference, what it saw). Other
+    batches, and memmaps (data larger than memory), are placed when they come and let
+    go of after their step.
     """
 
-    def __init__(self, keep: bool):
-        self.keep = keep
+    def __init__(self, enabled: bool, in_memory: bool):
+        self.enabled = enabled
+        self.in_memory = in_memory
         self._items: dict[int, tuple[np.ndarray, int | None, tuple[Any, Any, int]]] = {}
+        self._seen: dict[int, weakref.ref] = {}  # position -> the batch last seen there
 
     def get(
         self, position: int, batch: np.ndarray, standard: int | None, mesh: Any, dims: int
     ) -> tuple[Any, Any, int]:
         """`batch`, the `position`-th of its pass, placed (see :func:`_place`)."""
-        if not self.keep:
+        if not self.enabled or not resident(batch):
             return _place(batch, standard, mesh, dims)
         hit = self._items.pop(position, None)
         if hit is not None and hit[0] is batch and hit[1] == standard:
@@ -546,6 +553,10 @@ class _Placements:
         else:
             del hit  # let go of a stale placement before making its replacement
             placed = _place(batch, standard, mesh, dims)
+            seen = self._seen.get(position)
+            self._seen[position] = weakref.ref(batch)
+            if not (self.in_memory or (seen is not None and seen() is batch)):
+                return placed
         self._items[position] = (batch, standard, placed)
         return placed
 
@@ -847,7 +858,7 @@ class _Trainer:
         # Placements are kept only within one process: over several, placing a batch is
         # a collective step that every process must take together, pass after pass.
         self._placed = _Placements(
-            reader.in_memory and (settings.mesh is None or jax.process_count() == 1)
+            settings.mesh is None or jax.process_count() == 1, reader.in_memory
         )
 
     def _dims(self) -> int:

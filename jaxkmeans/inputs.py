@@ -228,7 +228,7 @@ def _warn_float64_once() -> None:
     )
 
 
-def _resident(obj: Any) -> bool:
+def resident(obj: Any) -> bool:
     """True for a numpy array held in memory (not a memmap)."""
     return isinstance(obj, np.ndarray) and not isinstance(obj, np.memmap)
 
@@ -273,8 +273,8 @@ class InputReader:
         # next (see :meth:`seen_before`).
         # A numpy.memmap is not in memory: its pages are read on use, and keeping what
         # is made of it would hold the whole file (data larger than memory streams).
-        self.in_memory = _resident(input_fn) or (
-            isinstance(input_fn, list | tuple) and all(_resident(item) for item in input_fn)
+        self.in_memory = resident(input_fn) or (
+            isinstance(input_fn, list | tuple) and all(resident(item) for item in input_fn)
         )
         # position in the pass -> the input's own batch object checked there (kept only
         # when the batch is that object: no converted copy is held)
