@@ -773,6 +773,8 @@ def newest_result(results_dir: Path = RESULTS_DIR) -> Path:
             continue
         if not isinstance(data, dict) or "schema" not in data:
             continue  # not a run.py result (e.g. streaming_memory.py's)
+        if _is_partial(data):
+            continue  # some sections only: shown after the full run it follows
         created = data.get("created", "")
         candidates.append((created, path.stat().st_mtime, path))
     if not candidates:
@@ -840,13 +842,60 @@ def streaming_section(path: Path) -> list[str]:
     return [*out, ""]
 
 
+def _is_partial(data: dict[str, Any]) -> bool:
+    """A run of some sections only (``--sections``, no Lloyd table): rendered after the
+    full run it follows, never as the main run."""
+    return not data.get("lloyd")
+
+
+def later_partial_runs(
+    main: dict[str, Any], results_dir: Path = RESULTS_DIR
+) -> list[tuple[Path, dict[str, Any]]]:
+    """run.py results of some sections only, created after `main` (oldest first)."""
+    found = []
+    for path in results_dir.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict) or "schema" not in data or not _is_partial(data):
+            continue
+        if data.get("created", "") > main.get("created", ""):
+            found.append((data.get("created", ""), path, data))
+    return [(path, data) for _, path, data in sorted(found)]
+
+
+def later_run_section(path: Path, data: dict[str, Any]) -> list[str]:
+    """A later partial run's whole-fit and compile sections, one heading level down."""
+    v = data.get("versions", {})
+    load = f"load average {_load(data.get('load_avg_start'))} at start, "
+    load += f"{_load(data.get('load_avg_end'))} at end"
+    out = [
+        f"## Later run: {', '.join(data.get('config', {}).get('sections', []))}",
+        "",
+        f"From `{_rel(path)}` ({data.get('created')}; jaxkmeans {v.get('git_commit')}; {load}): "
+        "a run of these sections only, of newer code than the tables above. Where it "
+        "repeats a table above, this one is the current code's.",
+        "",
+    ]
+    body: list[str] = []
+    if data.get("fit"):
+        body += fit_section(data)
+    if data.get("compile"):
+        body += compile_section(data)
+    return out + [("#" + line) if line.startswith("##") else line for line in body]
+
+
 def write_report(json_path: Path, md_path: Path = RESULTS_MD) -> Path:
     json_path = Path(json_path)
     result = json.loads(json_path.read_text())
     png_path = json_path.with_suffix(".png")
     has_png = plot(result, png_path)
     text = render_markdown(result, _rel(json_path), _rel(png_path) if has_png else None)
-    extra = sparse_section(RESULTS_DIR / "sparse.json")
+    extra = []
+    for path, data in later_partial_runs(result):
+        extra += later_run_section(path, data)
+    extra += sparse_section(RESULTS_DIR / "sparse.json")
     extra += streaming_section(RESULTS_DIR / "streaming_memory.json")
     md_path.write_text("\n".join([text, "", *extra]).rstrip("\n") + "\n")
     return md_path

@@ -188,3 +188,25 @@ def test_fit_memory_probe():
     assert mem["x_bytes"] == 3000 * 4 * 4 and mem["first_s"] > 0
     if mem["hwm_resettable"]:
         assert mem["first_peak_extra"] >= 0 and mem["second_call_extra_x"] >= 0
+
+
+def test_partial_runs_render_after_the_full_run_they_follow(report, tmp_path):
+    full = {"schema": 1, "created": "2026-01-01T00:00:00", "lloyd": [{"N": 1}]}
+    later = {
+        "schema": 1,
+        "created": "2026-01-02T00:00:00",
+        "config": {"sections": ["compile"]},
+        "versions": {"git_commit": "abc1234"},
+        "compile": {"reps": 1, "N": 10, "D": 2, "K": 3, "entries": {}},
+    }
+    older = dict(later, created="2025-12-31T00:00:00")
+    for name, data in (("full", full), ("later", later), ("older", older)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    # A partial run is never taken as the main run, even when it is the newest ...
+    assert report.newest_result(tmp_path).name == "full.json"
+    # ... and only the partial runs after the main one are shown, one level down.
+    runs = report.later_partial_runs(full, tmp_path)
+    assert [p.name for p, _ in runs] == ["later.json"]
+    lines = report.later_run_section(*runs[0])
+    assert lines[0] == "## Later run: compile" and "abc1234" in lines[2]
+    assert "### Compile time" in lines
