@@ -764,19 +764,26 @@ def plot(result: dict[str, Any], png_path: Path) -> bool:
 # --------------------------------------------------------------------------- entry points
 
 
-def newest_result(results_dir: Path = RESULTS_DIR) -> Path:
-    candidates = []
+def _run_results(results_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every run.py result JSON in `results_dir` (other scripts' JSON skipped)."""
+    found = []
     for path in results_dir.glob("*.json"):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if not isinstance(data, dict) or "schema" not in data:
-            continue  # not a run.py result (e.g. streaming_memory.py's)
-        if _is_partial(data):
-            continue  # some sections only: shown after the full run it follows
-        created = data.get("created", "")
-        candidates.append((created, path.stat().st_mtime, path))
+        if isinstance(data, dict) and "schema" in data:  # not e.g. streaming_memory.py's
+            found.append((path, data))
+    return found
+
+
+def newest_result(results_dir: Path = RESULTS_DIR) -> Path:
+    candidates = [
+        (data.get("created", ""), path.stat().st_mtime, path)
+        for path, data in _run_results(results_dir)
+        # some sections only: shown after the full run it follows
+        if not _is_partial(data)
+    ]
     if not candidates:
         raise SystemExit(f"no result JSON in {results_dir}")
     return max(candidates)[2]
@@ -852,16 +859,11 @@ def later_partial_runs(
     main: dict[str, Any], results_dir: Path = RESULTS_DIR
 ) -> list[tuple[Path, dict[str, Any]]]:
     """run.py results of some sections only, created after `main` (oldest first)."""
-    found = []
-    for path in results_dir.glob("*.json"):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, dict) or "schema" not in data or not _is_partial(data):
-            continue
-        if data.get("created", "") > main.get("created", ""):
-            found.append((data.get("created", ""), path, data))
+    found = [
+        (data.get("created", ""), path, data)
+        for path, data in _run_results(results_dir)
+        if _is_partial(data) and data.get("created", "") > main.get("created", "")
+    ]
     return [(path, data) for _, path, data in sorted(found)]
 
 
