@@ -13,12 +13,16 @@ initializers' duplicate merge, and the empty-cluster candidates.
 from __future__ import annotations
 
 import functools
+import gc
 import math
 import operator
 import sys
+import time
 import types
 import warnings
-from typing import Any, Literal, overload
+import weakref
+from collections.abc import Callable
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +34,9 @@ COSINE_DISTANCE = "cosine"
 METRICS = (SQUARED_EUCLIDEAN_DISTANCE, COSINE_DISTANCE)
 
 PRECISIONS = ("float32", "tf32", "bfloat16")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def is_traced(*xs: Any) -> bool:
@@ -201,7 +208,10 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialized C-contiguous host array whose data is 64-byte aligned."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
+    release_host_copies()  # earlier copies already dropped go first
     raw = np.empty(nbytes + _CPU_ALIGNMENT, np.uint8)
+    key = id(raw)
+    _OWN_BUFFERS[key] = weakref.ref(raw, lambda _: _OWN_BUFFERS.pop(key, None))
     start = (-raw.ctypes.data) % _CPU_ALIGNMENT
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
@@ -221,7 +231,74 @@ def to_device(a: Any) -> Any:
         out = aligned_empty(a.shape, a.dtype)
         np.copyto(out, a)
         a = out
-    return jax.device_put(a)
+    placed = jax.device_put(a)
+    root = _root(a)
+    own = _OWN_BUFFERS.get(id(root))
+    if own is not None and own() is root:  # freed late: see release_host_copies
+        _PLACED.append((weakref.ref(placed), own))
+    return placed
+
+
+# Host buffers made by aligned_empty (their base arrays), and the device arrays using one
+# of them in place (to_device): (weak ref to the device array, weak ref to the buffer).
+_OWN_BUFFERS: dict[int, weakref.ref] = {}
+_PLACED: list[tuple[weakref.ref, weakref.ref]] = []
+_RELEASE_WAIT_SECONDS = 0.25
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def release_host_copies() -> None:
+    """Frees the host buffers of :func:`aligned_empty` behind device arrays that died.
+
+    On CPU a device array made by :func:`to_device` uses its aligned host buffer in
+    place, and jaxlib does not free that buffer when the array dies: the release is
+    queued from XLA's threads once the array's last computation is done, and carried
+    out at Python's next garbage collection, which can be long after. A dropped copy
+    of the data then stays alive, and the next copy (the next fit, or a pass after the
+    initializer's sample) doubles the peak memory. This runs the collection of the
+    youngest generation (which runs jaxlib's hook) until every buffer whose device
+    array died is freed, waiting at most a quarter of a second for releases still
+    queued.
+    """
+    deadline = None
+    while True:
+        gc.collect(0)
+        _PLACED[:] = [(arr, buf) for arr, buf in _PLACED if buf() is not None]
+        if not any(arr() is None for arr, _ in _PLACED):
+            return
+        now = time.monotonic()
+        deadline = deadline or now + _RELEASE_WAIT_SECONDS
+        if now >= deadline:
+            return
+        time.sleep(0.001)
+
+
+def releases_host_copies(f: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorates an entry point that places host data: once it returns (its copies of
+    the data dropped with its frame), :func:`release_host_copies` frees them."""
+
+    @functools.wraps(f)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return f(*args, **kwargs)
+        finally:
+            release_host_copies()
+
+    return wrapper
+
+
+@jax.jit
+def _device_all_finite(x: jax.Array) -> jax.Array:
+    """Whether a device array is all finite, in one fused reduction: ``x * 0`` is NaN
+    exactly at NaN and inf, and a sum with a NaN is NaN. (``isfinite(x).all()`` made an
+    n x d boolean temporary, a quarter of float32 data: XLA's CPU backend does not fuse
+    a boolean mask into its reduction.)"""
+    return jnp.isfinite(jnp.sum(x * jnp.zeros((), x.dtype)))
 
 
 def _checked_array(x: Any, name: str, check_values: bool, warn_float64: bool) -> Any:
@@ -259,7 +336,7 @@ def _checked_array(x: Any, name: str, check_values: bool, warn_float64: bool) ->
         )
     if isinstance(x, jax.Array):
         x = jnp.asarray(x, dtype=dtype)
-        finite = is_traced(x) or not check_values or bool(jnp.isfinite(x).all())
+        finite = is_traced(x) or not check_values or bool(_device_all_finite(x))
     else:  # host data: check on the host (no device round trip, nothing to compile)
         with np.errstate(over="ignore"):  # float64 beyond float32's range: said below
             xh = np.asarray(x, dtype=dtype)

@@ -18,6 +18,7 @@ from jaxkmeans._validation import (
     as_bucketed,
     as_centers,
     real_rows,
+    releases_host_copies,
 )
 from jaxkmeans.kernels import sparse, xla
 
@@ -78,6 +79,7 @@ def _checked(x: Any, centers: Any, metric: Any, w: Any, pad_rows: Any, options: 
     return x, w, n, centers, engine.make_pass(metric, dtype=x.dtype, **options)
 
 
+@releases_host_copies
 def assign(
     x: Any,
     centers: Any,
@@ -117,6 +119,7 @@ def assign(
     return real_rows(labels, n), real_rows(dist, n)
 
 
+@releases_host_copies
 def inertia(
     x: Any,
     centers: Any,

@@ -55,6 +55,8 @@ from jaxkmeans._validation import (
     check_positive_int,
     count_distinct,
     pad_host_rows,
+    release_host_copies,
+    releases_host_copies,
     to_device,
 )
 from jaxkmeans.assignment import inertia_impl
@@ -697,6 +699,9 @@ def _initial_state(
     if mesh is not None:
         origin = sharding.broadcast_from_first(origin)
     state = _replicated(KMeansState.create(centers, key=key, origin=origin), mesh)
+    # The initializer's placed sample is dropped by now: free it before the first pass
+    # places its batches (else both can be alive at once, twice the first batches).
+    release_host_copies()
     return state, _replay(seen, it)
 
 
@@ -956,6 +961,7 @@ class _Trainer:
             acc = fitting.pass_add(acc, state.centers, state.origin, x, w, settings.spec)
             del x, w
             _bounded(pending, acc.loss, depth=1)
+            release_host_copies()  # the finished steps' batches, unless kept
         if acc is None or rows == 0:
             raise ValueError(_EMPTY_INPUT)
         new_centers, stats = fitting.pass_end(acc, state.centers, state.origin, settings.metric)
@@ -1019,6 +1025,8 @@ class _Trainer:
             placed = self._placed.get(position, batch, standard, self.settings.mesh, self._dims())
             del batch
             b, stop = self._minibatch_step(placed, rows, pending)
+            del placed
+            release_host_copies()  # the finished steps' batches, unless kept
             rows += b
             if stop:
                 return True, trained
@@ -1062,7 +1070,11 @@ def _predict_batches(
         b = batch.shape[0]
         padded, w = _pad_batch(batch, _bucket(b, None))
         out = predict(centers, padded, w)
-        yield batch, {k: np.asarray(v)[:b] for k, v in out.items()}
+        del padded, w
+        result = {k: np.asarray(v)[:b] for k, v in out.items()}
+        del out
+        release_host_copies()
+        yield batch, result
 
 
 def _check_predict_keys(predict_keys: Any) -> list[str]:
@@ -1484,6 +1496,7 @@ class KMeans:
         fn_args = {"params": self.params, "mode": mode, "config": self.config}
         return InputReader(input_fn, self._settings.feature_names, self._run.dims, fn_args)
 
+    @releases_host_copies
     def train(
         self,
         input_fn: Any,
@@ -1491,7 +1504,7 @@ class KMeans:
         hooks: Any = None,
         max_steps: int | None = None,
         saving_listeners: Any = None,
-    ):
+    ) -> KMeans:
         """Trains the model.
 
         Args:
@@ -1691,6 +1704,7 @@ class KMeans:
         cosine = self._settings.metric == COSINE_DISTANCE
         return _distances(self._predict_batches(input_fn), cosine)
 
+    @releases_host_copies
     def score(self, input_fn: Any) -> float:
         """Sum over ALL the input of the distance to the nearest center (squared
         Euclidean, or 1 - cos).
@@ -1708,6 +1722,7 @@ class KMeans:
         reader = self._reader(input_fn, _EVAL)
         return _total_distance(reader, centers, self._settings.local_spec, None)
 
+    @releases_host_copies
     def evaluate(
         self,
         input_fn: Any,
@@ -1715,7 +1730,7 @@ class KMeans:
         hooks: Any = None,
         checkpoint_path: str | os.PathLike | None = None,
         name: str | None = None,
-    ):
+    ) -> dict[str, Any]:
         """``{"loss", "score", "global_step"}``: loss = score = the summed distance over
         the input (its first `steps` batches if given). Appends the result as a JSON
         line to ``eval_dir(name)/metrics.jsonl``.

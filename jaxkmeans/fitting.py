@@ -31,6 +31,7 @@ from jaxkmeans._validation import (
     check_positive_int,
     is_traced,
     real_rows,
+    releases_host_copies,
 )
 from jaxkmeans.initializers import (
     KMC2_INIT,
@@ -74,6 +75,7 @@ def _lloyd_step_impl(x, centers, w, spec: engine.Pass):
     return engine.lloyd_update(spec, x, w, centers, origin)
 
 
+@releases_host_copies
 def lloyd_step(
     x: Any,
     centers: Any,
@@ -301,6 +303,7 @@ def lloyd_run(key, x, w, init, tol, max_iter: int, spec: FitSpec) -> FitResult:
     return results[best]
 
 
+@releases_host_copies
 def fit(
     key: Any,
     x: Any,
@@ -423,7 +426,11 @@ def fit(
 
     def run(x, w):
         if stepped:
-            return lloyd_run(key, x, w, init_array, tol_array, max_iter, spec)
+            # Driven from the host anyway: waiting for the last program too lets the
+            # copy of host data go as fit returns (see release_host_copies).
+            return jax.block_until_ready(
+                lloyd_run(key, x, w, init_array, tol_array, max_iter, spec)
+            )
         return fit_impl(key, x, w, init_array, tol_array, np.int32(max_iter), spec)
 
     if passes.mesh is None:
@@ -479,6 +486,7 @@ def minibatch_impl(state, x, w, smoothing, spec: engine.Pass, steps_per_iteratio
     return new_state, loss
 
 
+@releases_host_copies
 def minibatch_step(
     state: KMeansState,
     batch: Any,

@@ -36,6 +36,7 @@ from jaxkmeans._validation import (
     check_metric,
     check_positive_int,
     is_traced,
+    releases_host_copies,
     row_identity,
 )
 from jaxkmeans.kernels import sparse
@@ -808,6 +809,7 @@ def init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec)
     return centers
 
 
+@releases_host_copies
 def init_centers(
     key: Any,
     x: Any,

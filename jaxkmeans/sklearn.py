@@ -68,12 +68,13 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from numpy.typing import ArrayLike
 
 try:
     from sklearn.base import (
@@ -108,6 +109,10 @@ from jaxkmeans.kernels.sparse import SparseRows
 from jaxkmeans.state import KMeansState
 
 __all__ = ["KMeans", "MiniBatchKMeans"]
+
+# Types of the public methods' arguments: scikit-learn's "array-like or sparse matrix"
+# (lists, numpy arrays, pandas frames, scipy sparse CSR/CSC).
+_MatrixLike: TypeAlias = "ArrayLike | _sp.spmatrix | _sp.sparray"
 
 _KMEANS_PLUS_PLUS = "k-means++"
 _RANDOM = "random"
@@ -294,8 +299,9 @@ def _group_rows(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
         return first, wu, group.ravel()
     starts = np.flatnonzero(new)
     wu = np.add.reduceat(w[order].astype(np.float64), starts)
-    inverse = np.empty(order.shape, np.intp)
-    inverse[order] = np.cumsum(new) - 1
+    index = np.int32 if order.size < 2**31 else np.intp  # half the memory of intp
+    inverse = np.empty(order.shape, index)
+    inverse[order] = np.cumsum(new, dtype=index) - 1
     return order[starts], wu, inverse
 
 
@@ -322,8 +328,8 @@ def _distinct_dense(x: np.ndarray, w: np.ndarray, *, padded: bool = False) -> _D
         xu = buf[:m, :d]
     else:
         xu = x[first]
-    if (xu == 0).any():
-        np.add(xu, np.zeros((), xu.dtype), out=xu)  # -0.0 -> 0.0
+    # -0.0 -> 0.0, in place (a test for zeros first made an (m, d) boolean temporary)
+    np.add(xu, np.zeros((), xu.dtype), out=xu)
     if buf is not None:
         buf[m:, :d] = xu[0]
     return _Distinct(xu, wu.astype(w.dtype), inverse if all_kept else None, buf)
@@ -822,7 +828,8 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
         return self._validate_X(X, reset=False)
 
     @_keeps_float64
-    def predict(self, X) -> np.ndarray:
+    @_validation.releases_host_copies
+    def predict(self, X: _MatrixLike) -> np.ndarray:
         """Index of the nearest center of each row.
 
         Args:
@@ -835,16 +842,31 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
         return _nearest(X, self.cluster_centers_)[0]
 
     @_keeps_float64
-    def fit_predict(self, X, y=None, sample_weight=None) -> np.ndarray:
+    def fit_predict(
+        self, X: _MatrixLike, y: Any = None, sample_weight: ArrayLike | None = None
+    ) -> np.ndarray:
         """``fit(X, sample_weight=sample_weight).labels_``."""
         return self.fit(X, sample_weight=sample_weight).labels_
 
     @_keeps_float64
-    def transform(self, X) -> np.ndarray:
+    @_validation.releases_host_copies
+    def transform(self, X: _MatrixLike) -> np.ndarray:
         """Euclidean distance of each row to every center, in `X`'s float dtype.
+
+        Args:
+          X: (n_samples, n_features) array-like or sparse matrix.
 
         Returns:
           (n_samples, n_clusters) array.
+
+        Examples:
+          >>> import numpy as np
+          >>> from jaxkmeans.sklearn import KMeans
+          >>> X = np.array([[0, 0], [0, 2], [10, 0], [10, 2]], np.float32)
+          >>> km = KMeans(n_clusters=2, random_state=0).fit(X)
+          >>> d = km.transform(np.array([[0, 1]], np.float32))
+          >>> d.shape, d.dtype, sorted(np.round(d[0], 3).tolist())
+          ((1, 2), dtype('float32'), [0.0, 10.0])
         """
         X = self._check_test_data(X)
         return self._transform(X)
@@ -853,14 +875,36 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
         return _euclidean_distances(X, self.cluster_centers_).astype(X.dtype, copy=False)
 
     @_keeps_float64
-    def fit_transform(self, X, y=None, sample_weight=None) -> np.ndarray:
+    def fit_transform(
+        self, X: _MatrixLike, y: Any = None, sample_weight: ArrayLike | None = None
+    ) -> np.ndarray:
         """``fit(X, sample_weight=sample_weight).transform(X)``."""
         self.fit(X, sample_weight=sample_weight)
         return self._transform(self._validate_X(X, reset=False))
 
     @_keeps_float64
-    def score(self, X, y=None, sample_weight=None) -> float:
-        """Opposite of the (weighted) inertia of `X` on the fitted centers."""
+    @_validation.releases_host_copies
+    def score(self, X: _MatrixLike, y: Any = None, sample_weight: ArrayLike | None = None) -> float:
+        """Opposite of the (weighted) inertia of `X` on the fitted centers.
+
+        Args:
+          X: (n_samples, n_features) array-like or sparse matrix.
+          y: ignored.
+          sample_weight: optional (n_samples,) non-negative weights.
+
+        Returns:
+          ``-sum_i w_i * min_j ||x_i - c_j||^2`` (higher is better).
+
+        Examples:
+          >>> import numpy as np
+          >>> from jaxkmeans.sklearn import KMeans
+          >>> X = np.array([[0, 0], [0, 2], [10, 0], [10, 2]], np.float32)
+          >>> km = KMeans(n_clusters=2, random_state=0).fit(X)
+          >>> float(km.score(X))  # each row is 1 from its center
+          -4.0
+          >>> float(km.score(X, sample_weight=[1, 1, 1, 0]))
+          -3.0
+        """
         X = self._check_test_data(X)
         sw = self._sample_weight(sample_weight, X)
         return -self._labels_inertia(X, sw)[1]
@@ -925,7 +969,8 @@ class KMeans(_BaseKMeans):
         self.algorithm = algorithm
 
     @_keeps_float64
-    def fit(self, X, y=None, sample_weight=None) -> KMeans:
+    @_validation.releases_host_copies
+    def fit(self, X: _MatrixLike, y: Any = None, sample_weight: ArrayLike | None = None) -> KMeans:
         """Computes k-means clustering.
 
         Args:
@@ -1148,7 +1193,10 @@ class MiniBatchKMeans(_BaseKMeans):
         return best[0]
 
     @_keeps_float64
-    def fit(self, X, y=None, sample_weight=None) -> MiniBatchKMeans:
+    @_validation.releases_host_copies
+    def fit(
+        self, X: _MatrixLike, y: Any = None, sample_weight: ArrayLike | None = None
+    ) -> MiniBatchKMeans:
         """Computes mini-batch k-means on `X`.
 
         Args:
@@ -1232,7 +1280,10 @@ class MiniBatchKMeans(_BaseKMeans):
         return self
 
     @_keeps_float64
-    def partial_fit(self, X, y=None, sample_weight=None) -> MiniBatchKMeans:
+    @_validation.releases_host_copies
+    def partial_fit(
+        self, X: _MatrixLike, y: Any = None, sample_weight: ArrayLike | None = None
+    ) -> MiniBatchKMeans:
         """One mini-batch step on `X` (``jaxkmeans.minibatch_step``); the first call
         also initializes the centers from `X`.
 
@@ -1243,6 +1294,17 @@ class MiniBatchKMeans(_BaseKMeans):
 
         Returns:
           self.
+
+        Examples:
+          >>> import numpy as np
+          >>> from jaxkmeans.sklearn import MiniBatchKMeans
+          >>> rng = np.random.default_rng(0)
+          >>> km = MiniBatchKMeans(n_clusters=2, random_state=0)
+          >>> for _ in range(3):  # batches arriving one at a time
+          ...     batch = np.concatenate([rng.normal(0, 1, (8, 2)), rng.normal(20, 1, (8, 2))])
+          ...     km = km.partial_fit(batch.astype(np.float32))
+          >>> km.n_steps_, sorted(np.round(km.cluster_centers_[:, 0] / 20).tolist())
+          (3, [0.0, 1.0])
         """
         jaxkmeans._config.use_default_compilation_cache()
         has_centers = hasattr(self, "cluster_centers_")
