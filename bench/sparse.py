@@ -2,8 +2,9 @@
 
 A CSR matrix of ``--rows`` x ``--cols`` with about ``--nnz`` nonzeros (row lengths
 log-normal, columns drawn from a Zipf-like law, values exponential, rows L2-normalized:
-what TF-IDF vectors of documents look like) is clustered into k clusters by 5 Lloyd
-iterations from the same initial centers (k distinct rows drawn with a fixed seed), by
+what TF-IDF vectors of documents look like) is clustered into k clusters, for each k of
+``--clusters`` (the issue's 20 and 100 by default), by ``--iters`` (5) Lloyd iterations
+from the same initial centers (k distinct rows drawn with a fixed seed), by
 
 - ``jaxkmeans``: ``jaxkmeans.fit(key, X, k, init=centers, max_iter=5, tol=0)`` on the
   scipy CSR matrix (the functional core; conversion to its sparse layout included);
@@ -17,11 +18,13 @@ iterations from the same initial centers (k distinct rows drawn with a fixed see
 Each runs in a fresh child process: data made, one warm-up fit (compiles), then
 ``--repeats`` timed fits. Extra peak memory is the peak RSS (VmHWM, reset right after
 the data is made) minus the RSS at that moment: it includes the warm-up's compilation.
-The parent writes ``bench/results/sparse.json`` with times, inertias, the relative
-inertia difference to scikit-learn and the time ratios.
+The parent writes ``bench/results/sparse.json``: one record per (k, contestant), each
+with its ``clusters``, times, inertia, the relative inertia difference to float32 and
+float64 scikit-learn at the same k and the time ratios to float32 scikit-learn. The file
+is rewritten after every k, so an interrupted run keeps the cluster counts it finished.
 
     python bench/sparse.py [--rows 200000] [--cols 50000] [--nnz 10000000]
-        [--clusters 20] [--iters 5] [--repeats 3] [--out bench/results/sparse.json]
+        [--clusters 20 100] [--iters 5] [--repeats 3] [--out bench/results/sparse.json]
 """
 
 from __future__ import annotations
@@ -153,12 +156,26 @@ def child(args: argparse.Namespace) -> dict:
     return out
 
 
+def _commit() -> str | None:
+    """The measured checkout's git commit (``-dirty`` when its tree has changes)."""
+    try:
+        proc = subprocess.run(
+            ["git", "-C", ROOT, "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() or None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--cols", type=int, default=50_000)
     parser.add_argument("--nnz", type=int, default=10_000_000)
-    parser.add_argument("--clusters", type=int, nargs="+", default=[20])
+    parser.add_argument("--clusters", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -171,6 +188,28 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     results = []
+    doc = dict(
+        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        commit=_commit(),
+        machine=dict(
+            cpus=os.cpu_count(),
+            platform=platform.platform(),
+            load_average=os.getloadavg(),
+        ),
+        clusters=args.clusters,
+        note=(
+            f"{args.iters} Lloyd iterations from the same initial centers, per K; times "
+            "are whole warm fits (after one warm-up fit in the same process); "
+            "extra_peak_mb is the peak RSS above the RSS once the data is made, warm-up "
+            "(compilation) included. sklearn-float64 is scikit-learn on a float64 copy "
+            "(exact labels; a reference for how far float32 runs drift apart through "
+            "near-ties, not part of the time ratios' reference, which is float32 sklearn "
+            "at the same K: inertia_rel_diff_vs_sklearn). same_centers_rel_diff: "
+            "scikit-learn's inertia of its final centers vs jaxkmeans.inertia of them."
+        ),
+        results=results,
+    )
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for k in args.clusters:
         by = {}
@@ -181,7 +220,7 @@ def main() -> None:
             cmd += ["--repeats", str(args.repeats), "--seed", str(args.seed)]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
-                raise SystemExit(f"{method} failed:\n{proc.stderr[-4000:]}")
+                raise SystemExit(f"{method} (k={k}) failed:\n{proc.stderr[-4000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             print(json.dumps(r), flush=True)
             by[method] = r
@@ -199,28 +238,10 @@ def main() -> None:
                 r["min_time_ratio_vs_sklearn"] = round(r["min_s"] / ref["min_s"], 3)
                 r["median_time_ratio_vs_sklearn"] = round(r["median_s"] / ref["median_s"], 3)
             results.append(r)
-    doc = dict(
-        created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        machine=dict(
-            cpus=os.cpu_count(),
-            platform=platform.platform(),
-            load_average=os.getloadavg(),
-        ),
-        note=(
-            "5 Lloyd iterations from the same initial centers; times are whole warm fits "
-            "(after one warm-up fit in the same process); extra_peak_mb is the peak RSS "
-            "above the RSS once the data is made, warm-up (compilation) included. "
-            "sklearn-float64 is scikit-learn on a float64 copy (exact labels; a reference "
-            "for how far float32 runs drift apart through near-ties, not part of the "
-            "time ratios' reference, which is float32 sklearn). same_centers_rel_diff: "
-            "scikit-learn's inertia of its final centers vs jaxkmeans.inertia of them."
-        ),
-        results=results,
-    )
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(doc, f, indent=1)
-    print(f"wrote {args.out}")
+        # Rewritten after every K: an interrupted run keeps the cluster counts it finished.
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"wrote {args.out} (k={k})", flush=True)
 
 
 if __name__ == "__main__":
