@@ -23,8 +23,11 @@ scale in ``jaxkmeans_cli.json`` beside its checkpoints; ``predict`` and ``plot``
 transform DATA the same way.
 
 ``fit`` and ``export`` print a one-line JSON summary on stdout, ``info`` a JSON object;
-training progress goes to stderr. Every error is one line on stderr
-(``jaxkmeans: error: ...``) and a non-zero exit: 2 for a bad command line, 1 otherwise.
+training progress goes to stderr. A user error (a bad command line, a missing or
+malformed file, a model that does not fit the command, a bad argument the library
+rejects) is one line on stderr (``jaxkmeans: error: ...``) and a non-zero exit: 2 for a
+bad command line, 1 otherwise. An unexpected internal error keeps its traceback, for a
+bug report.
 
 Names used in every output (fit summary, ``info``, progress):
 
@@ -43,10 +46,10 @@ On a ``--model-dir`` with a checkpoint, ``fit`` resumes: what defines the model
 (--num-clusters, --metric, the width of DATA, --mini-batch or not) must match it, and
 start-only settings (--init, --seed) are ignored with a warning.
 
-With ``JAXKMEANS_COMPILATION_CACHE=1``, compiled programs are kept in JAX's persistent
-compilation cache in ``$XDG_CACHE_HOME/jaxkmeans/jax-compilation-cache`` (``~/.cache/...``),
-so a second run skips compiling; a cache the user configured for JAX
-(``JAX_COMPILATION_CACHE_DIR``) is used as it is. ``show-config``
+Compiled programs are kept, by default, in JAX's persistent compilation cache in
+``$XDG_CACHE_HOME/jaxkmeans/jax-compilation-cache`` (``~/.cache/...``), so a second run
+skips compiling; ``JAXKMEANS_COMPILATION_CACHE=0`` turns this off, and a cache the user
+configured for JAX (``JAX_COMPILATION_CACHE_DIR``) is used as it is. ``show-config``
 prints versions, devices, the native kernel's status and the cache in use.
 """
 
@@ -56,6 +59,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import dis
 import importlib
 import inspect
 import io
@@ -1865,18 +1869,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_user_error(e: BaseException) -> bool:
-    """Whether `e` reports a mistake in the command or its input (one line on stderr):
-    the CLI's own errors, OS errors, and ValueError / TypeError raised by jaxkmeans'
-    own checks; the same types raised inside JAX or numpy are internal errors."""
+    """Whether `e` reports a mistake in the command or its input (one line on stderr).
+
+    User errors are the CLI's own checks (:class:`CommandError`), OS errors (missing
+    files, permissions, a full disk: the CLI formats their message), and ValueError /
+    TypeError raised by the library's argument checks: the innermost frame is a
+    ``raise`` statement (its bytecode, so edited or missing sources cannot change the
+    answer) in a jaxkmeans module other than the CLI itself (the checks live in
+    ``_validation.py`` and at the front of estimator, checkpoint, fitting, ...).
+    Anything else is an internal error and keeps its traceback: the same types raised
+    inside JAX or numpy, by an operation that fails in library code (not a ``raise``),
+    or anywhere in this module, whose own checks raise CommandError.
+    """
     if isinstance(e, CommandError | OSError):
         return True
+    if not isinstance(e, ValueError | TypeError):
+        return False
     tb = e.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     if tb is None:
-        return True
+        return False
+    code = tb.tb_frame.f_code
+    filename = os.path.abspath(code.co_filename)
     package = os.path.dirname(os.path.abspath(__file__))
-    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(package + os.sep)
+    if not filename.startswith(package + os.sep) or filename in _CLI_FILES:
+        return False
+    # The instruction that raised: a `raise` statement, not a failing call or operation.
+    return any(
+        i.offset == tb.tb_lasti and i.opname == "RAISE_VARARGS" for i in dis.get_instructions(code)
+    )
+
+
+# The CLI's own modules: a ValueError / TypeError raised there is a bug, not a check.
+_CLI_FILES = frozenset(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    for name in ("cli.py", "__main__.py")
+)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -578,15 +578,51 @@ def test_internal_errors_keep_their_traceback_user_errors_are_one_line(
     def bad_input(args):
         jaxkmeans.assign(np.zeros((3, 2), np.float32), np.zeros((2, 5), np.float32))
 
+    def as_if_in(module, body):
+        """A `_cmd_info` running `body` as code of `module`'s file (as a bug there would)."""
+        namespace: dict = {}
+        exec(compile(f"def _cmd_info(args):\n    {body}\n", module.__file__, "exec"), namespace)
+        return namespace["_cmd_info"]
+
     argv = ["info", "--model-dir", str(tmp_path)]
-    monkeypatch.setattr(cli, "_cmd_info", numpy_bug)
-    with pytest.raises(ValueError, match="reshape"):
-        cli.main(argv)
-    monkeypatch.setattr(cli, "_cmd_info", bad_input)
-    assert cli.main(argv) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("jaxkmeans: error:") and "columns" in err
-    assert "Traceback" not in err
+    internal = [
+        (numpy_bug, ValueError, "reshape"),
+        # raised in cli.py itself: the CLI's own checks raise CommandError, so a bug
+        (as_if_in(cli, "raise ValueError('a bug in cli.py')"), ValueError, "a bug in cli.py"),
+        # an operation that fails in library code, not one of its `raise` checks
+        (as_if_in(jaxkmeans.fitting, "int('x')"), ValueError, "invalid literal"),
+        (as_if_in(jaxkmeans.fitting, "len(None)"), TypeError, "NoneType"),
+    ]
+    for bug, error, match in internal:
+        monkeypatch.setattr(cli, "_cmd_info", bug)
+        with pytest.raises(error, match=match):
+            cli.main(argv)
+        assert "jaxkmeans: error:" not in capsys.readouterr().err
+    a_check = as_if_in(jaxkmeans.fitting, "raise ValueError('columns')")
+    for check in [bad_input, a_check]:
+        monkeypatch.setattr(cli, "_cmd_info", check)
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("jaxkmeans: error:") and "columns" in err
+        assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_an_internal_error_prints_its_traceback(tmp_path):
+    """End to end: an unexpected ValueError raised in cli.py prints a traceback and exits
+    non-zero, not a one-line ``jaxkmeans: error``."""
+    script = tmp_path / "run_cli.py"
+    script.write_text(
+        "import sys\n"
+        "from jaxkmeans import cli\n"
+        "code = 'def _cmd_info(args):\\n    raise ValueError(\"internal\")\\n'\n"
+        "exec(compile(code, cli.__file__, 'exec'), vars(cli))\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    argv = [sys.executable, str(script), "info", "--model-dir", str(tmp_path)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=_env(), timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" in proc.stderr and "ValueError: internal" in proc.stderr
+    assert "jaxkmeans: error:" not in proc.stderr
 
 
 # ------------------------------------------------------------------ data files (issue 13)
