@@ -292,12 +292,19 @@ def _explain_native(info: dict[str, Any]) -> str:
     if info.get("loaded"):
         return "loaded but switched off (JAXKMEANS_NATIVE=0 or set_enabled(False))"
     if not info.get("built"):
-        why = info.get("error") or "the C++ extension was not built at install"
-        return (
-            f"NOT BUILT: {why}. CPU fits run the pure-JAX kernels (2-15x slower); "
-            "reinstall with a C++ compiler available"
+        why = info.get("error") or (
+            "the C++ extension was not built at install; reinstall with a C++ compiler available"
         )
-    return f"NOT LOADED: {info.get('error')}. CPU fits run the pure-JAX kernels (2-15x slower)"
+        return f"NOT BUILT: {why}. {_XLA_SLOWER}"
+    return f"NOT LOADED: {info.get('error')}. {_XLA_SLOWER}"
+
+
+# What running without the native kernel costs, as measured (bench/RESULTS.md, Lloyd
+# iterations: `lloyd_step` against `lloyd_step, pure XLA`, 2 CPU cores).
+_XLA_SLOWER = (
+    "CPU fits run the pure-JAX kernels (1.7-10x slower per Lloyd iteration in the "
+    "repository's bench/RESULTS.md; the gap is widest with few features)"
+)
 
 
 def _format(info: dict[str, Any]) -> str:

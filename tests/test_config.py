@@ -181,6 +181,29 @@ def test_show_config_explains_a_missing_native_kernel():
     assert "NOT LOADED" in text and "FFI mismatch" in text
 
 
+def test_a_missing_native_kernel_says_how_to_build_it(tmp_path, monkeypatch):
+    from jaxkmeans.kernels import native
+
+    package = tmp_path / "jaxkmeans" / "kernels" / "native"
+    package.mkdir(parents=True)
+    (package / "kmeans_cpu.cc").write_text("")
+    monkeypatch.setattr(native, "__file__", str(package / "__init__.py"))
+    # an installed package (no setup.py above it): a compiler or not
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    assert "no C++ compiler was found" in native._not_built_reason()
+    monkeypatch.setattr(native.shutil, "which", lambda name: f"/usr/bin/{name}")
+    reason = native._not_built_reason()
+    assert "compiler (c++) is found now" in reason and "--force-reinstall" in reason
+    # a source checkout that was never built: pip install -e . builds it in place
+    (tmp_path / "setup.py").write_text("")
+    reason = native._not_built_reason()
+    assert "source checkout" in reason and "`pip install -e .`" in reason
+    text = _config._explain_native({"built": False, "loaded": False, "error": reason})
+    assert "NOT BUILT" in text and "pip install -e ." in text and "compiler available" not in text
+    assert "bench/RESULTS.md" in text and "2-15x" not in text
+
+
 def test_cpu_features_parse_proc_cpuinfo():
     info = _config._cpu_features()
     assert info["machine"]

@@ -28,6 +28,7 @@ import importlib.machinery
 import os
 import pathlib
 import re
+import shutil
 import threading
 import warnings
 from typing import Any
@@ -138,6 +139,32 @@ def _mismatch(info: dict[str, Any]) -> str | None:
     return None
 
 
+def _not_built_reason() -> str:
+    """Why there is no library here, and what builds one: a source checkout that was
+    never built (``pip install -e .``), an install made without a C++ compiler, or one
+    made when the build failed although a compiler is found now."""
+    here = pathlib.Path(__file__).resolve().parent
+    root = here.parents[2]
+    if (root / "setup.py").is_file() and (here / "kmeans_cpu.cc").is_file():
+        return (
+            f"the native extension was not built in this source checkout ({root}); run "
+            "`pip install -e .` there to build it (add --no-build-isolation to build "
+            "against the installed jaxlib)"
+        )
+    compilers = [os.environ.get("CXX", "").split(" ")[0], "c++", "g++", "clang++"]
+    found = next((c for c in compilers if c and shutil.which(c)), None)
+    if found is None:
+        return (
+            "the native extension was not built (no C++ compiler was found); reinstall "
+            "jaxkmeans with a C++ compiler available"
+        )
+    return (
+        f"the native extension was not built at install, though a C++ compiler ({found}) "
+        "is found now; reinstall to build it (`pip install --no-build-isolation "
+        "--force-reinstall jaxkmeans`; its build log says why it was skipped)"
+    )
+
+
 def _fail(reason: str, warn: bool) -> bool:
     global _loaded, _error
     _loaded, _error = False, reason
@@ -178,7 +205,7 @@ def _load() -> bool:
             error=None,
         )
         if path is None:
-            return _fail("the native extension was not built (no C++ compiler?)", warn=False)
+            return _fail(_not_built_reason(), warn=False)
         if _info["source"] is None:
             _info["source"] = "package"
         try:
