@@ -38,8 +38,6 @@ EXPECTED_WITH_EXAMPLES = {
     "jaxkmeans.updates",
 }
 
-# Public names known to have no example yet (modules other work is editing). A name
-# listed here that gains an example is fine; a public name NOT listed here must have one.
 _FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 
