@@ -415,6 +415,8 @@ COMPILE_LABELS = {
     "train_full_batch": "`KMeans.train` (full batch, 10 steps)",
     "sklearn_dropin": "`jaxkmeans.sklearn.KMeans.fit`",
     "sklearn": "scikit-learn `KMeans.fit`",
+    "sklearn_dropin_cached": "`jaxkmeans.sklearn.KMeans.fit`, 2nd process (cache filled)",
+    "fit_kmeans_plus_plus_cached": "`fit` (k-means++), 2nd process (cache filled)",
 }
 
 
@@ -491,7 +493,12 @@ def compile_targets(result: dict[str, Any]) -> list[str]:
     sec = result.get("compile") or {}
     entries = sec.get("entries") or {}
     out = []
-    for name in ("sklearn_dropin", "fit_kmeans_plus_plus"):
+    for name in (
+        "sklearn_dropin",
+        "sklearn_dropin_cached",
+        "fit_kmeans_plus_plus",
+        "fit_kmeans_plus_plus_cached",
+    ):
         e = entries.get(name, {})
         if e.get("session_same_bucket_vs_sklearn") is not None:
             out.append(

@@ -208,7 +208,7 @@ def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialized C-contiguous host array whose data is 64-byte aligned."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    release_host_copies()  # earlier copies already dropped go first
+    release_host_copies(wait=False)  # earlier copies already dropped and done go first
     raw = np.empty(nbytes + _CPU_ALIGNMENT, np.uint8)
     key = id(raw)
     _OWN_BUFFERS[key] = weakref.ref(raw, lambda _: _OWN_BUFFERS.pop(key, None))
@@ -239,6 +239,25 @@ def to_device(a: Any) -> Any:
     return placed
 
 
+# XLA's backend optimizations off: less than half the compile time of a program (the
+# k-means++ initializer's 2.6 s -> 1.5 s of CPU time at 10,240 x 10 -> 8), which then
+# runs up to about 1.5-3x slower where XLA's own code does the work (the native
+# kernels are compiled already). Chosen for data of at most FAST_COMPILE_ELEMENTS
+# values on CPU, where a run takes milliseconds and compiling is most of a first fit.
+FAST_COMPILE_ELEMENTS = 1 << 21
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def fast_compile(x: Any) -> bool:
+    """Whether programs over the data `x` are compiled with
+    :data:`FAST_COMPILE_OPTIONS` (dense data of at most :data:`FAST_COMPILE_ELEMENTS`
+    values, on CPU)."""
+    size = getattr(x, "size", None)
+    return (
+        isinstance(size, int) and size <= FAST_COMPILE_ELEMENTS and jax.default_backend() == "cpu"
+    )
+
+
 # Host buffers made by aligned_empty (their base arrays), and the device arrays using one
 # of them in place (to_device): (weak ref to the device array, weak ref to the buffer).
 _OWN_BUFFERS: dict[int, weakref.ref] = {}
@@ -252,7 +271,7 @@ def _root(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def release_host_copies() -> None:
+def release_host_copies(wait: bool = True) -> None:
     """Frees the host buffers of :func:`aligned_empty` behind device arrays that died.
 
     On CPU a device array made by :func:`to_device` uses its aligned host buffer in
@@ -261,15 +280,16 @@ def release_host_copies() -> None:
     out at Python's next garbage collection, which can be long after. A dropped copy
     of the data then stays alive, and the next copy (the next fit, or a pass after the
     initializer's sample) doubles the peak memory. This runs the collection of the
-    youngest generation (which runs jaxlib's hook) until every buffer whose device
-    array died is freed, waiting at most a quarter of a second for releases still
-    queued.
+    youngest generation (which runs jaxlib's hook); with `wait`, until every buffer
+    whose device array died is freed, waiting at most a quarter of a second for
+    releases still queued (a computation may still be using the buffer: a streaming
+    loop that overlaps reading with computing passes ``wait=False``).
     """
     deadline = None
     while True:
         gc.collect(0)
         _PLACED[:] = [(arr, buf) for arr, buf in _PLACED if buf() is not None]
-        if not any(arr() is None for arr, _ in _PLACED):
+        if not wait or not any(arr() is None for arr, _ in _PLACED):
             return
         now = time.monotonic()
         deadline = deadline or now + _RELEASE_WAIT_SECONDS

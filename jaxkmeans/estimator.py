@@ -961,7 +961,7 @@ class _Trainer:
             acc = fitting.pass_add(acc, state.centers, state.origin, x, w, settings.spec)
             del x, w
             _bounded(pending, acc.loss, depth=1)
-            release_host_copies()  # the finished steps' batches, unless kept
+            release_host_copies(wait=False)  # finished steps' batches, unless kept
         if acc is None or rows == 0:
             raise ValueError(_EMPTY_INPUT)
         new_centers, stats = fitting.pass_end(acc, state.centers, state.origin, settings.metric)
@@ -1026,7 +1026,7 @@ class _Trainer:
             del batch
             b, stop = self._minibatch_step(placed, rows, pending)
             del placed
-            release_host_copies()  # the finished steps' batches, unless kept
+            release_host_copies(wait=False)  # finished steps' batches, unless kept
             rows += b
             if stop:
                 return True, trained
@@ -1073,7 +1073,7 @@ def _predict_batches(
         del padded, w
         result = {k: np.asarray(v)[:b] for k, v in out.items()}
         del out
-        release_host_copies()
+        release_host_copies(wait=False)
         yield batch, result
 
 

@@ -96,23 +96,34 @@ def test_lloyd_step_assign_inertia_padded_equal_unpadded():
     np.testing.assert_array_equal(np.asarray(da), np.asarray(db))
 
 
+def _cache_size(program: str) -> int:
+    """Compiled programs of the host-driven fit loop (both compile-option variants)."""
+    sets = (fitting._PROGRAMS, fitting._FAST_COMPILE_PROGRAMS)
+    jitted = {id(getattr(p, program)): getattr(p, program) for p in sets}
+    return sum(f._cache_size() for f in jitted.values())
+
+
+def _fit_programs() -> int:
+    return _cache_size("until_empty") + _cache_size("start")
+
+
 def test_nearby_sizes_share_one_compiled_program():
     x = _blobs(1200)
     key = jax.random.PRNGKey(0)
     jaxkmeans.fit(key, x[:1100], 4, max_iter=5)
     jaxkmeans.assign(x[:1100], x[:4])
-    fits = fitting._run_until_empty._cache_size() + fitting._run_start._cache_size()
+    fits = _fit_programs()
     assigns = assignment.nearest_impl._cache_size()
     for n in (1030, 1090, 1151):  # all in the 1152-row bucket
         r = jaxkmeans.fit(key, x[:n], 4, max_iter=5)
         assert r.labels.shape == (n,)
         labels, _ = jaxkmeans.assign(x[:n], x[:4])
         assert labels.shape == (n,)
-    assert fitting._run_until_empty._cache_size() + fitting._run_start._cache_size() == fits
+    assert _fit_programs() == fits
     assert assignment.nearest_impl._cache_size() == assigns
     # pad_rows=False compiles for the exact size.
     jaxkmeans.fit(key, x[:1151], 4, max_iter=5, pad_rows=False)
-    assert fitting._run_until_empty._cache_size() + fitting._run_start._cache_size() == fits + 2
+    assert _fit_programs() == fits + 2
 
 
 def test_too_few_rows_is_still_an_error_after_padding():
@@ -172,10 +183,10 @@ def test_host_stepped_fit_equals_the_one_program_fit(n_init):
 
 def test_a_fit_without_empty_clusters_never_compiles_the_relocating_step():
     x = _blobs(2000, seed=5)
-    before = fitting._run_relocating_step._cache_size()
+    before = _cache_size("relocating_step")
     r = jaxkmeans.fit(jax.random.PRNGKey(1), x, 6, max_iter=50)
     assert int(r.n_iter) > 1
-    assert fitting._run_relocating_step._cache_size() == before
+    assert _cache_size("relocating_step") == before
 
 
 def test_fit_under_jit_and_vmap_still_runs_the_one_program():
