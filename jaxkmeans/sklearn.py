@@ -517,12 +517,25 @@ def _as_key(random_state: np.random.RandomState) -> jax.Array:
 # ------------------------------------------------------------------- compiled programs
 
 
-@functools.partial(jax.jit, static_argnames=("k", "method"))
-def _init_program(key, x, w, *, k, method):
+def _init(key, x, w, *, k, method):
     if isinstance(x, SparseRows):
         spec = initializers.make_init(method, k, _validation.SQUARED_EUCLIDEAN_DISTANCE)
         return initializers.init_impl(key, x, w, spec)
     return jaxkmeans.init_centers(key, x, k, method, sample_weight=w)
+
+
+_init_jit = functools.partial(jax.jit, static_argnames=("k", "method"))
+_init_programs = (
+    _init_jit(_init),
+    # Small data: compiled quickly (most of a small first fit's time is this compile).
+    _init_jit(_init, compiler_options=_validation.FAST_COMPILE_OPTIONS),
+)
+
+
+def _init_program(key, x, w, *, k, method):
+    """The initial centers by the core's `method` (one compiled program)."""
+    program = _init_programs[_validation.fast_compile(x)]
+    return program(key, x, w, k=k, method=method)
 
 
 def _take(x: Any, idx: jax.Array) -> jax.Array:
