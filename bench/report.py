@@ -819,14 +819,16 @@ def sparse_section(path: Path) -> list[str]:
         + f"). {data.get('note', '')}",
         "",
         "| contestant | N × D (nonzeros) | K | iters | median s (min) | time / scikit-learn "
-        "(median) | inertia Δ vs scikit-learn float64 | extra peak RSS |",
-        "|---|---|---|---|---|---|---|---|",
+        "(median) | inertia Δ vs scikit-learn float32 | inertia Δ vs scikit-learn float64 "
+        "| extra peak RSS |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r.get('method')} | {_n(r['rows'])} × {_n(r['cols'])} ({_n(r['nnz'])}) | "
             f"{r.get('clusters')} | {r.get('iters')} | {_g(r.get('median_s'))} s "
             f"({_g(r.get('min_s'))} s) | {_x(r.get('median_time_ratio_vs_sklearn'))} | "
+            f"{_num(r.get('inertia_rel_diff_vs_sklearn'))} | "
             f"{_num(r.get('inertia_rel_diff_vs_sklearn_float64'))} | "
             f"{_g(r.get('extra_peak_mb'), 4)} MB |"
         )
