@@ -653,7 +653,7 @@ def _centers_from_method(settings: _Settings, it: Iterator, seen: list, key: jax
     del sample, w
     # The frame origin from the same placed rows (the padding has weight 0 and the
     # origin's sample follows the size bucket): no second copy of the first batches.
-    return initializers.init_impl(key, xs, ws, spec), _sample_origin(xs, ws)
+    return initializers.init_program(xs)(key, xs, ws, spec), _sample_origin(xs, ws)
 
 
 @jax.jit

@@ -24,6 +24,7 @@ from jax import lax
 from jaxkmeans import engine, kernels, metrics, updates
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
+    FAST_COMPILE_OPTIONS,
     SQUARED_EUCLIDEAN_DISTANCE,
     as_centers,
     as_data,
@@ -35,6 +36,7 @@ from jaxkmeans._validation import (
     check_key,
     check_metric,
     check_positive_int,
+    fast_compile,
     is_traced,
     releases_host_copies,
     row_identity,
@@ -778,8 +780,7 @@ def make_init(
     return InitSpec(k, method, metric, retries, tuple(sorted(opts.items())), kernel, mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
-def init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec) -> jax.Array:
+def _init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec) -> jax.Array:
     """Jittable core of :func:`init_centers` (no argument checks). Returns (k, d)."""
     if isinstance(x, SparseRows):
         return _sparse_init(key, x, w, spec)
@@ -807,6 +808,18 @@ def init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec)
     if metric == COSINE_DISTANCE:
         centers = metrics.normalize_rows(centers)
     return centers
+
+
+init_impl = jax.jit(_init_impl, static_argnames=("spec",))
+# The same for small data on CPU, compiled quickly (:func:`jaxkmeans._validation.fast_compile`).
+_init_impl_fast_compile = jax.jit(
+    _init_impl, static_argnames=("spec",), compiler_options=FAST_COMPILE_OPTIONS
+)
+
+
+def init_program(x: Any) -> Any:
+    """:data:`init_impl`, or for small data on CPU its quickly compiled twin."""
+    return _init_impl_fast_compile if fast_compile(x) else init_impl
 
 
 @releases_host_copies
@@ -868,7 +881,9 @@ def init_centers(
         check_enough_distinct(x, k, metric, w)
     elif n < k:
         raise ValueError(f"`num_clusters` must be <= the number of samples; got {k} > {n}.")
-    return init_impl(key, x, w, spec)
+    if is_traced(key, x, w):
+        return init_impl(key, x, w, spec)
+    return init_program(x)(key, x, w, spec)
 
 
 def _check_user_centers(c: Any, k: int, d: int, dtype: Any, metric: str, name: str) -> jax.Array:
