@@ -561,7 +561,11 @@ def _reassign(state: KMeansState, xb: jax.Array, n_real: jax.Array, ratio: jax.A
     b = xb.shape[0]
     half = 0.5 * n_real.astype(counts.dtype)
     low = counts < ratio * jnp.max(counts)
-    rank = jnp.zeros((k,), jnp.int32).at[jnp.argsort(counts, stable=True)].set(jnp.arange(k))
+    rank = (
+        jnp.zeros((k,), jnp.int32)
+        .at[jnp.argsort(counts, stable=True)]
+        .set(jnp.arange(k, dtype=jnp.int32))
+    )
     low = jnp.where(jnp.sum(low) > half, low & (rank < jnp.floor(half).astype(jnp.int32)), low)
     key, sub = jax.random.split(state.key)
     scores = jnp.where(jnp.arange(b) < n_real, jax.random.uniform(sub, (b,), jnp.float32), -1.0)
