@@ -258,6 +258,19 @@ def fast_compile(x: Any) -> bool:
     )
 
 
+class SizeAwareJit:
+    """`fn` jitted twice with the same jit arguments: as usual (:attr:`usual`), and with
+    :data:`FAST_COMPILE_OPTIONS` (:attr:`quick`); :meth:`for_data` picks the one for
+    the data `x` (:func:`fast_compile`)."""
+
+    def __init__(self, fn: Callable[..., Any], **jit_kwargs: Any):
+        self.usual = jax.jit(fn, **jit_kwargs)
+        self.quick = jax.jit(fn, compiler_options=FAST_COMPILE_OPTIONS, **jit_kwargs)
+
+    def for_data(self, x: Any) -> Any:
+        return self.quick if fast_compile(x) else self.usual
+
+
 # Host buffers made by aligned_empty (their base arrays), and the device arrays using one
 # of them in place (to_device): (weak ref to the device array, weak ref to the buffer).
 _OWN_BUFFERS: dict[int, weakref.ref] = {}

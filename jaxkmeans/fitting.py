@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +20,8 @@ from jax import lax
 from jaxkmeans import engine, metrics, sharding
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
-    FAST_COMPILE_OPTIONS,
     SQUARED_EUCLIDEAN_DISTANCE,
+    SizeAwareJit,
     as_bucketed,
     as_centers,
     as_data,
@@ -30,7 +30,6 @@ from jaxkmeans._validation import (
     check_key,
     check_non_negative,
     check_positive_int,
-    fast_compile,
     is_traced,
     real_rows,
     releases_host_copies,
@@ -232,6 +231,7 @@ def _run_start(key, x, w, init, spec: FitSpec):
     return c, engine.origin(x, spec.passes.metric, w)
 
 
+@functools.partial(jax.jit, static_argnames=("spec",))
 def _run_until_empty(x, w, c, origin, it, prev, tol, max_iter, spec: FitSpec):
     """Lloyd iterations (as in :func:`_fit_one`) until `max_iter`, convergence, or a
     pass that leaves a cluster empty: that pass's update is not made (``needs``)."""
@@ -255,12 +255,14 @@ def _run_until_empty(x, w, c, origin, it, prev, tol, max_iter, spec: FitSpec):
     return lax.while_loop(cond, body, (c, it, prev, jnp.array(False), jnp.array(False)))
 
 
+@functools.partial(jax.jit, static_argnames=("spec",))
 def _run_relocating_step(x, w, c, origin, it, prev, tol, spec: FitSpec):
     """One Lloyd iteration with empty clusters relocated (the body of :func:`_fit_one`)."""
     new, stats = engine.lloyd_update(spec.passes, x, w, c, origin)
     return new, it + 1, stats.loss, _converged(spec.stop, it, prev, stats, tol)
 
 
+@functools.partial(jax.jit, static_argnames=("spec",))
 def _run_end(x, w, c, origin, spec: FitSpec):
     """Labels and loss of the final centers."""
     passes = spec.passes
@@ -268,30 +270,15 @@ def _run_end(x, w, c, origin, spec: FitSpec):
     return labels, jnp.sum(dist) if w is None else jnp.sum(w * dist)
 
 
-class _Programs(NamedTuple):
-    start: Any
-    until_empty: Any
-    relocating_step: Any
-    end: Any
-
-
-_jit = functools.partial(jax.jit, static_argnames=("spec",))
-_PROGRAMS = _Programs(
-    _jit(_run_start), _jit(_run_until_empty), _jit(_run_relocating_step), _jit(_run_end)
-)
 # For small data the start (the initializer: most of a first fit's compile time) is
 # compiled quickly (:func:`jaxkmeans._validation.fast_compile`). The Lloyd programs are
 # not: XLA's unoptimized code rounds some float operations differently, and the
 # iterations must stay bit-identical to :func:`fit_impl`'s (a fit under jit).
-_FAST_COMPILE_PROGRAMS = _PROGRAMS._replace(
-    start=_jit(_run_start, compiler_options=FAST_COMPILE_OPTIONS)
-)
+_run_start_programs = SizeAwareJit(_run_start, static_argnames=("spec",))
 
 
 def _run_one(key, x, w, init, tol, max_iter: int, spec: FitSpec) -> FitResult:
-    p = _FAST_COMPILE_PROGRAMS if fast_compile(x) else _PROGRAMS
-    _run_start, _run_until_empty, _run_relocating_step, _run_end = p
-    c, origin = _run_start(key, x, w, init, spec)
+    c, origin = _run_start_programs.for_data(x)(key, x, w, init, spec)
     it, prev = jnp.int32(0), jnp.array(jnp.inf, x.dtype)
     converged = jnp.array(False)
     while True:

@@ -24,8 +24,8 @@ from jax import lax
 from jaxkmeans import engine, kernels, metrics, updates
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
-    FAST_COMPILE_OPTIONS,
     SQUARED_EUCLIDEAN_DISTANCE,
+    SizeAwareJit,
     as_centers,
     as_data,
     as_weights,
@@ -36,7 +36,6 @@ from jaxkmeans._validation import (
     check_key,
     check_metric,
     check_positive_int,
-    fast_compile,
     is_traced,
     releases_host_copies,
     row_identity,
@@ -810,16 +809,10 @@ def _init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec
     return centers
 
 
-init_impl = jax.jit(_init_impl, static_argnames=("spec",))
-# The same for small data on CPU, compiled quickly (:func:`jaxkmeans._validation.fast_compile`).
-_init_impl_fast_compile = jax.jit(
-    _init_impl, static_argnames=("spec",), compiler_options=FAST_COMPILE_OPTIONS
-)
-
-
-def init_program(x: Any) -> Any:
-    """:data:`init_impl`, or for small data on CPU its quickly compiled twin."""
-    return _init_impl_fast_compile if fast_compile(x) else init_impl
+# init_impl, and for small data on CPU its quickly compiled twin (init_program(x)).
+_init_programs = SizeAwareJit(_init_impl, static_argnames=("spec",))
+init_impl = _init_programs.usual
+init_program = _init_programs.for_data
 
 
 @releases_host_copies

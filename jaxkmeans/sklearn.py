@@ -524,18 +524,13 @@ def _init(key, x, w, *, k, method):
     return jaxkmeans.init_centers(key, x, k, method, sample_weight=w)
 
 
-_init_jit = functools.partial(jax.jit, static_argnames=("k", "method"))
-_init_programs = (
-    _init_jit(_init),
-    # Small data: compiled quickly (most of a small first fit's time is this compile).
-    _init_jit(_init, compiler_options=_validation.FAST_COMPILE_OPTIONS),
-)
+# Small data: compiled quickly (most of a small first fit's time is this compile).
+_init_programs = _validation.SizeAwareJit(_init, static_argnames=("k", "method"))
 
 
 def _init_program(key, x, w, *, k, method):
     """The initial centers by the core's `method` (one compiled program)."""
-    program = _init_programs[_validation.fast_compile(x)]
-    return program(key, x, w, k=k, method=method)
+    return _init_programs.for_data(x)(key, x, w, k=k, method=method)
 
 
 def _take(x: Any, idx: jax.Array) -> jax.Array:

@@ -96,15 +96,11 @@ def test_lloyd_step_assign_inertia_padded_equal_unpadded():
     np.testing.assert_array_equal(np.asarray(da), np.asarray(db))
 
 
-def _cache_size(program: str) -> int:
-    """Compiled programs of the host-driven fit loop (both compile-option variants)."""
-    sets = (fitting._PROGRAMS, fitting._FAST_COMPILE_PROGRAMS)
-    jitted = {id(getattr(p, program)): getattr(p, program) for p in sets}
-    return sum(f._cache_size() for f in jitted.values())
-
-
 def _fit_programs() -> int:
-    return _cache_size("until_empty") + _cache_size("start")
+    """Compiled Lloyd loops and starts (both compile-option variants) of the host-driven
+    fit."""
+    start = fitting._run_start_programs
+    return sum(f._cache_size() for f in (fitting._run_until_empty, start.usual, start.quick))
 
 
 def test_nearby_sizes_share_one_compiled_program():
@@ -183,10 +179,10 @@ def test_host_stepped_fit_equals_the_one_program_fit(n_init):
 
 def test_a_fit_without_empty_clusters_never_compiles_the_relocating_step():
     x = _blobs(2000, seed=5)
-    before = _cache_size("relocating_step")
+    before = fitting._run_relocating_step._cache_size()
     r = jaxkmeans.fit(jax.random.PRNGKey(1), x, 6, max_iter=50)
     assert int(r.n_iter) > 1
-    assert _cache_size("relocating_step") == before
+    assert fitting._run_relocating_step._cache_size() == before
 
 
 def test_fit_under_jit_and_vmap_still_runs_the_one_program():
