@@ -28,6 +28,15 @@ def _unaligned(n: int, d: int) -> np.ndarray:
     return x
 
 
+def _misaligned(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `a` at an address 16 bytes past a 64-byte boundary."""
+    raw = np.empty(a.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data) % 64 + 16
+    out = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def _own_buffers_alive() -> int:
     return sum(ref() is not None for ref in list(_validation._OWN_BUFFERS.values()))
 
@@ -104,3 +113,63 @@ def test_device_finiteness_check_makes_no_temporary_the_size_of_the_data():
     assert bool(_validation._device_all_finite(np.full((4, 4), 3e38, np.float32)))
     with pytest.raises(ValueError, match="finite"):
         jaxkmeans.assign(jax.numpy.asarray(np.where(np.eye(3) > 0, np.nan, 1.0)), np.ones((1, 3)))
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """aligned_copy in blocks of 3 rows of 4 values, with threads from 64 bytes on."""
+    monkeypatch.setattr(_validation, "_COPY_BLOCK_BYTES", 48)
+    monkeypatch.setattr(_validation, "_PARALLEL_COPY_BYTES", 64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+@pytest.mark.parametrize("layout", ["unaligned", "fortran", "strided"])
+def test_aligned_copy_is_exact_aligned_and_checked_in_every_block(small_blocks, dtype, layout):
+    base = (_unaligned(40, 8) * (100 if dtype == np.int64 else 1)).astype(dtype)
+    src = {
+        "unaligned": _misaligned(base[:, :4]),
+        "fortran": np.asfortranarray(base[:, :4]),
+        "strided": base[::2, ::2],
+    }[layout]
+    assert _validation.needs_copy(src, np.float32)
+    out, finite = _validation.aligned_copy(src, np.float32, check_finite=True)
+    assert finite and out.dtype == np.float32 and out.flags.c_contiguous
+    assert out.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(out, src.astype(np.float32))
+    if dtype != np.int64:
+        for row in (0, 7, 19, src.shape[0] - 1):  # first, middle, every thread's part, last
+            bad = _misaligned(src)
+            bad[row, 1] = np.nan if row % 2 else -np.inf
+            assert not _validation.aligned_copy(bad, np.float32, check_finite=True)[1]
+
+
+def test_one_pass_copy_reports_float64_beyond_float32_and_nan_by_name(small_blocks):
+    big = _misaligned(_unaligned(20, 4).astype(np.float64))
+    big[13, 2] = 1e300
+    with pytest.raises(ValueError, match=r"`x` must contain only finite values in the compute"):
+        jaxkmeans.fit(jax.random.key(0), big, 2, pad_rows=False)
+    bad = _unaligned(20, 4)
+    bad[17, 0] = np.nan
+    with pytest.raises(ValueError, match=r"`x` must contain only finite values; it has NaN"):
+        jaxkmeans.assign(bad, bad[:2], pad_rows=False)
+
+
+def test_unpadded_host_data_is_copied_once_and_checked_in_the_same_pass(monkeypatch):
+    """fit places unpadded unaligned host data through one aligned_copy with the check
+    (no separate finiteness pass, no second copy for float64 cast to float32)."""
+    calls = []
+    copy = _validation.aligned_copy
+
+    def counting(a, dtype=None, check_finite=False):
+        calls.append((a.dtype, check_finite))
+        return copy(a, dtype, check_finite)
+
+    monkeypatch.setattr(_validation, "aligned_copy", counting)
+    monkeypatch.setattr(_validation, "all_finite", lambda a: pytest.fail("separate check"))
+    x = _misaligned(_unaligned(3000, 4).astype(np.float64))
+    r = jaxkmeans.fit(jax.random.key(0), x, 3, init="random", max_iter=2, pad_rows=False)
+    assert calls == [(np.float64, True)]
+    ref = jaxkmeans.fit(
+        jax.random.key(0), jax.numpy.asarray(x, np.float32), 3, init="random", max_iter=2
+    )
+    np.testing.assert_array_equal(r.centers, ref.centers)
