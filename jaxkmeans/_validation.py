@@ -247,14 +247,53 @@ def needs_copy(a: np.ndarray, dtype: Any = None) -> bool:
     )
 
 
+def in_row_blocks(
+    n: int, row_bytes: int, work: Callable[[int, int], bool], threads: int | None = None
+) -> bool:
+    """Runs ``work(i, j)`` over the row blocks ``[i, j)`` of `n` rows of `row_bytes`
+    bytes each, blocks of about 1 MiB (they stay in cache between the steps of `work`),
+    split in contiguous parts over up to 4 threads when the rows hold at least 16 MiB
+    (`threads` overrides; numpy releases the GIL in copies, gathers and ufuncs).
+
+    A part stops at its first block for which `work` returns False. Returns whether
+    every block returned True; an exception in any thread is raised here.
+    """
+    rows = max(1, _COPY_BLOCK_BYTES // max(1, row_bytes))
+    if threads is None:
+        threads = _copy_threads(n * row_bytes)
+    threads = max(1, min(threads, -(-n // rows)))
+    bounds = [n * i // threads for i in range(threads + 1)]
+    ok = [True] * threads
+    errors: list[BaseException] = []
+
+    def run(part: int) -> None:
+        try:
+            for i in range(bounds[part], bounds[part + 1], rows):
+                if not work(i, min(i + rows, bounds[part + 1])):
+                    ok[part] = False
+                    return
+        except BaseException as e:  # re-raised by the caller's thread
+            errors.append(e)
+
+    workers = [threading.Thread(target=run, args=(p,), daemon=True) for p in range(1, threads)]
+    for t in workers:
+        t.start()
+    run(0)
+    for t in workers:
+        t.join()
+    if errors:
+        raise errors[0]
+    return all(ok)
+
+
 def aligned_copy(a: np.ndarray, dtype: Any = None, check_finite: bool = False) -> tuple[Any, bool]:
     """A copy of host array `a` cast to `dtype` (default its own) in a buffer the CPU
     device uses in place (:func:`aligned_empty`).
 
-    The copy runs in row blocks of about 1 MiB, split over up to 4 threads for large
-    arrays (numpy releases the GIL), and with `check_finite` each block is checked for
-    NaN/inf right after it is copied, while it is still in cache: one read of the data
-    for both. At 2M x 128 float32 this takes about a third of the time of a whole-array
+    The copy runs in row blocks (:func:`in_row_blocks`: about 1 MiB each, over up to 4
+    threads for large arrays), and with `check_finite` each block is checked for NaN/inf
+    right after it is copied, while it is still in cache: one read of the data for
+    both. At 2M x 128 float32 this takes about a third of the time of a whole-array
     ``np.copyto`` followed by a check, which first-touches the new memory from one
     thread.
 
@@ -267,34 +306,13 @@ def aligned_copy(a: np.ndarray, dtype: Any = None, check_finite: bool = False) -
     if a.ndim == 0 or a.size == 0:
         out[...] = a
         return out, not check_finite or bool(np.isfinite(out).all())
-    n = a.shape[0]
-    row_bytes = max(1, out[0].nbytes)
-    rows = max(1, _COPY_BLOCK_BYTES // row_bytes)
-    threads = min(_copy_threads(out.nbytes), -(-n // rows))
-    bounds = [n * i // threads for i in range(threads + 1)]
-    finite = [True] * threads
-    errors: list[BaseException] = []
 
-    def copy(part: int) -> None:
-        try:
-            with np.errstate(over="ignore", invalid="ignore"):  # numpy's state is per thread
-                for i in range(bounds[part], bounds[part + 1], rows):
-                    j = min(i + rows, bounds[part + 1])
-                    np.copyto(out[i:j], a[i:j], casting="unsafe")
-                    if check_finite and finite[part]:
-                        finite[part] = bool(np.isfinite(out[i:j]).all())
-        except BaseException as e:  # re-raised by the caller's thread
-            errors.append(e)
+    def copy(i: int, j: int) -> bool:
+        with np.errstate(over="ignore", invalid="ignore"):  # numpy's state is per thread
+            np.copyto(out[i:j], a[i:j], casting="unsafe")
+        return not check_finite or bool(np.isfinite(out[i:j]).all())
 
-    workers = [threading.Thread(target=copy, args=(p,), daemon=True) for p in range(1, threads)]
-    for t in workers:
-        t.start()
-    copy(0)
-    for t in workers:
-        t.join()
-    if errors:
-        raise errors[0]
-    return out, all(finite)
+    return out, in_row_blocks(a.shape[0], out[0].nbytes, copy)
 
 
 def to_device(a: Any) -> Any:
@@ -576,9 +594,15 @@ def pad_host_rows(
     if (n, d) == (rows, cols):
         return x, wp
     out = aligned_empty((rows, cols), x.dtype)
-    out[:n, :d] = x
+
+    def fill(i: int, j: int) -> bool:
+        out[i:j, :d] = x[i:j]
+        out[i:j, d:] = 0
+        return True
+
+    in_row_blocks(n, out[0].nbytes, fill)
     out[n:, :d] = x[0] if n else 0
-    out[:, d:] = 0
+    out[n:, d:] = 0
     return out, wp
 
 

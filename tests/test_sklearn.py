@@ -514,3 +514,35 @@ def test_elkan_single_cluster_warns():
     X = np.random.RandomState(0).normal(size=(20, 2))
     with pytest.warns(RuntimeWarning, match="algorithm='elkan' doesn't make sense"):
         KMeans(n_clusters=1, algorithm="elkan").fit(X)
+
+
+def test_large_data_is_placed_unpadded_with_the_same_result(monkeypatch):
+    """Beyond PAD_LIMIT_ELEMENTS the drop-in places its distinct rows without padding
+    them to their size bucket (up to 1/8 more rows in every pass); the fit is the same."""
+    import jaxkmeans.sklearn as dropin
+    from jaxkmeans import _validation
+
+    X = np.random.default_rng(3).normal(size=(3001, 4)).astype(np.float32)
+
+    def fit():
+        shapes = []
+        placed = dropin._placed
+
+        def spy(*args, **kwargs):
+            out = placed(*args, **kwargs)
+            shapes.append(out[0].shape)
+            return out
+
+        monkeypatch.setattr(dropin, "_placed", spy)
+        km = dropin.KMeans(5, n_init=1, max_iter=20, random_state=0).fit(X)
+        monkeypatch.setattr(dropin, "_placed", placed)
+        return km, shapes
+
+    padded, shapes = fit()
+    assert shapes == [(_validation.bucket_rows(3001), 32)]  # 32: the small column bucket
+    monkeypatch.setattr(_validation, "PAD_LIMIT_ELEMENTS", 3001 * 32)
+    exact, shapes = fit()
+    assert shapes == [(3001, 32)]
+    np.testing.assert_array_equal(exact.cluster_centers_, padded.cluster_centers_)
+    np.testing.assert_array_equal(exact.labels_, padded.labels_)
+    assert exact.inertia_ == padded.inertia_ and exact.n_iter_ == padded.n_iter_
