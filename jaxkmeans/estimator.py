@@ -45,6 +45,7 @@ from jaxkmeans import engine, fitting, initializers, metrics, sharding
 from jaxkmeans import export as export_lib
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
+    PAD_LIMIT_ELEMENTS,
     SQUARED_EUCLIDEAN_DISTANCE,
     bucket_rows,
     check_bool,
@@ -527,40 +528,58 @@ def _place(batch: np.ndarray, standard: int | None, mesh: Any, dims: int) -> tup
 class _Placements:
     """The batches of one train() call as placed on the device(s) (:func:`_place`).
 
-    A batch that is the very object the previous pass yielded at the same position
-    (an input held in memory: an array, a list of arrays, or a callable returning the
-    same ones) is placed once and its placement reused by the next passes, so a pass
-    costs no copy of the data (the placements are the one copy). With `in_memory` (the
-    reader knows its batches are such objects) that starts with the first pass, else
-    with the second (the first pass only notes, by weak reference, what it saw). Other
-    batches, and memmaps (data larger than memory), are placed when they come and let
-    go of after their step.
+    A batch held in memory (a numpy array, not a memmap) keeps its placement while the
+    batch object itself lives: when the next pass yields that very object at the same
+    position (an array, a list of arrays, or a callable returning the same ones, such
+    as ``lambda: x``) the placement is reused, so a pass costs no copy of the data (the
+    placements are the one copy). Batches that die after their step (new objects every
+    pass) drop their placement with them (a weak reference's callback), and memmaps
+    (data larger than memory) are placed when they come and let go of after their step.
     """
 
-    def __init__(self, enabled: bool, in_memory: bool):
+    def __init__(self, enabled: bool):
         self.enabled = enabled
-        self.in_memory = in_memory
-        self._items: dict[int, tuple[np.ndarray, int | None, tuple[Any, Any, int]]] = {}
-        self._seen: dict[int, weakref.ref] = {}  # position -> the batch last seen there
+        self._items: dict[int, tuple[weakref.ref, int | None, tuple[Any, Any, int]]] = {}
 
     def get(
-        self, position: int, batch: np.ndarray, standard: int | None, mesh: Any, dims: int
+        self,
+        position: int,
+        batch: np.ndarray,
+        standard: int | None,
+        mesh: Any,
+        dims: int,
+        made: tuple[Any, Any, int] | None = None,
     ) -> tuple[Any, Any, int]:
-        """`batch`, the `position`-th of its pass, placed (see :func:`_place`)."""
+        """`batch`, the `position`-th of its pass, placed (see :func:`_place`; `made`:
+        already placed so)."""
         if not self.enabled or not resident(batch):
-            return _place(batch, standard, mesh, dims)
+            return made or _place(batch, standard, mesh, dims)
         hit = self._items.pop(position, None)
-        if hit is not None and hit[0] is batch and hit[1] == standard:
+        if hit is not None and hit[0]() is batch and hit[1] == standard:
             placed = hit[2]
         else:
             del hit  # let go of a stale placement before making its replacement
-            placed = _place(batch, standard, mesh, dims)
-            seen = self._seen.get(position)
-            self._seen[position] = weakref.ref(batch)
-            if not (self.in_memory or (seen is not None and seen() is batch)):
-                return placed
-        self._items[position] = (batch, standard, placed)
+            placed = made or _place(batch, standard, mesh, dims)
+
+        owner = weakref.ref(self)  # the callback holds no strong reference: no cycle
+
+        def forget(ref: weakref.ref) -> None:
+            items = getattr(owner(), "_items", {})
+            if position in items and items[position][0] is ref:
+                del items[position]
+
+        self._items[position] = (weakref.ref(batch, forget), standard, placed)
         return placed
+
+    def hand_over(
+        self, position: int, batch: np.ndarray, standard: int, placed: tuple[Any, Any, int]
+    ) -> None:
+        """Keeps `placed`, a placement of `batch` made as :func:`_place` would make it
+        with `standard`, for the next :meth:`get` of `position` (the initializer's
+        sample, when it is the first batch as it is)."""
+        if self.enabled and resident(batch):
+            self._items.pop(position, None)
+            self.get(position, batch, standard, None, 0, placed)
 
 
 def _bounded(pending: list[Any], value: Any, depth: int = 2) -> None:
@@ -627,15 +646,28 @@ def _centers_from_callable(init: Callable, k: int, it: Iterator, seen: list) -> 
     return centers
 
 
-def _centers_from_method(settings: _Settings, it: Iterator, seen: list, key: jax.Array):
+def _centers_from_method(
+    settings: _Settings,
+    it: Iterator,
+    seen: list,
+    key: jax.Array,
+    placed: _Placements | None = None,
+):
+    """Centers by an init method from the first batches, and the frame origin. When one
+    batch was enough and is not padded, its placement is handed to `placed` as the
+    first pass's batch 0 (one copy of it, not two)."""
     k, metric = settings.num_clusters, settings.metric
     sample = w = None
     distinct = 0
     for batch in it:
         seen.append(batch)
         sample = np.concatenate(seen) if len(seen) > 1 else batch
-        # Padded to its size bucket (one compiled program for nearby sizes).
-        sample, w = _pad_batch(sample, _bucket(sample.shape[0], None))
+        # Padded to its size bucket (one compiled program for nearby sizes) while the
+        # padded copy is small (as pad_rows=None in the functional core).
+        size = _bucket(sample.shape[0], None)
+        if size * sample.shape[1] > PAD_LIMIT_ELEMENTS:
+            size = sample.shape[0]
+        sample, w = _pad_batch(sample, size)
         if int(np.sum(w)) >= k:
             distinct = count_distinct(sample, metric, w, at_least=k)
             if distinct >= k:
@@ -650,6 +682,9 @@ def _centers_from_method(settings: _Settings, it: Iterator, seen: list, key: jax
         )
     spec = initializers.make_init(settings.init, k, metric, settings.num_retries)
     xs, ws = to_device(sample), to_device(w)
+    rows = sample.shape[0]
+    if placed is not None and settings.mesh is None and len(seen) == 1 and seen[0] is sample:
+        placed.hand_over(0, seen[0], rows, (xs, ws, rows))
     del sample, w
     # The frame origin from the same placed rows (the padding has weight 0 and the
     # origin's sample follows the size bucket): no second copy of the first batches.
@@ -667,10 +702,12 @@ def _sample_origin(sample: jax.Array, w: jax.Array | None = None) -> jax.Array:
 
 
 def _initial_state(
-    settings: _Settings, reader: InputReader, seed: int
+    settings: _Settings, reader: InputReader, seed: int, placed: _Placements | None = None
 ) -> tuple[KMeansState, Iterator[np.ndarray]]:
     """The state made from the first batches; returns it and the first pass's batches
-    (the ones used for initialization included: they are not used up)."""
+    (the ones used for initialization included: they are not used up). `placed`: the
+    first pass's placements, which may receive the initializer's (see
+    :func:`_centers_from_method`)."""
     it = reader.batches()
     seen: list[np.ndarray] = []
     key, init_key = jax.random.split(jax.random.PRNGKey(seed))
@@ -681,7 +718,7 @@ def _initial_state(
     elif callable(settings.init):
         centers = _centers_from_callable(settings.init, settings.num_clusters, it, seen)
     else:
-        centers, origin = _centers_from_method(settings, it, seen, init_key)
+        centers, origin = _centers_from_method(settings, it, seen, init_key, placed)
     centers = jnp.asarray(centers, jnp.float32)
     if settings.metric == COSINE_DISTANCE:
         centers = metrics.normalize_rows(centers)
@@ -862,9 +899,7 @@ class _Trainer:
         self._last_save = _clock()
         # Placements are kept only within one process: over several, placing a batch is
         # a collective step that every process must take together, pass after pass.
-        self._placed = _Placements(
-            settings.mesh is None or jax.process_count() == 1, reader.in_memory
-        )
+        self._placed = _Placements(settings.mesh is None or jax.process_count() == 1)
 
     def _dims(self) -> int:
         """The run's feature count (train() sets it with the state, before any step)."""
@@ -881,7 +916,8 @@ class _Trainer:
         start = self.step
         first_pass = None
         if self.run.state is None:
-            state, first_pass = _initial_state(self.settings, self.reader, seed)
+            placed = None if self.settings.use_mini_batch else self._placed
+            state, first_pass = _initial_state(self.settings, self.reader, seed, placed)
             with self.interrupts.deferred:
                 self.run.state, self.run.dims = state, self.reader.dims
                 self.run.features = self.reader.features

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections.abc
 import inspect
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -276,9 +277,11 @@ class InputReader:
         self.in_memory = resident(input_fn) or (
             isinstance(input_fn, list | tuple) and all(resident(item) for item in input_fn)
         )
-        # position in the pass -> the input's own batch object checked there (kept only
-        # when the batch is that object: no converted copy is held)
-        self._checked: dict[int, np.ndarray] = {}
+        # position in the pass -> (a weak reference to) the input's own batch object
+        # checked there, when it is held in memory (not a memmap) and the batch is that
+        # object (no converted copy): an input that yields the same object again at the
+        # same position, such as ``lambda: x``, is not checked again while it lives.
+        self._checked: dict[int, weakref.ref] = {}
 
     def _obtain(self) -> Any:
         src = self._source
@@ -297,9 +300,10 @@ class InputReader:
         return src
 
     def seen_before(self, position: int, batch: np.ndarray) -> bool:
-        """True when `batch` is the very object this in-memory input yielded at
-        `position` of an earlier pass (and was checked then)."""
-        return self.in_memory and self._checked.get(position) is batch
+        """True when `batch` is the very object (held in memory) this input yielded at
+        `position` of an earlier pass, and was checked then."""
+        ref = self._checked.get(position)
+        return ref is not None and ref() is batch
 
     def _check(self, batch: np.ndarray, position: int, item: Any) -> np.ndarray:
         if self.dims is None:
@@ -319,8 +323,8 @@ class InputReader:
         for start in range(0, batch.shape[0], step):
             if not np.isfinite(batch[start : start + step]).all():
                 raise ValueError("input features must be finite; a batch has NaN or inf.")
-        if self.in_memory and batch is item:
-            self._checked[position] = batch
+        if batch is item and resident(batch):
+            self._checked[position] = weakref.ref(batch)
         return batch
 
     def batches(self) -> Iterator[np.ndarray]:

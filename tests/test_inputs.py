@@ -417,22 +417,44 @@ def test_in_memory_inputs_are_checked_and_placed_once_per_train(tmp_path, monkey
     placed = []
     real = est._place
     monkeypatch.setattr(est, "_place", lambda *a: placed.append(1) or real(*a))
-    # A callable returning the same arrays: kept from the second pass on (the first
-    # only notes what it saw); new objects every pass, or a memmap: placed every pass.
+    # A callable returning the same arrays: placed once too (a placement lives as long
+    # as its batch object); new objects every pass, or a memmap: placed every pass.
     fresh = lambda: [b.copy() for b in BATCHES]  # noqa: E731
-    for source, per_train in ((BATCHES, 3), (lambda: BATCHES, 3 * 2), (fresh, 3 * 4), (memmap, 4)):
+    for source, per_train in ((BATCHES, 3), (lambda: BATCHES, 3), (fresh, 3 * 4), (memmap, 4)):
         placed.clear()
         km = make(tmp_path, f"m{len(str(per_train))}{id(source)}", use_mini_batch=False)
         km.train(source, steps=4)
         assert len(placed) == per_train, source
+    # One batch enough for an init method: the initializer's placement of it is the
+    # first pass's (no placement of its own), for an array or a callable returning it.
+    rows = np.concatenate([X + 0.5 * i for i in range(5)])[:256]  # 256: its own size bucket
+    for source in (rows, lambda: rows):
+        placed.clear()
+        km = make(tmp_path, f"i{id(source)}", initial_clusters="kmeans_plus_plus")
+        km.train(source, steps=3)
+        assert placed == [], source
+        same = make(tmp_path, f"i{id(source)}b", initial_clusters="kmeans_plus_plus")
+        same.train(lambda: rows.copy(), steps=3)  # new objects: placed every later pass
+        assert len(placed) == 2
+        np.testing.assert_array_equal(km.cluster_centers(), same.cluster_centers())
     # The same model either way.
     a = make(tmp_path, "a", use_mini_batch=False).train(BATCHES, steps=4)
     b = make(tmp_path, "b", use_mini_batch=False).train(lambda: BATCHES, steps=4)
     c = make(tmp_path, "c", use_mini_batch=False).train(fresh, steps=4)
     np.testing.assert_array_equal(a.cluster_centers(), b.cluster_centers())
     np.testing.assert_array_equal(a.cluster_centers(), c.cluster_centers())
-    # A second pass skips the finiteness check of the same objects, not of new ones.
-    reader = InputReader(BATCHES)
+    # A second pass skips the finiteness check of the same objects, not of new ones
+    # (nor of a memmap, read from its file again), and not of an object that died.
+    for source in (BATCHES, lambda: BATCHES):
+        reader = InputReader(source)
+        list(reader.batches())
+        assert all(reader.seen_before(i, b) for i, b in enumerate(BATCHES))
+        assert not reader.seen_before(0, BATCHES[0].copy())
+    reader = InputReader(memmap)
     list(reader.batches())
-    assert all(reader.seen_before(i, b) for i, b in enumerate(BATCHES))
-    assert not reader.seen_before(0, BATCHES[0].copy())
+    assert not reader.seen_before(0, memmap)
+    reader = InputReader(fresh)
+    first = list(reader.batches())
+    assert reader.seen_before(0, first[0])
+    del first
+    assert not any(ref() is not None for ref in reader._checked.values())
