@@ -264,10 +264,10 @@ def _run_relocating_step(x, w, c, origin, it, prev, tol, spec: FitSpec):
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _run_end(x, w, c, origin, spec: FitSpec):
-    """Labels and loss of the final centers."""
+    """Labels, distances and loss of the final centers."""
     passes = spec.passes
     labels, dist = engine.nearest(passes, x, engine.frame_of(c, origin, passes.metric))
-    return labels, jnp.sum(dist) if w is None else jnp.sum(w * dist)
+    return labels, dist, jnp.sum(dist) if w is None else jnp.sum(w * dist)
 
 
 # For small data the start (the initializer: most of a first fit's compile time) is
@@ -277,10 +277,12 @@ def _run_end(x, w, c, origin, spec: FitSpec):
 _run_start_programs = SizeAwareJit(_run_start, static_argnames=("spec",))
 
 
-def _run_one(key, x, w, init, tol, max_iter: int, spec: FitSpec) -> FitResult:
+def _run_one(key, x, w, init, tol, max_iter: int, spec: FitSpec) -> tuple[FitResult, Any]:
+    """One run of :func:`lloyd_run`; returns its result and the rows' distances."""
     c, origin = _run_start_programs.for_data(x)(key, x, w, init, spec)
-    it, prev = jnp.int32(0), jnp.array(jnp.inf, x.dtype)
-    converged = jnp.array(False)
+    # Host scalars: a device scalar made by jnp compiles a program of its own.
+    it, prev = np.int32(0), np.asarray(np.inf, x.dtype)
+    converged = np.bool_(False)
     while True:
         c, it, prev, converged, needs = _run_until_empty(
             x, w, c, origin, it, prev, tol, np.int32(max_iter), spec
@@ -290,24 +292,27 @@ def _run_one(key, x, w, init, tol, max_iter: int, spec: FitSpec) -> FitResult:
         c, it, prev, converged = _run_relocating_step(x, w, c, origin, it, prev, tol, spec)
         if bool(converged) or int(it) >= max_iter:
             break
-    labels, loss = _run_end(x, w, c, origin, spec)
-    return FitResult(c, labels, loss, it, converged)
+    labels, dist, loss = _run_end(x, w, c, origin, spec)
+    return FitResult(c, labels, loss, it, converged), dist
 
 
-def lloyd_run(key, x, w, init, tol, max_iter: int, spec: FitSpec) -> FitResult:
+def lloyd_run(key, x, w, init, tol, max_iter: int, spec: FitSpec, distances: bool = False) -> Any:
     """:func:`fit_impl` driven from the host (not under jit): the same iterations and
     result, compiled as a few smaller programs (initialization, Lloyd iterations without
     the empty-cluster relocation, the final assignment); the step that relocates empty
     clusters is compiled only when some pass needs it. Restarts run one after another
-    (the keys :func:`fit_impl` uses; the lowest final loss wins, the first on ties)."""
+    (the keys :func:`fit_impl` uses; the lowest final loss wins, the first on ties).
+
+    With `distances`, returns ``(result, distances)``: also each row's distance to its
+    center (from the final assignment; no pass of its own)."""
     if spec.n_init == 1:
-        return _run_one(key, x, w, init, tol, max_iter, spec)
-    results = [
-        _run_one(k, x, w, init, tol, max_iter, spec) for k in jax.random.split(key, spec.n_init)
-    ]
-    losses = np.array([float(r.loss) for r in results])
-    best = int(np.argmin(np.where(np.isnan(losses), np.inf, losses)))
-    return results[best]
+        best = _run_one(key, x, w, init, tol, max_iter, spec)
+    else:
+        keys = jax.random.split(key, spec.n_init)
+        runs = [_run_one(k, x, w, init, tol, max_iter, spec) for k in keys]
+        losses = np.array([float(r.loss) for r, _ in runs])
+        best = runs[int(np.argmin(np.where(np.isnan(losses), np.inf, losses)))]
+    return best if distances else best[0]
 
 
 @releases_host_copies

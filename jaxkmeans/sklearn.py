@@ -532,9 +532,48 @@ def _keeps_float64(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _as_key(random_state: np.random.RandomState) -> jax.Array:
-    """A JAX key drawn from a numpy RandomState (deterministic for an int seed)."""
-    return jax.random.PRNGKey(int(random_state.randint(np.iinfo(np.int32).max)))
+def _as_key(random_state: np.random.RandomState) -> Any:
+    """A JAX key drawn from a numpy RandomState (deterministic for an int seed):
+    ``jax.random.PRNGKey`` of a drawn int, made on the host (:func:`_split_keys`)."""
+    return _split_keys(int(random_state.randint(np.iinfo(np.int32).max)), None)
+
+
+def _threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> list[np.ndarray]:
+    """JAX's threefry2x32 hash (20 rounds) of the counters (x1, x2) under the key, on
+    the host."""
+    k1, k2 = np.uint32(key[0]), np.uint32(key[1])
+    ks = [k1, k2, np.uint32(k1 ^ k2 ^ np.uint32(0x1BD11BDA))]
+    x = [x1 + ks[0], x2 + ks[1]]
+    for i in range(5):
+        for r in ((13, 15, 26, 6), (17, 29, 16, 24))[i % 2]:
+            x[0] = x[0] + x[1]
+            x[1] = (x[1] << np.uint32(r)) | (x[1] >> np.uint32(32 - r))
+            x[1] = x[1] ^ x[0]
+        x[0] = x[0] + ks[(i + 1) % 3]
+        x[1] = x[1] + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x
+
+
+def _split_keys(seed: int, num: int | None) -> Any:
+    """``jax.random.PRNGKey(seed)`` (`num` None) or ``jax.random.split`` of it into
+    `num` keys, as raw uint32 keys computed on the host when JAX uses its default
+    generator (threefry2x32, partitionable: the same bits, checked by the tests), so a
+    first fit compiles no program for its keys; else by JAX."""
+    config = jax.config
+    if (
+        config.jax_default_prng_impl != "threefry2x32"
+        or not config.jax_threefry_partitionable
+        or not 0 <= seed < 2**32
+    ):
+        key = jax.random.PRNGKey(seed)
+        return key if num is None else jax.random.split(key, num)
+    key = np.array([0, seed], np.uint32)
+    if num is None:
+        return key
+    counts = np.arange(num, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        bits = _threefry2x32(key, np.zeros_like(counts), counts)
+    return np.stack(bits, axis=1)
 
 
 # ------------------------------------------------------------------- compiled programs
@@ -567,8 +606,8 @@ def _lloyd_program(x, w, centers, tol, max_iter):
     rule) or `max_iter`; returns (centers, n_iter, inertia)."""
     passes = engine.make_pass(dtype=x.dtype)
     spec = fitting.FitSpec(centers.shape[0], None, 1, False, "shift", passes)
-    result = fitting.lloyd_run(None, x, w, centers, tol, int(max_iter), spec)
-    return result.centers, result.n_iter, result.loss
+    result, dist = fitting.lloyd_run(None, x, w, centers, tol, int(max_iter), spec, True)
+    return result.centers, result.n_iter, result.loss, result.labels, dist
 
 
 def _reassign(state: KMeansState, xb: jax.Array, n_real: jax.Array, ratio: jax.Array):
@@ -1063,15 +1102,16 @@ class KMeans(_BaseKMeans):
         m, d = xu.shape
         xp, wp, d_pad = _placed(xu, wu, dtype, rows.padded)
         del rows
-        tol = jnp.asarray(_scaled_tol(self.tol, *_tol_rows(xu, wu, xp, wp), d), dtype)
-        max_iter = jnp.asarray(min(self.max_iter, _NO_LIMIT), jnp.int32)
-        keys = jax.random.split(_as_key(random_state), n_init)
+        # Host scalars and keys: nothing compiled for them.
+        tol = np.asarray(_scaled_tol(self.tol, *_tol_rows(xu, wu, xp, wp), d), dtype)
+        max_iter = min(self.max_iter, _NO_LIMIT)
+        keys = _split_keys(int(random_state.randint(np.iinfo(np.int32).max)), n_init)
         best = None
         for run in range(n_init):
             c0 = self._init_run(keys[run], xp, wp, init, X, d_pad, random_state, dtype)
             if self.verbose:
                 print("Initialization complete")
-            c, n_iter, loss = _lloyd_program(xp, wp, c0, tol, max_iter)
+            c, n_iter, loss, labels, dist = _lloyd_program(xp, wp, c0, tol, max_iter)
             loss = float(loss)
             if self.verbose:
                 # The iterations run inside one compiled program: the last one is reported
@@ -1088,12 +1128,11 @@ class KMeans(_BaseKMeans):
                         )
                 print(f"[KMeans] run {run + 1}/{n_init}: {int(n_iter)} iterations, inertia {loss}.")
             if best is None or loss < best[2]:
-                best = (c, int(n_iter), loss)
+                best = (c, int(n_iter), loss, labels, dist)
         assert best is not None  # n_init >= 1
         labels = dist = None
-        if not isinstance(xp, SparseRows):  # dense rows on the device: label them there
-            on_device = jaxkmeans.assign(xp, best[0], pad_rows=False)
-            labels, dist = np.asarray(on_device[0])[:m], np.asarray(on_device[1])[:m]
+        if not isinstance(xp, SparseRows):  # the labels of the best run's last pass
+            labels, dist = np.asarray(best[3])[:m], np.asarray(best[4])[:m]
         return np.asarray(best[0])[:, :d], best[1], labels, dist
 
 

@@ -546,3 +546,45 @@ def test_large_data_is_placed_unpadded_with_the_same_result(monkeypatch):
     np.testing.assert_array_equal(exact.cluster_centers_, padded.cluster_centers_)
     np.testing.assert_array_equal(exact.labels_, padded.labels_)
     assert exact.inertia_ == padded.inertia_ and exact.n_iter_ == padded.n_iter_
+
+
+@pytest.mark.parametrize("seed", [0, 1, 12345, 2**31 - 2, 2**32 - 1])
+@pytest.mark.parametrize("num", [None, 1, 3, 10])
+def test_host_keys_are_jax_keys(seed, num):
+    """The drop-in's keys, made on the host (no program compiled for them), have the
+    bits of jax.random.PRNGKey and jax.random.split."""
+    from jaxkmeans.sklearn import _split_keys
+
+    key = jax.random.PRNGKey(seed)
+    want = key if num is None else jax.random.split(key, num)
+    got = _split_keys(seed, num)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, np.asarray(want))
+
+
+def test_a_first_fit_compiles_no_program_for_keys_scalars_or_final_labels():
+    """The labels and distances of the drop-in's fit come from its last pass (no
+    assign after it), and its keys and scalars from the host."""
+    code = """
+import logging, numpy as np, jax
+jax.config.update("jax_log_compiles", True)
+names = []
+class H(logging.Handler):
+    def emit(self, record):
+        msg = record.getMessage()
+        if msg.startswith("Compiling "):
+            names.append(msg.split()[1])
+logging.getLogger("jax").addHandler(H())
+from jaxkmeans.sklearn import KMeans
+X = np.random.default_rng(0).normal(size=(3000, 5))
+km = KMeans(4, n_init=2, random_state=0).fit(X)
+print(sorted(set(names)))
+"""
+    env = dict(os.environ, JAXKMEANS_COMPILATION_CACHE="0")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = out.stdout.strip()
+    for unwanted in ("threefry", "squeeze", "convert_element_type", "nearest_impl", "stage"):
+        assert unwanted not in names, names
