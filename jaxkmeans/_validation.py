@@ -757,6 +757,34 @@ def _count_distinct(
     return jnp.sum(new & kept)
 
 
+# A count over at most this many values of host data (or data on the CPU device) is
+# made on the host with numpy: nothing to compile for the first rows' check of a fit.
+_HOST_COUNT_ELEMENTS = 1 << 16
+
+
+def _on_host(a: Any) -> np.ndarray | None:
+    """`a` as a numpy array without a copy when it is host data or a (not traced) array
+    on the CPU device; None otherwise (and for None)."""
+    if isinstance(a, np.ndarray):
+        return a
+    if isinstance(a, jax.Array) and not is_traced(a):
+        if all(d.platform == "cpu" for d in a.devices()) and a.is_fully_addressable:
+            if len(a.devices()) == 1:
+                return np.asarray(a)
+    return None
+
+
+def _host_count_distinct(x: np.ndarray, w: np.ndarray | None) -> int:
+    """Distinct rows of `x` with positive weight (-0.0 counting as 0.0), exactly, on the
+    host (:func:`count_distinct` of a few rows)."""
+    if w is not None:
+        x = x[np.asarray(w) > 0]
+    if x.shape[0] == 0:
+        return 0
+    rows = np.ascontiguousarray(x) + np.zeros((), x.dtype)  # -0.0 -> 0.0
+    return int(np.unique(rows.view(np.dtype((np.void, rows.strides[0]))).ravel()).size)
+
+
 def count_distinct(
     x: Any, metric: str = SQUARED_EUCLIDEAN_DISTANCE, w: Any = None, at_least: int | None = None
 ) -> int:
@@ -767,6 +795,10 @@ def count_distinct(
     n = x.shape[0]
 
     def count(size: int, head: int) -> int:
+        if metric != COSINE_DISTANCE and size * x.shape[1] <= _HOST_COUNT_ELEMENTS:
+            xh, wh = _on_host(x), _on_host(w)
+            if xh is not None and (w is None or wh is not None):
+                return _host_count_distinct(xh[:head], None if wh is None else wh[:head])
         # Host arrays are cut on the host (only `size` rows go to the device).
         xs = x[:size] if isinstance(x, np.ndarray) else x
         ws = w[:size] if isinstance(w, np.ndarray) else w

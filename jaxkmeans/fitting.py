@@ -430,7 +430,7 @@ def fit(
         and n_init * x.shape[0] * max(d, k) <= 1 << 26
     )
     spec = FitSpec(k, init_spec, n_init, vectorize, "loss", passes)
-    tol_array = jnp.asarray(tol, x.dtype)
+    tol_array = np.asarray(tol, x.dtype)  # a host scalar: jnp would compile a program
     max_iter = min(max_iter, 2**31 - 1)
     # Driven from the host (smaller programs) unless traced (under the user's jit or
     # vmap), with vectorized restarts, or over several processes.

@@ -191,3 +191,28 @@ def test_fit_under_jit_and_vmap_still_runs_the_one_program():
     out = jax.vmap(lambda k: jaxkmeans.fit(k, x, 4, max_iter=5).loss)(keys)
     eager = [float(jaxkmeans.fit(k, x, 4, max_iter=5).loss) for k in keys]
     np.testing.assert_allclose(np.asarray(out), eager, rtol=1e-5)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("place", ["numpy", "device"])
+def test_host_count_of_distinct_rows_matches_the_device_count(weighted, place, monkeypatch):
+    """count_distinct counts a few rows on the CPU on the host (nothing compiled): the
+    same number as the compiled count, with duplicates, -0.0 and zero weights."""
+    from jaxkmeans import _validation
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(-2, 3, size=(40, 3)).astype(np.float32)
+    x = np.concatenate([base, base[:10], -0.0 * np.ones((3, 3), np.float32), np.zeros((2, 3))])
+    x = x.astype(np.float32)
+    w = rng.integers(0, 3, size=x.shape[0]).astype(np.float32) if weighted else None
+    if place == "device":
+        x = jax.device_put(x)
+        w = None if w is None else jax.device_put(w)
+    counts = []
+    for elements in (1 << 16, 0):  # on the host, then compiled
+        monkeypatch.setattr(_validation, "_HOST_COUNT_ELEMENTS", elements)
+        counts.append([_validation.count_distinct(x, w=w, at_least=a) for a in (None, 5, 50)])
+    assert counts[0] == counts[1]
+    keep = np.ones(x.shape[0], bool) if w is None else np.asarray(w) > 0
+    rows = {tuple(r) for r in (np.asarray(x)[keep] + 0.0).tolist()}
+    assert counts[0][0] == len(rows)
