@@ -124,6 +124,9 @@ _ALGORITHMS = ("lloyd", "elkan")
 _SMALL_COLS = 32
 _NO_LIMIT = 2**31 - 1
 _HASH_BLOCK_ELEMENTS = 1 << 21  # rows hashed per program call: about this many elements
+# Dense data of at most this many values is hashed and its variance taken on the host
+# (numpy, microseconds to milliseconds): nothing compiled for them in a small first fit.
+_HOST_ELEMENTS = 1 << 18
 _VARIANCE_BLOCK_ROWS = 4096  # rows reduced at a time by _column_variance_sum
 
 
@@ -188,6 +191,8 @@ def _row_keys(x: Any) -> np.ndarray:
         if _sp.issparse(x):
             sp = sparse.from_host(x, rows=_bucket_rows(n), dtype=np.float32, check_values=False)
             ident = _sparse_identity(sp)
+        elif x.size <= _HOST_ELEMENTS:
+            ident = _host_dense_identity(np.asarray(x, np.float32))
         else:
             # In blocks of a fixed number of rows (of a few shapes for small problems):
             # one compiled program per column count, and no copy or temporary of the
@@ -206,6 +211,29 @@ def _row_keys(x: Any) -> np.ndarray:
             ident = np.concatenate([np.asarray(p) for p in parts])
     ident = np.asarray(ident)[:n].astype(np.uint64)
     return (ident[:, 0] << np.uint64(32)) | ident[:, 1]
+
+
+def _host_mix(h: np.ndarray) -> np.ndarray:
+    """:func:`jaxkmeans.kernels.sparse._mix` on the host (uint32, wrapping)."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def _host_dense_identity(x: np.ndarray) -> np.ndarray:
+    """:func:`jaxkmeans.kernels.sparse.dense_identity` of float32 rows, on the host:
+    the same bits (tested), nothing to compile."""
+    v = x + np.zeros((), np.float32)  # -0.0 -> 0.0
+    bits = v.view(np.uint32)
+    col = np.arange(x.shape[1], dtype=np.uint32)[None, :]
+    h1 = _host_mix(_host_mix(col * np.uint32(0x9E3779B1) + np.uint32(1)) ^ bits)
+    h2 = _host_mix(_host_mix(col ^ np.uint32(0x7F4A7C15)) + bits * np.uint32(0x27D4EB2F))
+    live = v != 0
+    zero = np.uint32(0)
+    h1, h2 = np.where(live, h1, zero), np.where(live, h2, zero)
+    return np.stack([h1.sum(axis=1, dtype=np.uint32), h2.sum(axis=1, dtype=np.uint32)], axis=1)
 
 
 def _canonical_csr(x: Any, dtype: Any) -> Any:
@@ -386,9 +414,9 @@ def _scaled_tol(tol: float, x: Any, w: Any, d: int | None = None) -> float:
 
 
 def _tol_rows(xu: Any, wu: np.ndarray, xp: Any, wp: jax.Array) -> tuple[Any, Any]:
-    """The rows :func:`_scaled_tol` reduces: dense ones on the device, sparse ones on
-    the host."""
-    return (xu, wu) if _sp.issparse(xu) else (xp, wp)
+    """The rows :func:`_scaled_tol` reduces: dense ones on the device, sparse ones and
+    a few dense ones (at most ``_HOST_ELEMENTS`` values) on the host."""
+    return (xu, wu) if _sp.issparse(xu) or xu.size <= _HOST_ELEMENTS else (xp, wp)
 
 
 @jax.jit
@@ -600,13 +628,21 @@ def _take(x: Any, idx: jax.Array) -> jax.Array:
     return sparse.take_rows(x, idx) if isinstance(x, SparseRows) else x[idx]
 
 
-def _lloyd_program(x, w, centers, tol, max_iter):
-    """Lloyd iterations (the core's fit loop, :func:`jaxkmeans.fitting.lloyd_run`, from
-    the given centers) until the total squared center shift is <= `tol` (scikit-learn's
-    rule) or `max_iter`; returns (centers, n_iter, inertia)."""
+def _lloyd_program(x, w, centers, tol, max_iter, key=None, k=None, method=None):
+    """Lloyd iterations (the core's fit loop, :func:`jaxkmeans.fitting.lloyd_run`)
+    until the total squared center shift is <= `tol` (scikit-learn's rule) or
+    `max_iter`, from the given centers, or (`centers` None) from the `k` centers of the
+    core's init `method` drawn with `key`, in the loop's first program (as
+    :func:`_init_program` draws them: one compiled program less). Returns (centers,
+    n_iter, inertia, labels, distances)."""
     passes = engine.make_pass(dtype=x.dtype)
-    spec = fitting.FitSpec(centers.shape[0], None, 1, False, "shift", passes)
-    result, dist = fitting.lloyd_run(None, x, w, centers, tol, int(max_iter), spec, True)
+    init = None
+    if centers is None:
+        init = initializers.make_init(method, k, _validation.SQUARED_EUCLIDEAN_DISTANCE)
+    else:
+        k = centers.shape[0]
+    spec = fitting.FitSpec(k, init, 1, False, "shift", passes)
+    result, dist = fitting.lloyd_run(key, x, w, centers, tol, int(max_iter), spec, True)
     return result.centers, result.n_iter, result.loss, result.labels, dist
 
 
@@ -1108,10 +1144,16 @@ class KMeans(_BaseKMeans):
         keys = _split_keys(int(random_state.randint(np.iinfo(np.int32).max)), n_init)
         best = None
         for run in range(n_init):
-            c0 = self._init_run(keys[run], xp, wp, init, X, d_pad, random_state, dtype)
+            if isinstance(init, str) and not isinstance(xp, SparseRows):
+                # The init method runs in the Lloyd loop's first program.
+                method = dict(key=keys[run], k=self.n_clusters, method=_CORE_INIT[init])
+                c0 = None
+            else:
+                c0 = self._init_run(keys[run], xp, wp, init, X, d_pad, random_state, dtype)
+                method = {}
             if self.verbose:
                 print("Initialization complete")
-            c, n_iter, loss, labels, dist = _lloyd_program(xp, wp, c0, tol, max_iter)
+            c, n_iter, loss, labels, dist = _lloyd_program(xp, wp, c0, tol, max_iter, **method)
             loss = float(loss)
             if self.verbose:
                 # The iterations run inside one compiled program: the last one is reported

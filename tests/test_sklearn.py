@@ -277,13 +277,16 @@ def test_n_init_auto(cls, init, n_init, runs, blobs3, monkeypatch):
     elif init == "callable":
         init = lambda X, k, random_state: X[random_state.choice(len(X), k, replace=False)]  # noqa: E731
     calls = []
-    original = jsk._BaseKMeans._init_run
+    # KMeans runs are its Lloyd loops (an init method runs inside the loop's program),
+    # MiniBatchKMeans runs its initializations.
+    owner, name = (jsk, "_lloyd_program") if cls is KMeans else (jsk._BaseKMeans, "_init_run")
+    original = getattr(owner, name)
 
-    def counting(self, *args, **kwargs):
+    def counting(*args, **kwargs):
         calls.append(1)
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(jsk._BaseKMeans, "_init_run", counting)
+    monkeypatch.setattr(owner, name, counting)
     cls(3, init=init, n_init=n_init, random_state=0).fit(X)
     assert len(calls) == runs
 
@@ -588,3 +591,19 @@ print(sorted(set(names)))
     names = out.stdout.strip()
     for unwanted in ("threefry", "squeeze", "convert_element_type", "nearest_impl", "stage"):
         assert unwanted not in names, names
+
+
+def test_host_row_hash_is_the_device_hash():
+    """Small dense data is hashed on the host: the same keys as the compiled hash
+    (so small and large, dense and sparse data order their distinct rows alike)."""
+    from jaxkmeans.kernels import sparse
+    from jaxkmeans.sklearn import _host_dense_identity
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 7)).astype(np.float32)
+    x[rng.random(x.shape) < 0.3] = 0.0
+    x[5, :] = -0.0
+    x[6, 2] = -0.0
+    x[7] = np.float32([1e38, -1e-38, 3.0, 0, 0, 0, 1])
+    want = np.asarray(jax.jit(sparse.dense_identity)(x))
+    np.testing.assert_array_equal(_host_dense_identity(x), want)
