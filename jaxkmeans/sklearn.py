@@ -587,20 +587,19 @@ def _split_keys(seed: int, num: int | None) -> Any:
     `num` keys, as raw uint32 keys computed on the host when JAX uses its default
     generator (threefry2x32, partitionable: the same bits, checked by the tests), so a
     first fit compiles no program for its keys; else by JAX."""
-    config = jax.config
     if (
-        config.jax_default_prng_impl != "threefry2x32"
-        or not config.jax_threefry_partitionable
+        getattr(jax.config, "jax_default_prng_impl", None) != "threefry2x32"
+        or not getattr(jax.config, "jax_threefry_partitionable", False)
         or not 0 <= seed < 2**32
     ):
         key = jax.random.PRNGKey(seed)
         return key if num is None else jax.random.split(key, num)
-    key = np.array([0, seed], np.uint32)
+    raw = np.array([0, seed], np.uint32)
     if num is None:
-        return key
+        return raw
     counts = np.arange(num, dtype=np.uint32)
     with np.errstate(over="ignore"):
-        bits = _threefry2x32(key, np.zeros_like(counts), counts)
+        bits = _threefry2x32(raw, np.zeros_like(counts), counts)
     return np.stack(bits, axis=1)
 
 
