@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import gc
 import json
 import math
 import os
@@ -802,12 +803,23 @@ class _Interrupts:
     def _handler(self, signum: int, frame: Any) -> None:
         if self.depth:
             self.pending.append((signum, frame))
+        elif _in_gc_callback(frame) and not self._has_own_handler(signum):
+            # Raised inside a garbage-collection callback (e.g. jaxlib's, run by every
+            # collection), the KeyboardInterrupt would be lost and Python would print an
+            # "Exception ignored" traceback: marked instead, it is raised at the next
+            # step boundary (see _Deferred), as one lost on the way would be.
+            self.raised = signum
         else:
             self._dispatch(signum, frame)
 
+    def _has_own_handler(self, signum: int) -> bool:
+        """Whether the handler replaced for `signum` is an application's own."""
+        previous = self._previous.get(signum)
+        return callable(previous) and previous is not signal.default_int_handler
+
     def _dispatch(self, signum: int, frame: Any) -> None:
         previous = self._previous.get(signum)
-        if callable(previous) and previous is not signal.default_int_handler:
+        if self._has_own_handler(signum):
             previous(signum, frame)
             return
         self.raised = signum
@@ -817,6 +829,12 @@ class _Interrupts:
         """Acts on the signals received inside deferred blocks."""
         while self.pending:
             self._dispatch(*self.pending.pop(0))
+
+
+def _in_gc_callback(frame: Any) -> bool:
+    """Whether `frame` is the frame of a function in ``gc.callbacks``."""
+    code = getattr(frame, "f_code", None)
+    return code is not None and any(getattr(cb, "__code__", None) is code for cb in gc.callbacks)
 
 
 class _Deferred:
