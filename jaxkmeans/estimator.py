@@ -819,7 +819,7 @@ class _Interrupts:
 
     def _dispatch(self, signum: int, frame: Any) -> None:
         previous = self._previous.get(signum)
-        if self._has_own_handler(signum):
+        if callable(previous) and self._has_own_handler(signum):
             previous(signum, frame)
             return
         self.raised = signum
