@@ -247,21 +247,17 @@ def needs_copy(a: np.ndarray, dtype: Any = None) -> bool:
     )
 
 
-def in_row_blocks(
-    n: int, row_bytes: int, work: Callable[[int, int], bool], threads: int | None = None
-) -> bool:
+def in_row_blocks(n: int, row_bytes: int, work: Callable[[int, int], bool]) -> bool:
     """Runs ``work(i, j)`` over the row blocks ``[i, j)`` of `n` rows of `row_bytes`
     bytes each, blocks of about 1 MiB (they stay in cache between the steps of `work`),
     split in contiguous parts over up to 4 threads when the rows hold at least 16 MiB
-    (`threads` overrides; numpy releases the GIL in copies, gathers and ufuncs).
+    (numpy releases the GIL in copies, gathers and ufuncs).
 
     A part stops at its first block for which `work` returns False. Returns whether
     every block returned True; an exception in any thread is raised here.
     """
     rows = max(1, _COPY_BLOCK_BYTES // max(1, row_bytes))
-    if threads is None:
-        threads = _copy_threads(n * row_bytes)
-    threads = max(1, min(threads, -(-n // rows)))
+    threads = max(1, min(_copy_threads(n * row_bytes), -(-n // rows)))
     bounds = [n * i // threads for i in range(threads + 1)]
     ok = [True] * threads
     errors: list[BaseException] = []

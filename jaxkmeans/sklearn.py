@@ -560,10 +560,11 @@ def _keeps_float64(method: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _as_key(random_state: np.random.RandomState) -> Any:
+def _as_key(random_state: np.random.RandomState, num: int | None = None) -> Any:
     """A JAX key drawn from a numpy RandomState (deterministic for an int seed):
-    ``jax.random.PRNGKey`` of a drawn int, made on the host (:func:`_split_keys`)."""
-    return _split_keys(int(random_state.randint(np.iinfo(np.int32).max)), None)
+    ``jax.random.PRNGKey`` of a drawn int, or (`num`) its split into `num` keys, made on
+    the host (:func:`_split_keys`)."""
+    return _split_keys(int(random_state.randint(np.iinfo(np.int32).max)), num)
 
 
 def _threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> list[np.ndarray]:
@@ -1140,7 +1141,7 @@ class KMeans(_BaseKMeans):
         # Host scalars and keys: nothing compiled for them.
         tol = np.asarray(_scaled_tol(self.tol, *_tol_rows(xu, wu, xp, wp), d), dtype)
         max_iter = min(self.max_iter, _NO_LIMIT)
-        keys = _split_keys(int(random_state.randint(np.iinfo(np.int32).max)), n_init)
+        keys = _as_key(random_state, n_init)
         best = None
         for run in range(n_init):
             if isinstance(init, str) and not isinstance(xp, SparseRows):
