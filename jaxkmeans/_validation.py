@@ -565,6 +565,14 @@ def bucket_rows(n: int) -> int:
     return -(-n // step) * step
 
 
+def auto_bucket_rows(n: int, d: int) -> int:
+    """Rows that `n` rows of `d` columns are padded to when padding is automatic
+    (``pad_rows=None``): their size bucket while it holds at most
+    ``PAD_LIMIT_ELEMENTS`` values, else `n` (no padding)."""
+    size = bucket_rows(n)
+    return size if size * d <= PAD_LIMIT_ELEMENTS else n
+
+
 def check_pad_rows(pad_rows: Any) -> bool | None:
     if pad_rows is None or isinstance(pad_rows, bool | np.bool_):
         return None if pad_rows is None else bool(pad_rows)
@@ -621,10 +629,8 @@ def as_bucketed(
     pad_rows = check_pad_rows(pad_rows)
 
     def pads(n: int, d: int) -> bool:
-        size = bucket_rows(n)
-        return not (
-            pad_rows is False or size == n or (pad_rows is None and size * d > PAD_LIMIT_ELEMENTS)
-        )
+        size = bucket_rows(n) if pad_rows else auto_bucket_rows(n, d)
+        return pad_rows is not False and size != n
 
     # Host data placed as it is (not padded) is copied, when it must be, and checked in
     # one pass (see _checked_array).

@@ -46,8 +46,8 @@ from jaxkmeans import engine, fitting, initializers, metrics, sharding
 from jaxkmeans import export as export_lib
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
-    PAD_LIMIT_ELEMENTS,
     SQUARED_EUCLIDEAN_DISTANCE,
+    auto_bucket_rows,
     bucket_rows,
     check_bool,
     check_int,
@@ -665,10 +665,7 @@ def _centers_from_method(
         sample = np.concatenate(seen) if len(seen) > 1 else batch
         # Padded to its size bucket (one compiled program for nearby sizes) while the
         # padded copy is small (as pad_rows=None in the functional core).
-        size = _bucket(sample.shape[0], None)
-        if size * sample.shape[1] > PAD_LIMIT_ELEMENTS:
-            size = sample.shape[0]
-        sample, w = _pad_batch(sample, size)
+        sample, w = _pad_batch(sample, auto_bucket_rows(*sample.shape))
         if int(np.sum(w)) >= k:
             distinct = count_distinct(sample, metric, w, at_least=k)
             if distinct >= k:

@@ -147,8 +147,7 @@ def _data_rows(n: int, d_pad: int) -> int:
     ``PAD_LIMIT_ELEMENTS`` values, as ``pad_rows=None`` does in the functional core;
     beyond, `n` (compiling once per size costs little next to the fit, and padding
     would add up to 1/8 more rows to every pass)."""
-    size = _bucket_rows(n)
-    return size if size * d_pad <= _validation.PAD_LIMIT_ELEMENTS else n
+    return _validation.auto_bucket_rows(n, d_pad)
 
 
 def _bucket_cols(d: int) -> int:
