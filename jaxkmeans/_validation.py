@@ -331,13 +331,19 @@ def to_device(a: Any) -> Any:
     return placed
 
 
-# XLA's backend optimizations off: less than half the compile time of a program (the
-# k-means++ initializer's 2.6 s -> 1.5 s of CPU time at 10,240 x 10 -> 8), which then
-# runs up to about 1.5-3x slower where XLA's own code does the work (the native
-# kernels are compiled already). Chosen for data of at most FAST_COMPILE_ELEMENTS
-# values on CPU, where a run takes milliseconds and compiling is most of a first fit.
+# XLA's backend optimizations off, and XLA:CPU's older (non-MLIR) fusion emitters: a
+# third of the compile time of a program (the k-means++ start of a fit at 10,240 x 10
+# -> 8: 1.1-1.6 s at the default options, 1.1-1.3 s with optimizations off alone,
+# 0.42-0.51 s with both), which then runs up to about 1.5-3x slower where XLA's own code
+# does the work (the native kernels are compiled already; at 65,536 x 32 -> 64 its
+# k-means++ runs 0.20 s against 0.12 s). Chosen for data of at most
+# FAST_COMPILE_ELEMENTS values on CPU, where a run takes milliseconds and compiling is
+# most of a first fit. A jaxlib that no longer knows an option compiles without it
+# (:meth:`SizeAwareJit.for_data`).
 FAST_COMPILE_ELEMENTS = 1 << 21
-FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
+FAST_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+# Options of FAST_COMPILE_OPTIONS that this jaxlib rejected (left out from then on).
+_REJECTED_OPTIONS: set[str] = set()
 
 
 def fast_compile(x: Any) -> bool:
@@ -350,17 +356,45 @@ def fast_compile(x: Any) -> bool:
     )
 
 
+def _rejected_option(error: Exception, options: dict[str, Any]) -> str | None:
+    """The option of `options` that `error` (XLA's "No such compile option: 'name'")
+    says this jaxlib does not know."""
+    if "No such compile option" not in str(error):
+        return None
+    return next((k for k in options if f"'{k}'" in str(error)), None)
+
+
 class SizeAwareJit:
     """`fn` jitted twice with the same jit arguments: as usual (:attr:`usual`), and with
     :data:`FAST_COMPILE_OPTIONS` (:attr:`quick`); :meth:`for_data` picks the one for
     the data `x` (:func:`fast_compile`)."""
 
     def __init__(self, fn: Callable[..., Any], **jit_kwargs: Any):
+        self._fn, self._jit_kwargs = fn, jit_kwargs
         self.usual = jax.jit(fn, **jit_kwargs)
-        self.quick = jax.jit(fn, compiler_options=FAST_COMPILE_OPTIONS, **jit_kwargs)
+        self.quick = self._quick_jit()
 
-    def for_data(self, x: Any) -> Any:
-        return self.quick if fast_compile(x) else self.usual
+    def _quick_jit(self) -> Any:
+        self._options = {
+            k: v for k, v in FAST_COMPILE_OPTIONS.items() if k not in _REJECTED_OPTIONS
+        }
+        return jax.jit(self._fn, compiler_options=self._options, **self._jit_kwargs)
+
+    def for_data(self, x: Any) -> Callable[..., Any]:
+        return self._quick_call if fast_compile(x) else self.usual
+
+    def _quick_call(self, *args: Any, **kwargs: Any) -> Any:
+        # The options are checked before anything is compiled or run: one this jaxlib
+        # does not know (a later XLA may drop one) is left out, process-wide.
+        while True:
+            try:
+                return self.quick(*args, **kwargs)
+            except jax.errors.JaxRuntimeError as e:
+                name = _rejected_option(e, self._options)
+                if name is None:
+                    raise
+                _REJECTED_OPTIONS.add(name)
+                self.quick = self._quick_jit()
 
 
 # Host buffers made by aligned_empty (their base arrays), and the device arrays using one

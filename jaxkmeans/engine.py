@@ -94,6 +94,11 @@ class Pass:
         one-hot matmul on GPU/TPU), ``"segment_sum"`` or ``"onehot"``.
       mesh: a ``jax.sharding.Mesh`` with Auto axes to run data-parallel over (rows split
         over all its devices), or None.
+      platform: ``"cpu"`` when the caller knows that the program is lowered for CPU
+        only (:func:`on_platform`): only the CPU branch of each kernel is traced,
+        which saves a first call the tracing of every other platform's branch; None:
+        every branch, chosen by ``lax.platform_dependent`` when lowered. The program
+        computes the same either way where it runs on CPU.
     """
 
     metric: str = SQUARED_EUCLIDEAN_DISTANCE
@@ -102,11 +107,42 @@ class Pass:
     kernel: str = "xla"
     sums: str = "auto"
     mesh: Mesh | None = None
+    platform: str | None = None
 
     @property
     def axes(self) -> tuple[str, ...]:
         """The mesh axes rows are split over (all of them)."""
         return () if self.mesh is None else tuple(self.mesh.axis_names)
+
+
+def on_platform(spec: Any, *arrays: Any) -> Any:
+    """`spec` (a :class:`Pass`, or a dataclass with :class:`Pass` and
+    :class:`~jaxkmeans.initializers.InitSpec` fields, such as ``FitSpec``) with
+    ``platform="cpu"`` where every array of `arrays` is a concrete device array on CPU
+    devices only: the caller then compiles the program for CPU, and only the CPU
+    branches are traced. Unchanged otherwise (under a trace, a host array, another
+    platform)."""
+    on_cpu = all(
+        isinstance(a, jax.Array)
+        and not isinstance(a, jax.core.Tracer)
+        and all(dev.platform == "cpu" for dev in a.sharding.device_set)
+        for a in arrays
+        if a is not None
+    )
+    return _with_platform(spec, "cpu") if on_cpu and arrays else spec
+
+
+def _with_platform(spec: Any, platform: str) -> Any:
+    if not dataclasses.is_dataclass(spec) or isinstance(spec, type):
+        return spec
+    changes: dict[str, Any] = {
+        f.name: _with_platform(getattr(spec, f.name), platform)
+        for f in dataclasses.fields(spec)
+        if dataclasses.is_dataclass(getattr(spec, f.name))
+    }
+    if "platform" in {f.name for f in dataclasses.fields(spec)}:
+        changes["platform"] = platform
+    return dataclasses.replace(spec, **changes)
 
 
 def _auto_mesh(mesh: Mesh) -> Mesh:

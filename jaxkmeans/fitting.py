@@ -305,6 +305,7 @@ def lloyd_run(key, x, w, init, tol, max_iter: int, spec: FitSpec, distances: boo
 
     With `distances`, returns ``(result, distances)``: also each row's distance to its
     center (from the final assignment; no pass of its own)."""
+    spec = engine.on_platform(spec, x, w)  # compiled here: for x's platform only
     if spec.n_init == 1:
         best = _run_one(key, x, w, init, tol, max_iter, spec)
     else:

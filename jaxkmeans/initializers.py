@@ -407,7 +407,7 @@ def _unchosen_fallback(mass_at_draws, chosen, w):
     )
 
 
-def _kmeans_pp(key, xp, w, k, num_retries, kernel="xla"):
+def _kmeans_pp(key, xp, w, k, num_retries, kernel="xla", platform=None):
     """Greedy k-means++: `1 + num_retries` D^2-sampled candidates per pick, keep the one
     that lowers the potential most. Returns indices (k,).
 
@@ -415,8 +415,11 @@ def _kmeans_pp(key, xp, w, k, num_retries, kernel="xla"):
     blocks get prefix sums), one pass over the rows for all candidates' distances and
     potentials (:func:`_candidate_potentials`). With ``kernel="native"`` (and the native
     round usable) the program runs :func:`_kmeans_pp_native` where it runs on CPU, and
-    these pure-JAX rounds on every other platform (``lax.platform_dependent``)."""
+    these pure-JAX rounds on every other platform (``lax.platform_dependent``; only the
+    native rounds with ``platform="cpu"``: see :class:`InitSpec`)."""
     if _use_native_round(xp, kernel) and k > 1:
+        if platform == "cpu":
+            return _kmeans_pp_native(key, xp, w, k, num_retries)
         return lax.platform_dependent(
             key,
             xp,
@@ -499,7 +502,9 @@ def _kmeans_parallel(key, xp, w, spec: InitSpec):
     platform's blocks elsewhere)."""
     opts = dict(spec.options)
     kernel = spec.kernel if xp.dtype == jnp.float32 else "xla"  # native: float32 only
-    passes = engine.Pass(chunk=opts["chunk_size"], kernel=kernel, mesh=spec.mesh)
+    passes = engine.Pass(
+        chunk=opts["chunk_size"], kernel=kernel, mesh=spec.mesh, platform=spec.platform
+    )
     k, num_retries = spec.k, spec.num_retries
     rounds, oversampling_factor = opts["rounds"], opts["oversampling_factor"]
     n, d = xp.shape
@@ -545,7 +550,7 @@ def _kmeans_parallel(key, xp, w, spec: InitSpec):
     )
     cw = jax.ops.segment_sum(w, near, num_segments=m)
     cw = jnp.where(cand_ok, cw, 0.0)
-    sub_idx = _kmeans_pp(key, xp[cand_idx], cw, k, num_retries, kernel)
+    sub_idx = _kmeans_pp(key, xp[cand_idx], cw, k, num_retries, kernel, spec.platform)
     return cand_idx[sub_idx]
 
 
@@ -564,6 +569,9 @@ class InitSpec:
         measures candidate distances on each device's rows; k-means++ runs its
         pure-JAX rounds, which the compiler partitions (a native round would gather
         every row to each device).
+      platform: ``"cpu"`` when the caller knows that the program is lowered for CPU
+        only (as :attr:`jaxkmeans.engine.Pass.platform`): only the CPU branches are
+        traced.
     """
 
     k: int
@@ -573,6 +581,7 @@ class InitSpec:
     options: tuple[tuple[str, Any], ...] = ()
     kernel: str = "xla"
     mesh: Any = None
+    platform: str | None = None
 
 
 # ------------------------------------------------------------------ sparse rows
@@ -674,7 +683,7 @@ def _sparse_kmeans_parallel(key, sp, vals, xsq, w, spec: InitSpec):
     rounds, oversampling_factor = opts["rounds"], opts["oversampling_factor"]
     n, d = sp.shape
     kernel = spec.kernel if sp.dtype == jnp.float32 else "xla"
-    passes = engine.Pass(kernel=kernel)
+    passes = engine.Pass(kernel=kernel, platform=spec.platform)
     per_round = max(1, min(n, max(math.ceil(oversampling_factor * k), math.ceil((k - 1) / rounds))))
     m = 1 + rounds * per_round
     key, sub = jax.random.split(key)
@@ -798,7 +807,7 @@ def _init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec
         if spec.method == KMEANS_PLUS_PLUS_INIT:
             native_ok = xp.dtype == jnp.float32 and spec.mesh is None
             kernel = spec.kernel if native_ok else "xla"
-            idx = _kmeans_pp(key, xp, w, k, spec.num_retries, kernel)
+            idx = _kmeans_pp(key, xp, w, k, spec.num_retries, kernel, spec.platform)
         elif spec.method == KMC2_INIT:
             idx = _kmc2(key, xp, w, k, opts["chain_length"])
         else:

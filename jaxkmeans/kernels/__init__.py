@@ -62,6 +62,8 @@ def _dispatch(spec: Any, name: str, *args: Any) -> Any:
         branches["tpu"] = functools.partial(getattr(pallas_tpu, name), spec, "tpu")
     elif xla.BLOCK_ELEMENTS["tpu"] != xla.BLOCK_ELEMENTS["gpu"]:
         branches["tpu"] = functools.partial(ref, spec, "tpu")
+    if getattr(spec, "platform", None) == "cpu":  # lowered for CPU only
+        return cpu(*args)
     return lax.platform_dependent(*args, cpu=cpu, **branches)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Any
 
 import jax
@@ -118,11 +119,10 @@ def is_sparse(x: Any) -> bool:
     mod = type(x).__module__ or ""
     if mod.startswith("scipy.sparse"):
         return True
-    try:
-        from jax.experimental import sparse as jsparse
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(x, jsparse.JAXSparse)
+    # A JAX sparse array exists only once its module is imported (which takes 0.4 s:
+    # not for every dense input).
+    jsparse = sys.modules.get("jax.experimental.sparse")
+    return jsparse is not None and isinstance(x, jsparse.JAXSparse)
 
 
 def _pow2_at_least(v: int) -> int:
@@ -497,6 +497,8 @@ def nearest(spec: Any, sp: SparseRows, frame: Any) -> tuple[jax.Array, jax.Array
     xla = functools.partial(_xla_nearest, spec)
     if not _native_usable(spec, sp):
         return xla(sp, frame)
+    if getattr(spec, "platform", None) == "cpu":  # lowered for CPU only
+        return _native_nearest(spec, sp, frame)
     return lax.platform_dependent(
         sp, frame, cpu=functools.partial(_native_nearest, spec), default=xla
     )
@@ -508,6 +510,8 @@ def statistics(spec: Any, sp: SparseRows, w: jax.Array | None, frame: Any):
     xla = functools.partial(_xla_statistics, spec)
     if not _native_usable(spec, sp):
         return xla(sp, w, frame)
+    if getattr(spec, "platform", None) == "cpu":  # lowered for CPU only
+        return _native_statistics(spec, sp, w, frame)
     return lax.platform_dependent(
         sp, w, frame, cpu=functools.partial(_native_statistics, spec), default=xla
     )
