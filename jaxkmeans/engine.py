@@ -122,14 +122,14 @@ def on_platform(spec: Any, *arrays: Any) -> Any:
     devices only: the caller then compiles the program for CPU, and only the CPU
     branches are traced. Unchanged otherwise (under a trace, a host array, another
     platform)."""
+    present = [a for a in arrays if a is not None]
     on_cpu = all(
         isinstance(a, jax.Array)
         and not isinstance(a, jax.core.Tracer)
-        and all(dev.platform == "cpu" for dev in a.sharding.device_set)
-        for a in arrays
-        if a is not None
+        and all(getattr(dev, "platform", None) == "cpu" for dev in a.sharding.device_set)
+        for a in present
     )
-    return _with_platform(spec, "cpu") if on_cpu and arrays else spec
+    return _with_platform(spec, "cpu") if on_cpu and present else spec
 
 
 def _with_platform(spec: Any, platform: str) -> Any:
