@@ -39,11 +39,26 @@ print({"import": t_import, "first": t_first, "other_size": t_other})
 """
 
 
+# The child fails unless it imported the checkout it was given.
+CHECK = """
+import pathlib
+assert pathlib.Path(jaxkmeans.__file__).resolve().is_relative_to({root!r}), jaxkmeans.__file__
+"""
+
+
 def run(path: Path) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(path), JAXKMEANS_COMPILATION_CACHE="0")
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    # Run in the checkout's root: `python -c` puts the working directory first on
+    # sys.path, ahead of PYTHONPATH, so from another checkout's root the child would
+    # import that one instead (which the first version of this script did).
     out = subprocess.run(
-        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", CHILD + CHECK.format(root=str(path.resolve()))],
+        env=env,
+        cwd=path,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])

@@ -76,7 +76,8 @@ def _checked(x: Any, centers: Any, metric: Any, w: Any, pad_rows: Any, options: 
     else:
         x, w, n = as_bucketed(x, w, pad_rows)
     centers = as_centers(centers, x.shape[1], x.dtype)
-    return x, w, n, centers, engine.make_pass(metric, dtype=x.dtype, **options)
+    spec = engine.make_pass(metric, dtype=x.dtype, **options)
+    return x, w, n, centers, engine.on_platform(spec, x, w)  # for x's platform only
 
 
 @releases_host_copies

@@ -136,6 +136,7 @@ def lloyd_step(
         update_method=update_method,
         dtype=x.dtype,
     )
+    spec = engine.on_platform(spec, x, w)  # compiled for x's platform only
     centers = as_centers(centers, x.shape[1], x.dtype)
     return _lloyd_step_impl(x, centers, w, spec)
 
@@ -565,6 +566,8 @@ def minibatch_step(
         dtype=x.dtype,
     )
     w = as_weights(sample_weight, x.shape[0], x.dtype)
+    if not is_traced(smoothing):
+        spec = engine.on_platform(spec, x, w, state.centers)  # for their platform only
     if smoothing is not None and not is_traced(smoothing):
         if not 0 < float(smoothing) <= 1:
             raise ValueError(f"`smoothing` must be in (0, 1]; got {smoothing!r}.")

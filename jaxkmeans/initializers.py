@@ -885,7 +885,7 @@ def init_centers(
         raise ValueError(f"`num_clusters` must be <= the number of samples; got {k} > {n}.")
     if is_traced(key, x, w):
         return init_impl(key, x, w, spec)
-    return init_program(x)(key, x, w, spec)
+    return init_program(x)(key, x, w, engine.on_platform(spec, x, w))  # for x's platform
 
 
 def _check_user_centers(c: Any, k: int, d: int, dtype: Any, metric: str, name: str) -> jax.Array:

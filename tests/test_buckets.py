@@ -146,13 +146,17 @@ def test_padding_under_jit_is_skipped():
 # ----------------------------------------------- the host-stepped loop = the one program
 
 
+@pytest.mark.parametrize("placed", [False, True])
 @pytest.mark.parametrize("n_init", [1, 3])
-def test_host_stepped_fit_equals_the_one_program_fit(n_init):
+def test_host_stepped_fit_equals_the_one_program_fit(n_init, placed):
     # Heavy duplicates and far initial centers: passes leave clusters empty, so the
     # host-stepped driver must run its relocating step, and land where fit_impl (one
-    # program, relocation inside the loop) lands.
+    # program, relocation inside the loop) lands. Placed on the CPU device, the rows
+    # make the host-stepped programs trace the CPU branches only (engine.on_platform).
     base = np.array([[10, 10], [10, 0], [0, 10], [0, 0]], np.float32)
     x = np.concatenate([np.repeat(base, 20, axis=0), [[5, 5]]]).astype(np.float32)
+    if placed:
+        x = jax.device_put(x)
     init = np.array([[6, 6], [1000, 1000], [-1000, 1000], [1000, -1000], [2000, 2000]], np.float32)
     key = jax.random.PRNGKey(0)
     passes = fitting.engine.make_pass(dtype=np.float32)
@@ -216,3 +220,64 @@ def test_host_count_of_distinct_rows_matches_the_device_count(weighted, place, m
     keep = np.ones(x.shape[0], bool) if w is None else np.asarray(w) > 0
     rows = {tuple(r) for r in (np.asarray(x)[keep] + 0.0).tolist()}
     assert counts[0][0] == len(rows)
+
+
+# ------------------------------------------------- programs compiled for one platform
+
+
+def _platform_branches(fn, *args):
+    return str(jax.make_jaxpr(fn)(*args)).count("platform_index")
+
+
+def test_on_platform_marks_specs_for_cpu_arrays_only():
+    passes = fitting.engine.make_pass(dtype=np.float32, kernel="native")
+    init = fitting.make_init("kmeans_plus_plus", 4, "squared_euclidean", -1, None, kernel="native")
+    spec = fitting.FitSpec(4, init, 1, False, "loss", passes)
+    x = np.ones((10, 2), np.float32)
+    on_cpu = fitting.engine.on_platform(spec, jax.device_put(x), None)
+    assert on_cpu.passes.platform == "cpu" and on_cpu.init.platform == "cpu"
+    assert on_cpu.passes.kernel == passes.kernel and on_cpu.init.k == 4
+    assert fitting.engine.on_platform(spec, x) is spec  # a host array: not placed yet
+    assert fitting.engine.on_platform(spec, None) is spec
+
+    seen = []
+    jax.jit(lambda a: seen.append(fitting.engine.on_platform(spec, a)) or a)(x)
+    assert seen == [spec]  # under a trace: lowered anywhere
+
+
+def test_a_program_for_cpu_traces_no_other_platform_branch():
+    from jaxkmeans import initializers
+
+    x = jax.device_put(_blobs(300))
+    passes = fitting.engine.make_pass(dtype=np.float32, kernel="native")
+    init = fitting.make_init("kmeans_plus_plus", 4, "squared_euclidean", -1, None, kernel="native")
+    frame = fitting.engine.frame_of(x[:4], x.mean(0), passes.metric)
+    key = jax.random.PRNGKey(0)
+    cpu_pass = fitting.engine.on_platform(passes, x)
+    cpu_init = fitting.engine.on_platform(init, x)
+    if not fitting.engine.kernels.native.available():
+        pytest.skip("native kernel not built")
+    assert _platform_branches(lambda a: fitting.engine.nearest(passes, a, frame), x) > 0
+    assert _platform_branches(lambda a: fitting.engine.nearest(cpu_pass, a, frame), x) == 0
+    assert _platform_branches(lambda a: initializers._init_impl(key, a, None, init), x) > 0
+    assert _platform_branches(lambda a: initializers._init_impl(key, a, None, cpu_init), x) == 0
+    # the same centers either way
+    np.testing.assert_array_equal(
+        initializers.init_impl(key, x, None, init), initializers.init_impl(key, x, None, cpu_init)
+    )
+
+
+def test_quick_programs_leave_out_a_compile_option_the_jaxlib_rejects(monkeypatch):
+    monkeypatch.setitem(_validation.FAST_COMPILE_OPTIONS, "xla_no_such_option_for_test", True)
+    monkeypatch.setattr(_validation, "_REJECTED_OPTIONS", set())
+    f = _validation.SizeAwareJit(lambda a: a * 2 + 1)
+    h = _validation.SizeAwareJit(lambda a: a - 1)  # built before the rejection
+    x = np.arange(6, dtype=np.float32)
+    np.testing.assert_array_equal(f.for_data(x)(x), x * 2 + 1)
+    assert _validation._REJECTED_OPTIONS == {"xla_no_such_option_for_test"}
+    np.testing.assert_array_equal(h.for_data(x)(x), x - 1)
+    np.testing.assert_array_equal(_validation.SizeAwareJit(lambda a: -a).for_data(x)(x), -x)
+    # other errors are raised
+    g = _validation.SizeAwareJit(lambda a: a.reshape(4))
+    with pytest.raises(TypeError):
+        g.for_data(x)(x)

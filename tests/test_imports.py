@@ -43,3 +43,33 @@ def test_checkpoint_imports_orbax_on_first_save(tmp_path):
         "assert ckpt.restore()[0] == 1"
     )
     assert loaded["orbax"]
+
+
+def test_a_dense_fit_does_not_import_jax_sparse():
+    # Sparse input is recognised without importing jax.experimental.sparse (0.4 s on a
+    # first fit): a JAX sparse array exists only once the user imported it.
+    script = (
+        "import sys, numpy as np, jax, jaxkmeans\n"
+        "x = np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32)\n"
+        "jaxkmeans.fit(jax.random.PRNGKey(0), x, 3, max_iter=3)\n"
+        "jaxkmeans.assign(x, x[:3])\n"
+        "print('jax.experimental.sparse' in sys.modules)"
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_sparse_input_is_recognised_once_jax_sparse_is_imported():
+    from jax.experimental import sparse as jsparse
+
+    from jaxkmeans.kernels.sparse import is_sparse
+
+    import numpy as np
+
+    x = np.eye(4, dtype=np.float32)
+    assert is_sparse(jsparse.BCOO.fromdense(x))
+    assert not is_sparse(x)
