@@ -64,11 +64,10 @@ def test_a_dense_fit_does_not_import_jax_sparse():
 
 
 def test_sparse_input_is_recognised_once_jax_sparse_is_imported():
+    import numpy as np
     from jax.experimental import sparse as jsparse
 
     from jaxkmeans.kernels.sparse import is_sparse
-
-    import numpy as np
 
     x = np.eye(4, dtype=np.float32)
     assert is_sparse(jsparse.BCOO.fromdense(x))
