@@ -415,12 +415,11 @@ def _kmeans_pp(key, xp, w, k, num_retries, kernel="xla", platform=None):
     blocks get prefix sums), one pass over the rows for all candidates' distances and
     potentials (:func:`_candidate_potentials`). With ``kernel="native"`` (and the native
     round usable) the program runs :func:`_kmeans_pp_native` where it runs on CPU, and
-    these pure-JAX rounds on every other platform (``lax.platform_dependent``; only the
-    native rounds with ``platform="cpu"``: see :class:`InitSpec`)."""
+    these pure-JAX rounds on every other platform (:func:`kernels.by_platform`: only the
+    native rounds with ``platform="cpu"``, see :class:`InitSpec`)."""
     if _use_native_round(xp, kernel) and k > 1:
-        if platform == "cpu":
-            return _kmeans_pp_native(key, xp, w, k, num_retries)
-        return lax.platform_dependent(
+        return kernels.by_platform(
+            platform,
             key,
             xp,
             w,

@@ -248,6 +248,8 @@ def test_on_platform_marks_specs_for_cpu_arrays_only():
 def test_a_program_for_cpu_traces_no_other_platform_branch():
     from jaxkmeans import initializers
 
+    if not fitting.engine.kernels.native.available():
+        pytest.skip("native kernel not built")
     x = jax.device_put(_blobs(300))
     passes = fitting.engine.make_pass(dtype=np.float32, kernel="native")
     init = fitting.make_init("kmeans_plus_plus", 4, "squared_euclidean", -1, None, kernel="native")
@@ -255,8 +257,6 @@ def test_a_program_for_cpu_traces_no_other_platform_branch():
     key = jax.random.PRNGKey(0)
     cpu_pass = fitting.engine.on_platform(passes, x)
     cpu_init = fitting.engine.on_platform(init, x)
-    if not fitting.engine.kernels.native.available():
-        pytest.skip("native kernel not built")
     assert _platform_branches(lambda a: fitting.engine.nearest(passes, a, frame), x) > 0
     assert _platform_branches(lambda a: fitting.engine.nearest(cpu_pass, a, frame), x) == 0
     assert _platform_branches(lambda a: initializers._init_impl(key, a, None, init), x) > 0

@@ -42,7 +42,16 @@ from jaxkmeans.metrics import normalize_rows
 # The Pallas modules (which import Pallas' Triton and Mosaic front ends) load on first
 # use: ``import jaxkmeans`` does not pay for them.
 
-__all__ = ["KERNELS", "nearest", "statistics", "native", "pallas_gpu", "pallas_tpu", "xla"]
+__all__ = [
+    "KERNELS",
+    "by_platform",
+    "nearest",
+    "statistics",
+    "native",
+    "pallas_gpu",
+    "pallas_tpu",
+    "xla",
+]
 
 KERNELS = ("auto", "xla", "native", "pallas")
 
@@ -62,7 +71,14 @@ def _dispatch(spec: Any, name: str, *args: Any) -> Any:
         branches["tpu"] = functools.partial(getattr(pallas_tpu, name), spec, "tpu")
     elif xla.BLOCK_ELEMENTS["tpu"] != xla.BLOCK_ELEMENTS["gpu"]:
         branches["tpu"] = functools.partial(ref, spec, "tpu")
-    if getattr(spec, "platform", None) == "cpu":  # lowered for CPU only
+    return by_platform(getattr(spec, "platform", None), *args, cpu=cpu, **branches)
+
+
+def by_platform(platform: str | None, *args: Any, cpu: Callable[..., Any], **branches: Any) -> Any:
+    """``lax.platform_dependent(*args, cpu=cpu, **branches)``, or only ``cpu(*args)``
+    when `platform` is ``"cpu"``: the program is then lowered for CPU only (see
+    :attr:`jaxkmeans.engine.Pass.platform`), and the other branches are not traced."""
+    if platform == "cpu":
         return cpu(*args)
     return lax.platform_dependent(*args, cpu=cpu, **branches)
 

@@ -40,7 +40,7 @@ from jaxkmeans._validation import (
     is_traced,
     to_device,
 )
-from jaxkmeans.kernels import native
+from jaxkmeans.kernels import by_platform, native
 
 __all__ = [
     "SparseRows",
@@ -497,11 +497,8 @@ def nearest(spec: Any, sp: SparseRows, frame: Any) -> tuple[jax.Array, jax.Array
     xla = functools.partial(_xla_nearest, spec)
     if not _native_usable(spec, sp):
         return xla(sp, frame)
-    if getattr(spec, "platform", None) == "cpu":  # lowered for CPU only
-        return _native_nearest(spec, sp, frame)
-    return lax.platform_dependent(
-        sp, frame, cpu=functools.partial(_native_nearest, spec), default=xla
-    )
+    native_nearest = functools.partial(_native_nearest, spec)
+    return by_platform(getattr(spec, "platform", None), sp, frame, cpu=native_nearest, default=xla)
 
 
 def statistics(spec: Any, sp: SparseRows, w: jax.Array | None, frame: Any):
@@ -510,8 +507,7 @@ def statistics(spec: Any, sp: SparseRows, w: jax.Array | None, frame: Any):
     xla = functools.partial(_xla_statistics, spec)
     if not _native_usable(spec, sp):
         return xla(sp, w, frame)
-    if getattr(spec, "platform", None) == "cpu":  # lowered for CPU only
-        return _native_statistics(spec, sp, w, frame)
-    return lax.platform_dependent(
-        sp, w, frame, cpu=functools.partial(_native_statistics, spec), default=xla
+    native_statistics = functools.partial(_native_statistics, spec)
+    return by_platform(
+        getattr(spec, "platform", None), sp, w, frame, cpu=native_statistics, default=xla
     )
