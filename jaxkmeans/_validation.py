@@ -331,6 +331,122 @@ def to_device(a: Any) -> Any:
     return placed
 
 
+class _HostView:
+    """`size` elements of `dtype` at address `addr`, read-only, keeping `owner` (the
+    array whose memory they are) alive: numpy's ``__array_interface__`` protocol."""
+
+    def __init__(self, owner: np.ndarray, addr: int, size: int) -> None:
+        self.owner = owner
+        self.__array_interface__ = {
+            "data": (addr, True),
+            "shape": (size,),
+            "typestr": owner.dtype.str,
+            "version": 3,
+        }
+
+
+@jax.tree_util.register_pytree_node_class
+class InPlaceRows:
+    """Rows (n, d) that the CPU device reads in place from the caller's host array.
+
+    XLA's CPU client uses a host buffer without a copy only when it is 64-byte aligned,
+    and numpy's large arrays start 16 bytes past a page boundary. So the device array
+    `flat` is the caller's memory viewed from the 64-byte boundary at or below its first
+    row (the bytes in between lie in the same cache line, hence the same page), and the
+    rows start `off` elements in: row i is ``flat[off + i d : off + (i + 1) d]``.
+
+    The native kernels read it as it is; :meth:`take` (a gather), :meth:`block` (a
+    block of rows) and :meth:`dense` (the whole (n, d) array, which XLA materializes:
+    a copy inside that program) serve the rest. `off`, `n` and `d` are static (part of
+    the compiled program); `flat` is the one array leaf.
+    """
+
+    def __init__(self, flat: Any, off: int, n: int, d: int) -> None:
+        self.flat, self.off, self.n, self.d = flat, off, n, d
+
+    def tree_flatten(self) -> tuple[tuple[Any], tuple[int, int, int]]:
+        return (self.flat,), (self.off, self.n, self.d)
+
+    @classmethod
+    def tree_unflatten(cls, aux: tuple[int, int, int], leaves: Any) -> InPlaceRows:
+        return cls(leaves[0], *aux)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.d)
+
+    @property
+    def dtype(self) -> Any:
+        return self.flat.dtype
+
+    @property
+    def size(self) -> int:
+        return self.n * self.d
+
+    ndim = 2
+
+    def dense(self) -> jax.Array:
+        """The rows as an (n, d) array (a copy, inside a program)."""
+        start = self.off
+        return lax.slice(self.flat, (start,), (start + self.size,)).reshape(self.n, self.d)
+
+    def take(self, idx: jax.Array) -> jax.Array:
+        """Rows `idx` (m,) as an (m, d) array: one gather from the flat buffer."""
+        cols = jnp.arange(self.d, dtype=jnp.int32)
+        at = self.off + idx.astype(jnp.int32)[:, None] * self.d + cols[None, :]
+        return jnp.take(self.flat, at, mode="clip")
+
+    def block(self, start: Any, rows: int) -> jax.Array:
+        """`rows` rows from row `start` as a (rows, d) array (a start past ``n - rows``
+        is clamped to it, as ``lax.dynamic_slice`` clamps)."""
+        begin = self.off + start * self.d
+        return lax.dynamic_slice(self.flat, (begin,), (rows * self.d,)).reshape(rows, self.d)
+
+    def host(self) -> np.ndarray:
+        """The rows as a read-only numpy array, without a copy (concrete rows only)."""
+        return np.asarray(self.flat)[self.off : self.off + self.size].reshape(self.n, self.d)
+
+
+def take_rows(x: Any, idx: jax.Array) -> jax.Array:
+    """Rows `idx` (m,) of `x` (an (n, d) array or :class:`InPlaceRows`) as one gather
+    (one collective when `x` is row-sharded)."""
+    if isinstance(x, InPlaceRows):
+        return x.take(idx)
+    return jnp.take(x, idx, axis=0)
+
+
+def row_block(x: Any, start: Any, size: int) -> jax.Array:
+    """Rows ``[start, start + size)`` of `x` (an (n, d) array or :class:`InPlaceRows`);
+    a start past ``n - size`` is clamped to it (as ``lax.dynamic_slice``)."""
+    if isinstance(x, InPlaceRows):
+        return x.block(start, size)
+    return lax.dynamic_slice_in_dim(x, start, size)
+
+
+def dense_rows(x: Any) -> Any:
+    """`x` as an (n, d) array: :class:`InPlaceRows` copied (inside a program; for a
+    step that reads every row as XLA's own operands), anything else as it is."""
+    return x.dense() if isinstance(x, InPlaceRows) else x
+
+
+def in_place_rows(a: np.ndarray) -> InPlaceRows | None:
+    """Checked host rows `a` (n, d) as :class:`InPlaceRows` on the CPU device, without
+    a copy, when the device would otherwise copy them: C-contiguous, not 64-byte
+    aligned, aligned to their element size. None otherwise (an aligned array is used in
+    place by ``device_put`` as it is), and when this jaxlib copies anyway."""
+    if jax.default_backend() != "cpu" or a.ndim != 2 or not a.flags.c_contiguous or a.size == 0:
+        return None
+    misaligned = a.ctypes.data % _CPU_ALIGNMENT
+    if misaligned == 0 or misaligned % a.itemsize:
+        return None
+    off = misaligned // a.itemsize
+    view = np.asarray(_HostView(a, a.ctypes.data - misaligned, a.size + off))
+    flat = jax.device_put(view)
+    if flat.unsafe_buffer_pointer() != view.ctypes.data:  # copied after all
+        return None
+    return InPlaceRows(flat, off, a.shape[0], a.shape[1])
+
+
 # XLA's backend optimizations off, and XLA:CPU's older (non-MLIR) fusion emitters: a
 # third of the compile time of a program (the k-means++ start of a fit at 10,240 x 10
 # -> 8: 1.1-1.6 s at the default options, 1.1-1.3 s with optimizations off alone,
@@ -461,14 +577,21 @@ def _device_all_finite(x: jax.Array) -> jax.Array:
 
 
 def _checked_array(
-    x: Any, name: str, check_values: bool, warn_float64: bool, place: bool = False
+    x: Any,
+    name: str,
+    check_values: bool,
+    warn_float64: bool,
+    place: bool = False,
+    in_place: bool = False,
 ) -> Any:
     """:func:`as_data`'s checks; host data stays a numpy array (in the compute dtype).
 
     With `place` (the caller puts the result on the device as it is) and a CPU device,
     host data that the device could not use in place comes back as its
     :func:`aligned_copy`, checked while copied: one pass over the data, not two, and
-    no second copy of data cast to the compute dtype."""
+    no second copy of data cast to the compute dtype. With `in_place` too (the caller
+    reads it as :class:`InPlaceRows`), host data already in the compute dtype and
+    C-contiguous is not copied: only checked, in parallel row blocks."""
     if x is None:
         raise TypeError(f"`{name}` must be a 2-D array of shape (n_samples, n_features); got None.")
     if isinstance(x, str | bytes | dict):
@@ -505,7 +628,12 @@ def _checked_array(
         finite = is_traced(x) or not check_values or bool(_device_all_finite(x))
     else:  # host data: check on the host (no device round trip, nothing to compile)
         xh = np.asarray(x)
-        if place and jax.default_backend() == "cpu" and needs_copy(xh, dtype):
+        readable = xh.dtype == dtype and xh.flags.c_contiguous and xh.ndim == 2
+        if place and in_place and readable and jax.default_backend() == "cpu":
+            finite = not check_values or in_row_blocks(
+                xh.shape[0], xh[0].nbytes, lambda i, j: bool(np.isfinite(xh[i:j]).all())
+            )
+        elif place and jax.default_backend() == "cpu" and needs_copy(xh, dtype):
             xh, finite = aligned_copy(xh, dtype, check_values)
         else:
             with np.errstate(over="ignore"):  # float64 beyond float32's range: said below
@@ -645,8 +773,8 @@ def pad_host_rows(
 
 
 def as_bucketed(
-    x: Any, sample_weight: Any, pad_rows: bool | None, name: str = "x"
-) -> tuple[jax.Array, jax.Array | None, int]:
+    x: Any, sample_weight: Any, pad_rows: bool | None, name: str = "x", in_place: bool = False
+) -> tuple[Any, jax.Array | None, int]:
     """:func:`as_data` and :func:`as_weights`, with the rows padded to their size bucket
     (:func:`bucket_rows`) by copies of row 0 with weight 0, so that nearby sizes share
     one compiled program. Padded rows change nothing: every pass weighs rows, and
@@ -654,7 +782,9 @@ def as_bucketed(
 
     `pad_rows`: None pads when the padded array has at most ``PAD_LIMIT_ELEMENTS``
     elements, True always, False never; arrays traced under a user's jit are not padded.
-    Host data is padded on the host (no per-size device program).
+    Host data is padded on the host (no per-size device program). With `in_place`, host
+    rows that are not padded and that the CPU device would copy come back as
+    :class:`InPlaceRows` (read in place: no copy), for a caller whose passes read them so.
 
     Returns:
       ``(x, w, n)``: the (padded) data and weights (None when no weights and no
@@ -676,12 +806,13 @@ def as_bucketed(
         and all(isinstance(s, int) for s in shape)
         and not pads(*shape)
     )
-    xa = _checked_array(x, name, True, True, place=place)
+    xa = _checked_array(x, name, True, True, place=place, in_place=in_place)
     n, d = xa.shape
     w = _checked_weights(sample_weight, n, xa.dtype)
     size = bucket_rows(n)
     if not pads(n, d) or is_traced(xa, w):
-        return to_device(xa), (None if w is None else to_device(w)), n
+        rows = in_place_rows(xa) if in_place and isinstance(xa, np.ndarray) else None
+        return rows or to_device(xa), (None if w is None else to_device(w)), n
     host_w = w if w is None or isinstance(w, np.ndarray) else None
     xp: Any
     wp: Any
@@ -803,6 +934,8 @@ def _on_host(a: Any) -> np.ndarray | None:
     on the CPU device; None otherwise (and for None)."""
     if isinstance(a, np.ndarray):
         return a
+    if isinstance(a, InPlaceRows) and not is_traced(a.flat):
+        return a.host()
     if isinstance(a, jax.Array) and not is_traced(a):
         if all(d.platform == "cpu" for d in a.devices()) and a.is_fully_addressable:
             if len(a.devices()) == 1:
@@ -829,6 +962,8 @@ def count_distinct(
     below it (else any value >= it): the first ``4 at_least + 64`` rows are tried
     first, which usually settles it without a pass over all rows."""
     n = x.shape[0]
+    if isinstance(x, InPlaceRows):
+        x = x.host()  # cut on the host below
 
     def count(size: int, head: int) -> int:
         if metric != COSINE_DISTANCE and size * x.shape[1] <= _HOST_COUNT_ELEMENTS:

@@ -56,7 +56,7 @@ def auto_chunk_size(
 def nearest_impl(x: jax.Array, centers: jax.Array, w: jax.Array | None, spec: engine.Pass):
     """Labels and distances of checked rows `x` to `centers` (frame from the rows with
     positive weight `w`)."""
-    origin = engine.origin(x, spec.metric, w)
+    origin = engine.origin(spec, x, w)
     frame = engine.frame_of(centers, origin, spec.metric)
     return engine.nearest(spec, x, frame)
 
@@ -64,7 +64,7 @@ def nearest_impl(x: jax.Array, centers: jax.Array, w: jax.Array | None, spec: en
 @functools.partial(jax.jit, static_argnames=("spec",))
 def inertia_impl(x: jax.Array, centers: jax.Array, w: jax.Array | None, spec: engine.Pass):
     """Weighted summed distance of checked rows `x` to their nearest center."""
-    origin = engine.origin(x, spec.metric, w)
+    origin = engine.origin(spec, x, w)
     frame = engine.frame_of(centers, origin, spec.metric)
     _, dist = engine.nearest(spec, x, frame)
     return jnp.sum(dist) if w is None else jnp.sum(w * dist)

@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 from jaxkmeans import kernels, metrics, updates
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
+    InPlaceRows,
     SQUARED_EUCLIDEAN_DISTANCE,
     check_choice,
     check_mesh,
@@ -122,7 +123,7 @@ def on_platform(spec: Any, *arrays: Any) -> Any:
     devices only: the caller then compiles the program for CPU, and only the CPU
     branches are traced. Unchanged otherwise (under a trace, a host array, another
     platform)."""
-    present = [a for a in arrays if a is not None]
+    present = [a.flat if isinstance(a, InPlaceRows) else a for a in arrays if a is not None]
     on_cpu = all(
         isinstance(a, jax.Array)
         and not isinstance(a, jax.core.Tracer)
@@ -242,13 +243,14 @@ def from_frame(c: jax.Array, origin: jax.Array | None) -> jax.Array:
 # ------------------------------------------------------------------- per device
 
 
-def origin(x: Any, metric: str, w: jax.Array | None = None) -> jax.Array | None:
-    """The frame origin of rows `x` (:func:`jaxkmeans.metrics.frame_origin`); 0 for
-    sparse rows (:class:`~jaxkmeans.kernels.sparse.SparseRows`), which are never shifted
-    (None for cosine)."""
+def origin(spec: Pass, x: Any, w: jax.Array | None = None) -> jax.Array | None:
+    """The frame origin of rows `x` (:func:`jaxkmeans.metrics.frame_origin`, its mean
+    in row blocks unless the rows are split over a mesh); 0 for sparse rows
+    (:class:`~jaxkmeans.kernels.sparse.SparseRows`), which are never shifted (None for
+    cosine)."""
     if isinstance(x, SparseRows):
-        return None if metric == COSINE_DISTANCE else jnp.zeros((x.d,), x.dtype)
-    return metrics.frame_origin(x, metric, w)
+        return None if spec.metric == COSINE_DISTANCE else jnp.zeros((x.d,), x.dtype)
+    return metrics.frame_origin(x, spec.metric, w, in_blocks=spec.mesh is None)
 
 
 def _no_mesh(spec: Pass) -> None:

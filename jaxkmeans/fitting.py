@@ -21,6 +21,7 @@ from jaxkmeans import engine, metrics, sharding
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
+    InPlaceRows,
     SizeAwareJit,
     as_bucketed,
     as_centers,
@@ -33,6 +34,7 @@ from jaxkmeans._validation import (
     is_traced,
     real_rows,
     releases_host_copies,
+    to_device,
 )
 from jaxkmeans.initializers import (
     KMC2_INIT,
@@ -42,7 +44,7 @@ from jaxkmeans.initializers import (
     make_init,
     sparse_check_enough_distinct,
 )
-from jaxkmeans.kernels import sparse
+from jaxkmeans.kernels import native, sparse
 from jaxkmeans.state import FitResult, KMeansState, StepStats
 from jaxkmeans.updates import minibatch_optimizer
 
@@ -72,7 +74,7 @@ def relative_change(prev: jax.Array, loss: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _lloyd_step_impl(x, centers, w, spec: engine.Pass):
-    origin = engine.origin(x, spec.metric, w)
+    origin = engine.origin(spec, x, w)
     return engine.lloyd_update(spec, x, w, centers, origin)
 
 
@@ -184,7 +186,7 @@ def _fit_one(key, x, w, init, tol, max_iter, spec: FitSpec) -> FitResult:
     c = init if spec.init is None else init_impl(key, x, w, spec.init)
     if passes.metric == COSINE_DISTANCE:
         c = metrics.normalize_rows(c)
-    origin = engine.origin(x, passes.metric, w)
+    origin = engine.origin(passes, x, w)
 
     def cond(carry):
         _, it, _, converged = carry
@@ -229,7 +231,7 @@ def _run_start(key, x, w, init, spec: FitSpec):
     c = init if spec.init is None else init_impl(key, x, w, spec.init)
     if spec.passes.metric == COSINE_DISTANCE:
         c = metrics.normalize_rows(c)
-    return c, engine.origin(x, spec.passes.metric, w)
+    return c, engine.origin(spec.passes, x, w)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
@@ -390,7 +392,11 @@ def fit(
             raise ValueError("`mesh` is not supported with sparse `x`; got a mesh.")
         x, w, n = sparse.bucketed(x, sample_weight, pad_rows)
     else:
-        x, w, n = as_bucketed(x, sample_weight, False if mesh is not None else pad_rows)
+        # Without a mesh, host rows the CPU device would copy are read in place
+        # (InPlaceRows) where the passes' native kernels can (see below).
+        x, w, n = as_bucketed(
+            x, sample_weight, False if mesh is not None else pad_rows, in_place=mesh is None
+        )
     d = x.shape[1]
     passes = engine.make_pass(
         metric,
@@ -437,6 +443,10 @@ def fit(
     # Driven from the host (smaller programs) unless traced (under the user's jit or
     # vmap), with vectorized restarts, or over several processes.
     stepped = not (vectorize or is_traced(key, x, w, init_array)) and jax.process_count() == 1
+    if isinstance(x, InPlaceRows) and not (
+        stepped and passes.kernel == "native" and native.flat_available()
+    ):
+        x = to_device(x.host())  # read by XLA's own kernels: one aligned copy
 
     def run(x, w):
         if stepped:
@@ -464,7 +474,7 @@ def fit(
 def minibatch_impl(state, x, w, smoothing, spec: engine.Pass, steps_per_iteration: int):
     """Jittable core of :func:`minibatch_step` (no argument checks). With a mesh in
     `spec`, `x` and `w` are row-sharded over it and the state is replicated."""
-    origin = engine.origin(x, spec.metric, w)
+    origin = engine.origin(spec, x, w)
     frame = engine.frame_of(state.centers, origin, spec.metric)
     sums, counts, loss, _, _ = engine.statistics(spec, x, w, frame)
     has = counts > 0

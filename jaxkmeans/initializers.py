@@ -36,9 +36,11 @@ from jaxkmeans._validation import (
     check_key,
     check_metric,
     check_positive_int,
+    dense_rows,
     is_traced,
     releases_host_copies,
     row_identity,
+    take_rows,
 )
 from jaxkmeans.kernels import sparse
 from jaxkmeans.kernels.sparse import SparseRows
@@ -229,11 +231,6 @@ def _row(a: jax.Array, i: jax.Array) -> jax.Array:
     return jnp.take(a, jnp.reshape(i, (1,)), axis=0)[0]
 
 
-def _rows(a: jax.Array, i: jax.Array) -> jax.Array:
-    """Rows `i` (t,) of `a` as one gather (one collective when `a` is row-sharded)."""
-    return jnp.take(a, i, axis=0)
-
-
 def _sq_dists(xp: jax.Array, xsq: jax.Array, cp: jax.Array) -> jax.Array:
     """(n, m) squared distances between prepared rows and m prepared points."""
     csq = jnp.sum(cp * cp, axis=1)
@@ -262,6 +259,7 @@ def _num_candidates(num_retries: int, k: int) -> int:
 def _random_merged(key, x, w, k, metric):
     """k distinct rows by weight: duplicates merged first (a hash and a sort of all n
     rows), then Gumbel top-k. The general path of :func:`_random`."""
+    x = dense_rows(x)  # every row is hashed: rows read in place are copied (here only)
     if metric == COSINE_DISTANCE:
         w = jnp.where(jnp.any(x != 0, axis=1), w, 0.0)
     _, idx = lax.top_k(_gumbel_scores(key, merge_duplicates(x, w, metric)), k)
@@ -283,7 +281,7 @@ def _random(key, x, w, k, metric):
     n = x.shape[0]
     m = min(n, 2 * k + 16)
     scores, top = lax.top_k(_gumbel_scores(key, w), m)
-    rows = _rows(x, top)
+    rows = take_rows(x, top)
     keep = updates.first_copies(row_identity(rows, metric), jnp.arange(m, dtype=jnp.int32))
     keep &= jnp.isfinite(scores)
     if metric == COSINE_DISTANCE:
@@ -309,7 +307,7 @@ def _candidate_potentials(
     from 0) is corrected on the t potentials instead of masking an (n, t) block. Only
     the min is new: ``dc[:, best]`` is the next ``d2`` (set 0 at the chosen row).
     """
-    c = _rows(xp, cand)
+    c = take_rows(xp, cand)
     csq = jnp.sum(c * c, axis=1)
     prod = metrics.dot(xp, c, "float32")
     dc = jnp.minimum(d2[:, None], jnp.maximum(xsq[:, None] - 2.0 * prod + csq[None, :], 0.0))
@@ -376,7 +374,7 @@ def _kmeans_pp_native(key, xp, w, k, num_retries):
         fallback = _unchosen_fallback(drawn_mass, chosen, w)
         cand = jnp.where(drawn_mass > 0, drawn, fallback)
         rows = jnp.concatenate([last[None], cand])
-        c = _rows(xp, rows)
+        c = take_rows(xp, rows)
         d2, pot, bsum = kernels.native.pp_round(
             xp, xsq, w, d2, c, jnp.sum(c * c, axis=1), rows, size
         )
@@ -798,6 +796,9 @@ def _init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec
     if spec.method == RANDOM_INIT:
         idx = _random(key, x, w, k, metric)
     else:
+        # These read every row many times: rows read in place are copied here (the
+        # prepared rows below are a copy anyway).
+        x = dense_rows(x)
         if metric == COSINE_DISTANCE:
             # Rows are compared by direction; an all-zero row has none, never chosen.
             w = jnp.where(jnp.any(x != 0, axis=1), w, 0.0)
@@ -811,7 +812,7 @@ def _init_impl(key: jax.Array, x: jax.Array, w: jax.Array | None, spec: InitSpec
             idx = _kmc2(key, xp, w, k, opts["chain_length"])
         else:
             idx = _kmeans_parallel(key, xp, w, spec)
-    centers = x[idx]
+    centers = take_rows(x, idx)
     if metric == COSINE_DISTANCE:
         centers = metrics.normalize_rows(centers)
     return centers

@@ -26,11 +26,14 @@ from jax import lax
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
+    InPlaceRows,
     as_centers,
     as_data,
     bucket_rows,
     check_metric,
     check_precision,
+    row_block,
+    take_rows,
 )
 
 __all__ = [
@@ -144,9 +147,39 @@ def to_distance(base: jax.Array, score: jax.Array) -> jax.Array:
 
 # Rows the spread of the data is estimated from (a strided sample).
 _SPREAD_SAMPLE = 4096
+# Rows per block of the blocked weighted sum (:func:`_weighted_rows_sum`).
+_SUM_BLOCK = 4096
 
 
-def frame_origin(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.Array | None:
+def _weighted_rows_sum(x: Any, weights: jax.Array, in_blocks: bool) -> jax.Array:
+    """``sum_i weights[i] x[i]`` (d,): one matrix-vector product, or with `in_blocks`
+    (and always for :class:`~jaxkmeans._validation.InPlaceRows`) one per block of
+    ``_SUM_BLOCK`` rows, added in row order, then the remaining rows: the same
+    arithmetic for an (n, d) array and for rows read in place, whose whole (n, d) array
+    XLA would copy. At 2M x 128 the blocked form also runs faster on CPU (74 ms
+    against 91 ms). A symbolic row count takes the one product."""
+    n = x.shape[0]
+    hi = lax.Precision.HIGHEST
+    in_place = isinstance(x, InPlaceRows)
+    if not (in_place or (in_blocks and isinstance(n, int) and n > _SUM_BLOCK)):
+        return lax.dot(weights, x, precision=hi)
+
+    blocks, rest = divmod(n, _SUM_BLOCK)
+
+    def body(i: Any, acc: jax.Array) -> jax.Array:
+        start = i * _SUM_BLOCK
+        wb = lax.dynamic_slice_in_dim(weights, start, _SUM_BLOCK)
+        return acc + lax.dot(wb, row_block(x, start, _SUM_BLOCK), precision=hi)
+
+    acc = lax.fori_loop(0, blocks, body, jnp.zeros((x.shape[1],), x.dtype))
+    if rest:
+        acc = acc + lax.dot(weights[n - rest :], row_block(x, n - rest, rest), precision=hi)
+    return acc
+
+
+def frame_origin(
+    x: Any, metric: str, w: jax.Array | None = None, *, in_blocks: bool = False
+) -> jax.Array | None:
     """The point subtracted from the rows `x` (n, d) before the Euclidean expansion
     (None for cosine): the (weighted) mean, rounded per feature to a multiple of the
     power of two ``g`` in (s / 2, s], s that feature's standard deviation.
@@ -162,8 +195,9 @@ def frame_origin(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.A
       same batch padded with zero-weight rows) get the same origin.
 
     Cost: one matrix-vector product for the mean (multithreaded, unlike a column
-    reduction) and a strided sample of at most 4096 rows for the spread (the grid only
-    needs its scale).
+    reduction; with `in_blocks`, one per block of 4096 rows, which the engine uses
+    where rows are not split over a mesh, and always for rows read in place) and a
+    strided sample of at most 4096 rows for the spread (the grid only needs its scale).
 
     Examples:
       Integer ids near 1e5: the origin stays on the integer grid, so subtracting it is
@@ -183,12 +217,16 @@ def frame_origin(x: jax.Array, metric: str, w: jax.Array | None = None) -> jax.A
     weights = jnp.ones((n,), x.dtype) if w is None else w.astype(x.dtype)
     total = jnp.sum(weights)
     safe = jnp.where(total > 0, total, jnp.ones_like(total))
-    mean = lax.dot(weights, x, precision=lax.Precision.HIGHEST) / safe
+    mean = _weighted_rows_sum(x, weights, in_blocks) / safe
     # The stride follows the size bucket of n, so that the same rows padded to their
     # bucket (zero-weight rows at the end) give the same sample. A symbolic row count
     # (jax.export with a polymorphic batch) takes every row.
     stride = max(1, bucket_rows(n) // _SPREAD_SAMPLE) if isinstance(n, int) else 1
-    xs, ws = x[::stride], weights[::stride]
+    if isinstance(x, InPlaceRows):
+        xs = take_rows(x, jnp.arange(0, n, stride, dtype=jnp.int32))
+    else:
+        xs = x[::stride]
+    ws = weights[::stride]
     ws = jnp.where(jnp.sum(ws) > 0, ws, jnp.ones_like(ws))  # a sample of zero weights only
     dev = xs - mean[None, :]
     var = jnp.sum(dev * dev * ws[:, None], axis=0) / jnp.sum(ws)

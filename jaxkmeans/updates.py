@@ -29,7 +29,13 @@ import optax
 from jax import lax
 
 from jaxkmeans import metrics
-from jaxkmeans._validation import COSINE_DISTANCE, row_identity
+from jaxkmeans._validation import (
+    COSINE_DISTANCE,
+    dense_rows,
+    row_block,
+    row_identity,
+    take_rows,
+)
 from jaxkmeans.kernels.xla import fold_chunks
 
 __all__ = [
@@ -194,7 +200,7 @@ _COPY_BLOCK = 1 << 20
 
 
 def _copy_weights(
-    x: jax.Array, w: jax.Array | None, ident: jax.Array, metric: str
+    x: Any, w: jax.Array | None, ident: jax.Array, metric: str
 ) -> tuple[jax.Array, jax.Array]:
     """``(weights (m,), rows (m,) int32)``: the summed weight and the number of rows with
     positive weight of the rows of `x` whose identity is each of `ident` (m, 2), in
@@ -205,7 +211,7 @@ def _copy_weights(
 
     def step(carry, start, valid):
         total, count = carry
-        rows = lax.dynamic_slice_in_dim(x, start, chunk)
+        rows = row_block(x, start, chunk)
         wv = valid.astype(x.dtype)
         if w is not None:
             wv = wv * lax.dynamic_slice_in_dim(w, start, chunk)
@@ -222,7 +228,7 @@ def _copy_weights(
 
 
 def farthest(
-    x: jax.Array,
+    x: Any,
     w: jax.Array | None,
     labels: jax.Array,
     min_dist: jax.Array,
@@ -241,6 +247,9 @@ def farthest(
     distinct points they are the answer. Only when it does not (heavily duplicated
     data) are all n rows hashed and sorted.
 
+    `x` may be :class:`~jaxkmeans._validation.InPlaceRows`: rows are gathered from it
+    and read in blocks; only that full hash makes a copy of it.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> from jaxkmeans.updates import farthest
@@ -258,14 +267,14 @@ def farthest(
     dist = min_dist if w is None else jnp.where(w > 0, min_dist, -1.0)
     pool = min(n, 2 * m)
     pool_d, pool_i = lax.top_k(dist, pool)  # ties: lower index first
-    keep = first_copies(row_identity(x[pool_i], metric))
+    keep = first_copies(row_identity(take_rows(x, pool_i), metric))
 
     def from_pool(_):
         d, j = lax.top_k(jnp.where(keep, pool_d, -1.0), m)
         return d, pool_i[j]
 
     def from_all(_):
-        firsts = first_copies(row_identity(x, metric), -dist)
+        firsts = first_copies(row_identity(dense_rows(x), metric), -dist)
         d, i = lax.top_k(jnp.where(firsts, dist, -1.0), m)
         return d, i
 
@@ -273,7 +282,7 @@ def farthest(
         far_d, far_i = from_pool(None)
     else:
         far_d, far_i = lax.cond(jnp.sum(keep) >= m, from_pool, from_all, None)
-    raw = x[far_i]
+    raw = take_rows(x, far_i)
     rows, _ = metrics.prepare_rows(raw, metric, origin)
     ident = row_identity(raw, metric)
     weights, copies = _copy_weights(x, w, ident, metric)

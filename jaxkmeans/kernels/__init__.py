@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxkmeans._validation import COSINE_DISTANCE
+from jaxkmeans._validation import COSINE_DISTANCE, InPlaceRows
 from jaxkmeans.kernels import native, xla
 from jaxkmeans.metrics import normalize_rows
 
@@ -157,13 +157,31 @@ def _statistics_jvp(spec, primals, tangents):
     return out, (dsums, dcounts, dloss, _labels_tangent(labels), ddist)
 
 
-def nearest(spec: Any, x: jax.Array, frame: Any) -> tuple[jax.Array, jax.Array]:
-    """``(labels (n,) int32, min_dist (n,))`` of the rows `x` (see the module docstring)."""
+def _in_place(spec: Any, x: Any) -> Any:
+    """The flat kernel's argument for rows read in place (:class:`InPlaceRows`) where
+    the native kernel reads them (a program lowered for CPU only, ``spec.kernel``
+    native, the library has the flat kernels); else `x` as an (n, d) array (for
+    :class:`InPlaceRows` a copy inside the program), and None when `x` is not in place."""
+    if not isinstance(x, InPlaceRows):
+        return None, x
+    reads = spec.platform == "cpu" and spec.kernel == "native" and native.flat_available()
+    return (x, None) if reads else (None, x.dense())
+
+
+def nearest(spec: Any, x: Any, frame: Any) -> tuple[jax.Array, jax.Array]:
+    """``(labels (n,) int32, min_dist (n,))`` of the rows `x` (see the module docstring;
+    :class:`~jaxkmeans._validation.InPlaceRows` too, not differentiable)."""
+    flat, x = _in_place(spec, x)
+    if flat is not None:
+        return native.flat_nearest(flat, frame)
     return _nearest(spec, x, frame)
 
 
 def statistics(
-    spec: Any, x: jax.Array, w: jax.Array | None, frame: Any
+    spec: Any, x: Any, w: jax.Array | None, frame: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """``(sums (k, d), counts (k,), loss (), labels (n,), min_dist (n,))``."""
+    flat, x = _in_place(spec, x)
+    if flat is not None:
+        return native.flat_statistics(flat, w, frame)
     return _statistics(spec, x, w, frame)

@@ -35,6 +35,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "available",
@@ -48,6 +49,9 @@ __all__ = [
     "sparse_available",
     "sparse_nearest",
     "sparse_statistics",
+    "flat_available",
+    "flat_nearest",
+    "flat_statistics",
 ]
 
 _ASSIGN = "jaxkmeans_assign_f32"
@@ -55,6 +59,8 @@ _LLOYD = "jaxkmeans_lloyd_f32"
 _PP_ROUND = "jaxkmeans_pp_round_f32"
 _SPARSE_ASSIGN = "jaxkmeans_sparse_assign_f32"
 _SPARSE_LLOYD = "jaxkmeans_sparse_lloyd_f32"
+_FLAT_ASSIGN = "jaxkmeans_assign_flat_f32"
+_FLAT_LLOYD = "jaxkmeans_lloyd_flat_f32"
 # Loads this library instead of the packaged one (tests; a locally built kernel).
 _LIBRARY_ENV = "JAXKMEANS_NATIVE_LIBRARY"
 
@@ -261,6 +267,22 @@ def _load() -> bool:
                 _info["sparse"] = True
             except Exception:
                 pass
+        # The kernels over rows read in place (flat buffer + start) are the newest.
+        _info["flat"] = False
+        try:
+            targets = (
+                (_FLAT_ASSIGN, lib.JaxkmeansAssignFlatF32),
+                (_FLAT_LLOYD, lib.JaxkmeansLloydFlatF32),
+            )
+        except AttributeError:
+            pass
+        else:
+            try:
+                for name, symbol in targets:
+                    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
+                _info["flat"] = True
+            except Exception:
+                pass
         _loaded = True
         _info["loaded"] = True
         return True
@@ -387,6 +409,53 @@ def pp_round(
         _PP_ROUND, (_sds((n,)), _sds((t,)), _sds((t, nb))), vmap_method="sequential"
     )
     return tuple(call(xp, xsq, w, d2, c, csq, cand.astype(jnp.int32), block=block))  # type: ignore[return-value]  # fixed arity
+
+
+def flat_available() -> bool:
+    """Whether the kernels over rows read in place (:func:`flat_nearest`,
+    :func:`flat_statistics`) are used: loaded, enabled and the library has them."""
+    return enabled() and bool(_info.get("flat"))
+
+
+def flat_nearest(rows: Any, frame: Any) -> tuple[jax.Array, jax.Array]:
+    """:func:`nearest` of :class:`~jaxkmeans._validation.InPlaceRows` (the caller's
+    host rows in place: a flat buffer and the element its first row starts at)."""
+    offset, cp, bias = frame
+    n, d = rows.shape
+    call = jax.ffi.ffi_call(
+        _FLAT_ASSIGN, (_sds((n,), jnp.int32), _sds((n,))), vmap_method="sequential"
+    )
+    labels, dist = call(
+        rows.flat, offset, cp, bias, start=np.int64(rows.off), rows=np.int64(n), cols=np.int64(d)
+    )
+    return labels, dist
+
+
+def flat_statistics(
+    rows: Any, w: jax.Array | None, frame: Any
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """:func:`statistics` of :class:`~jaxkmeans._validation.InPlaceRows`."""
+    offset, cp, bias = frame
+    n, d = rows.shape
+    k = cp.shape[0]
+    call = jax.ffi.ffi_call(
+        _FLAT_LLOYD,
+        (_sds((n,), jnp.int32), _sds((n,)), _sds((k, d)), _sds((k,)), _sds(())),
+        vmap_method="sequential",
+    )
+    wv = jnp.zeros((0,), jnp.float32) if w is None else w
+    labels, dist, sums, counts, loss = call(
+        rows.flat,
+        wv,
+        offset,
+        cp,
+        bias,
+        weighted=w is not None,
+        start=np.int64(rows.off),
+        rows=np.int64(n),
+        cols=np.int64(d),
+    )
+    return sums, counts, loss, labels, dist
 
 
 def sparse_available() -> bool:

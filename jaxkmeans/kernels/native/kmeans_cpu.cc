@@ -636,6 +636,58 @@ ffi::Error LloydImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
   return ffi::Error::Success();
 }
 
+// The same two kernels over rows read in place from a flat buffer: the caller's host
+// array viewed from the 64-byte boundary at or below its first row (XLA's CPU client
+// uses a host buffer without a copy only at that alignment, and numpy's large arrays
+// start 16 bytes past a page boundary). Row i is x[start + i * cols, ... + cols).
+ffi::Error FlatRows(ffi::Buffer<ffi::F32>& x, int64_t start, int64_t rows, int64_t cols,
+                    ffi::Buffer<ffi::F32>& offset, ffi::Buffer<ffi::F32>& cp,
+                    ffi::Buffer<ffi::F32>& bias) {
+  auto cd = cp.dimensions();
+  if (x.dimensions().size() != 1 || start < 0 || rows < 0 || cols < 1 || cd.size() != 2 ||
+      cd[1] != cols || cd[0] < 1 || offset.element_count() != static_cast<size_t>(cols) ||
+      bias.element_count() != static_cast<size_t>(cd[0]) ||
+      static_cast<size_t>(start + rows * cols) > x.element_count()) {
+    return ffi::Error::InvalidArgument("jaxkmeans native kernel (flat rows): inconsistent shapes");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error AssignFlatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                          ffi::Buffer<ffi::F32> offset, ffi::Buffer<ffi::F32> cp,
+                          ffi::Buffer<ffi::F32> bias, int64_t start, int64_t rows,
+                          int64_t cols, ffi::ResultBuffer<ffi::S32> labels,
+                          ffi::ResultBuffer<ffi::F32> dist) {
+  if (auto err = FlatRows(x, start, rows, cols, offset, cp, bias); err.failure()) return err;
+  const int64_t k = cp.dimensions()[0];
+  const PackedCenters pc = PackCenters(cp.typed_data(), bias.typed_data(), k, cols);
+  const Problem p{x.typed_data() + start, offset.typed_data(), cp.typed_data(), pc.bias.data(),
+                  pc.packed.data(), rows, cols, k, pc.kpad, labels->typed_data(),
+                  dist->typed_data()};
+  Nearest(pool, p);
+  return ffi::Error::Success();
+}
+
+ffi::Error LloydFlatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                         ffi::Buffer<ffi::F32> offset, ffi::Buffer<ffi::F32> cp,
+                         ffi::Buffer<ffi::F32> bias, bool weighted, int64_t start,
+                         int64_t rows, int64_t cols, ffi::ResultBuffer<ffi::S32> labels,
+                         ffi::ResultBuffer<ffi::F32> dist, ffi::ResultBuffer<ffi::F32> sums,
+                         ffi::ResultBuffer<ffi::F32> counts, ffi::ResultBuffer<ffi::F32> loss) {
+  if (auto err = FlatRows(x, start, rows, cols, offset, cp, bias); err.failure()) return err;
+  if (weighted && w.element_count() != static_cast<size_t>(rows)) {
+    return ffi::Error::InvalidArgument("jaxkmeans native kernel: weights must be (n,)");
+  }
+  const int64_t k = cp.dimensions()[0];
+  const PackedCenters pc = PackCenters(cp.typed_data(), bias.typed_data(), k, cols);
+  const Problem p{x.typed_data() + start, offset.typed_data(), cp.typed_data(), pc.bias.data(),
+                  pc.packed.data(), rows, cols, k, pc.kpad, labels->typed_data(),
+                  dist->typed_data()};
+  NearestAndSums(pool, p, weighted ? w.typed_data() : nullptr, sums->typed_data(),
+                 counts->typed_data(), loss->typed_data());
+  return ffi::Error::Success();
+}
+
 // ------------------------------------------------------------ one k-means++ round
 //
 // Column 0 of the points is the previous round's pick p (row cand[0]), columns 1..t the
@@ -1049,6 +1101,39 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansLloydF32, LloydImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // cp
                                   .Arg<ffi::Buffer<ffi::F32>>()  // bias
                                   .Attr<bool>("weighted")
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // labels
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dist
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // sums
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // counts
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // loss
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansAssignFlatF32, AssignFlatImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x, flat
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // offset
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cp
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Attr<int64_t>("start")
+                                  .Attr<int64_t>("rows")
+                                  .Attr<int64_t>("cols")
+                                  .Ret<ffi::Buffer<ffi::S32>>()  // labels
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dist
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansLloydFlatF32, LloydFlatImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x, flat
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // offset
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cp
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Attr<bool>("weighted")
+                                  .Attr<int64_t>("start")
+                                  .Attr<int64_t>("rows")
+                                  .Attr<int64_t>("cols")
                                   .Ret<ffi::Buffer<ffi::S32>>()  // labels
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dist
                                   .Ret<ffi::Buffer<ffi::F32>>()  // sums
