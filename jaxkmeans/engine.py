@@ -37,8 +37,8 @@ from jax.sharding import PartitionSpec as P
 from jaxkmeans import kernels, metrics, updates
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
-    InPlaceRows,
     SQUARED_EUCLIDEAN_DISTANCE,
+    InPlaceRows,
     check_choice,
     check_mesh,
     check_metric,
