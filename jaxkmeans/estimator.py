@@ -47,6 +47,7 @@ from jaxkmeans import export as export_lib
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
+    InPlaceRows,
     auto_bucket_rows,
     bucket_rows,
     check_bool,
@@ -56,6 +57,7 @@ from jaxkmeans._validation import (
     check_non_negative,
     check_positive_int,
     count_distinct,
+    in_place_rows,
     pad_host_rows,
     release_host_copies,
     releases_host_copies,
@@ -72,6 +74,7 @@ from jaxkmeans.initializers import (
     RANDOM_INIT,
 )
 from jaxkmeans.inputs import InputReader, feature_names, resident
+from jaxkmeans.kernels import native
 from jaxkmeans.state import KMeansState
 from jaxkmeans.updates import MiniBatchOptState
 
@@ -513,14 +516,32 @@ def _synced(batches: Iterator[np.ndarray], mesh: Any, dims: int) -> Iterator[np.
         batch = None  # not held while the next batch is read
 
 
-def _place(batch: np.ndarray, standard: int | None, mesh: Any, dims: int) -> tuple[Any, Any, int]:
+def _reads_in_place(spec: engine.Pass) -> bool:
+    """Whether the full-batch passes of `spec` read unpadded float32 batches in place
+    (:class:`~jaxkmeans._validation.InPlaceRows`: the native flat kernels, no mesh)."""
+    return spec.mesh is None and spec.kernel == "native" and native.flat_available()
+
+
+def _in_place(batch: np.ndarray) -> InPlaceRows | None:
+    """`batch` read in place (no copy), when it is float32 and the device would copy it."""
+    return in_place_rows(batch) if batch.dtype == np.float32 else None
+
+
+def _place(
+    batch: np.ndarray, standard: int | None, mesh: Any, dims: int, in_place: bool = False
+) -> tuple[Any, Any, int]:
     """Pads a batch to its bucket size with zero-weight rows and puts it on the
-    device(s); returns ``(x, w, real rows over all processes)``."""
+    device(s); returns ``(x, w, real rows over all processes)``. With `in_place`, a
+    batch that needs no padding may come back as rows read in place (no copy)."""
     b = batch.shape[0]
     if b == 0:
         padded, w = np.zeros((1, dims), np.float32), np.zeros((1,), np.float32)
     else:
-        padded, w = _pad_batch(batch, _bucket(b, standard))
+        size = _bucket(b, standard)
+        rows = _in_place(batch) if in_place and mesh is None and size == b else None
+        if rows is not None:
+            return rows, to_device(np.ones((b,), np.float32)), b
+        padded, w = _pad_batch(batch, size)
     if mesh is None:
         return to_device(padded), to_device(w), b
     return sharding.shard_rows(padded, w, mesh, valid=b)
@@ -550,17 +571,21 @@ class _Placements:
         mesh: Any,
         dims: int,
         made: tuple[Any, Any, int] | None = None,
+        in_place: bool = False,
     ) -> tuple[Any, Any, int]:
         """`batch`, the `position`-th of its pass, placed (see :func:`_place`; `made`:
-        already placed so)."""
+        already placed so). Rows read in place are not kept: they cost no copy, and
+        they hold the batch itself, which must die with its step."""
         if not self.enabled or not resident(batch):
-            return made or _place(batch, standard, mesh, dims)
+            return made or _place(batch, standard, mesh, dims, in_place)
         hit = self._items.pop(position, None)
         if hit is not None and hit[0]() is batch and hit[1] == standard:
             placed = hit[2]
         else:
             del hit  # let go of a stale placement before making its replacement
-            placed = made or _place(batch, standard, mesh, dims)
+            placed = made or _place(batch, standard, mesh, dims, in_place)
+        if isinstance(placed[0], InPlaceRows):
+            return placed
 
         owner = weakref.ref(self)  # the callback holds no strong reference: no cycle
 
@@ -679,7 +704,10 @@ def _centers_from_method(
             "k-means needs at least num_clusters of them."
         )
     spec = initializers.make_init(settings.init, k, metric, settings.num_retries)
-    xs, ws = to_device(sample), to_device(w)
+    # One unpadded batch that the passes read in place is read so here too (no copy).
+    alone = placed is not None and len(seen) == 1 and seen[0] is sample
+    rows_in_place = _in_place(sample) if alone and _reads_in_place(settings.spec) else None
+    xs, ws = rows_in_place or to_device(sample), to_device(w)
     rows = sample.shape[0]
     if placed is not None and settings.mesh is None and len(seen) == 1 and seen[0] is sample:
         placed.hand_over(0, seen[0], rows, (xs, ws, rows))
@@ -998,9 +1026,12 @@ class _Trainer:
         standard = None
         rows = 0
         pending: list[Any] = []
+        in_place = _reads_in_place(settings.spec)
         for position, batch in enumerate(_synced(batches, settings.mesh, dims)):
             standard = standard or batch.shape[0] or None
-            x, w, b = self._placed.get(position, batch, standard, settings.mesh, dims)
+            x, w, b = self._placed.get(
+                position, batch, standard, settings.mesh, dims, in_place=in_place
+            )
             # What is alive stays a few batches whatever the input's size: the host
             # batch is let go of before the next one is read, and (each pass_add
             # needing the previous one's result, so they run one after another) the
@@ -1009,7 +1040,9 @@ class _Trainer:
             # being read are held.
             del batch
             rows += b
-            acc = fitting.pass_add(acc, state.centers, state.origin, x, w, settings.spec)
+            # The pass is compiled for the rows' platform only (engine.on_platform).
+            spec = engine.on_platform(settings.spec, x, w)
+            acc = fitting.pass_add(acc, state.centers, state.origin, x, w, spec)
             del x, w
             _bounded(pending, acc.loss, depth=1)
             release_host_copies(wait=False)  # finished steps' batches, unless kept

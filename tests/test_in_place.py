@@ -9,6 +9,9 @@ relocation candidates) gather or take blocks from it. Results must be bit-identi
 the same fit over an aligned copy.
 """
 
+import gc
+import weakref
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -179,3 +182,54 @@ def test_flat_kernel_rejects_rows_beyond_the_buffer():
     frame = engine.frame_of(jnp.asarray(x[:2]), jnp.zeros((4,)), "squared_euclidean")
     with pytest.raises(Exception, match="inconsistent shapes"):
         jax.block_until_ready(jax.jit(native.flat_nearest)(bad, frame))
+
+
+def _train(data, where, init, seen=None, batches=None):
+    """KMeans.train (full batch, 4 steps) of `data` (or of `batches()`); `seen` gets the
+    type of the rows each pass got."""
+    add = fitting.pass_add
+
+    def spy(acc, centers, origin, rows, *args, **kwargs):
+        seen.append(type(rows))
+        return add(acc, centers, origin, rows, *args, **kwargs)
+
+    est = jaxkmeans.KMeans(5, initial_clusters=init, use_mini_batch=False, seed=0, model_dir=where)
+    with pytest.MonkeyPatch.context() as mp:
+        if seen is not None:
+            mp.setattr(fitting, "pass_add", spy)
+        est.train(batches or (lambda: data), max_steps=4)
+    return np.asarray(est.cluster_centers())
+
+
+@pytest.mark.parametrize("init", ["random", "kmeans_plus_plus"])
+def test_train_reads_one_unpadded_batch_in_place_with_the_same_centers(init, tmp_path):
+    x = _blobs(9000, 6, 5)
+    seen: list = []
+    got = _train(_misaligned(x), str(tmp_path / "a"), init, seen)
+    assert seen and all(t is _validation.InPlaceRows for t in seen)
+    want = _train(_validation.aligned_copy(x)[0], str(tmp_path / "b"), init)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_train_keeps_no_placement_of_batches_read_in_place(tmp_path):
+    """New batch objects every pass must die after their step, as copies do: a
+    placement read in place holds its batch, so it is never kept for the next pass
+    (that would keep a whole pass of batches alive)."""
+    x = _blobs(8000, 4, 5)
+    alive: list = []
+    most = []
+
+    def batches():
+        for part in np.array_split(x, 4):
+            gc.collect()
+            most.append(sum(r() is not None for r in alive))
+            b = _misaligned(part)  # a new object every pass
+            alive.append(weakref.ref(b))
+            yield b
+
+    seen: list = []
+    _train(None, str(tmp_path / "m"), "random", seen, batches)
+    assert seen.count(_validation.InPlaceRows) >= 8
+    # When a batch is read, at most the two before it (one computing, one just
+    # handed over) are still alive.
+    assert max(most) <= 2, most
