@@ -223,7 +223,8 @@ def fit_impl(key, x, w, init, tol, max_iter, spec: FitSpec) -> FitResult:
 #
 # The same iterations as fit_impl, in programs that leave out the empty-cluster
 # relocation (most of a Lloyd program's compile time) until a pass actually leaves a
-# cluster empty: only then is the relocating step compiled and run, from the host.
+# cluster empty: only then is the relocating finish compiled and run, from the host,
+# on that pass's statistics (the pass is not run again).
 
 
 def _run_start(key, x, w, init, spec: FitSpec):
@@ -237,31 +238,50 @@ def _run_start(key, x, w, init, spec: FitSpec):
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _run_until_empty(x, w, c, origin, it, prev, tol, max_iter, spec: FitSpec):
     """Lloyd iterations (as in :func:`_fit_one`) until `max_iter`, convergence, or a
-    pass that leaves a cluster empty: that pass's update is not made (``needs``)."""
+    pass that leaves a cluster empty: that pass's update is not made (``needs``), and
+    its statistics, labels and distances are returned for
+    :func:`_run_relocating_finish` (so that the pass is not run twice)."""
     passes = spec.passes
+    n = x.shape[0]
+    k, d = c.shape
 
     def cond(carry):
-        _, it, _, converged, needs = carry
+        _, it, _, converged, needs, _ = carry
         return (it < max_iter) & ~converged & ~needs
 
     def body(carry):
-        c, it, prev, converged, _ = carry
+        c, it, prev, converged, _, _ = carry
         frame = engine.frame_of(c, origin, passes.metric)
-        st, _, _ = engine.lloyd_pass(passes, x, w, frame, relocate=False)
+        st, labels, dist = engine.lloyd_pass(passes, x, w, frame, relocate=False)
         empty = jnp.any(st.counts <= 0)
         new, stats = engine.finish(passes.metric, c, origin, st, relocate=False)
         done = _converged(spec.stop, it, prev, stats, tol)
         old, now = (c, it, prev, converged), (new, it + 1, stats.loss, done)
         kept = jax.tree_util.tree_map(lambda a, b: jnp.where(empty, a, b), old, now)
-        return (*kept, empty)
+        return (*kept, empty, (st.sums, st.counts, st.loss, labels, dist))
 
-    return lax.while_loop(cond, body, (c, it, prev, jnp.array(False), jnp.array(False)))
+    last = (
+        jnp.zeros((k, d), c.dtype),
+        jnp.zeros((k,), c.dtype),
+        jnp.zeros((), c.dtype),
+        jnp.zeros((n,), jnp.int32),
+        jnp.zeros((n,), c.dtype),
+    )
+    carry = (c, it, prev, jnp.array(False), jnp.array(False), last)
+    return lax.while_loop(cond, body, carry)
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
-def _run_relocating_step(x, w, c, origin, it, prev, tol, spec: FitSpec):
-    """One Lloyd iteration with empty clusters relocated (the body of :func:`_fit_one`)."""
-    new, stats = engine.lloyd_update(spec.passes, x, w, c, origin)
+def _run_relocating_finish(x, w, c, origin, it, prev, tol, last, spec: FitSpec):
+    """The update of the pass that left a cluster empty (`last`: its sums, counts,
+    loss, labels and distances from :func:`_run_until_empty`), with empty clusters
+    relocated: the rest of the body of :func:`_fit_one` for that pass (its candidates
+    and finish), the same arithmetic as ``engine.lloyd_update``."""
+    passes = spec.passes
+    sums, counts, loss, labels, dist = last
+    far, rows = engine.candidates(passes, x, w, labels, dist, origin, spec.k)
+    st = engine.PassStats(sums, counts, loss, far, rows)
+    new, stats = engine.finish(passes.metric, c, origin, st)
     return new, it + 1, stats.loss, _converged(spec.stop, it, prev, stats, tol)
 
 
@@ -287,12 +307,13 @@ def _run_one(key, x, w, init, tol, max_iter: int, spec: FitSpec) -> tuple[FitRes
     it, prev = np.int32(0), np.asarray(np.inf, x.dtype)
     converged = np.bool_(False)
     while True:
-        c, it, prev, converged, needs = _run_until_empty(
+        c, it, prev, converged, needs, last = _run_until_empty(
             x, w, c, origin, it, prev, tol, np.int32(max_iter), spec
         )
         if not bool(needs):
             break
-        c, it, prev, converged = _run_relocating_step(x, w, c, origin, it, prev, tol, spec)
+        c, it, prev, converged = _run_relocating_finish(x, w, c, origin, it, prev, tol, last, spec)
+        del last
         if bool(converged) or int(it) >= max_iter:
             break
     labels, dist, loss = _run_end(x, w, c, origin, spec)

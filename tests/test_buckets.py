@@ -181,12 +181,12 @@ def test_host_stepped_fit_equals_the_one_program_fit(n_init, placed):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_a_fit_without_empty_clusters_never_compiles_the_relocating_step():
+def test_a_fit_without_empty_clusters_never_compiles_the_relocating_finish():
     x = _blobs(2000, seed=5)
-    before = fitting._run_relocating_step._cache_size()
+    before = fitting._run_relocating_finish._cache_size()
     r = jaxkmeans.fit(jax.random.PRNGKey(1), x, 6, max_iter=50)
     assert int(r.n_iter) > 1
-    assert fitting._run_relocating_step._cache_size() == before
+    assert fitting._run_relocating_finish._cache_size() == before
 
 
 def test_fit_under_jit_and_vmap_still_runs_the_one_program():

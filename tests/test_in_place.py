@@ -161,13 +161,17 @@ def test_programs_over_rows_in_place_need_no_copy_of_the_data():
     key = jax.random.key(0)
     c, origin = fitting._run_start_programs.usual(key, rows, None, None, spec)
     it, prev, tol = np.int32(0), np.float32(np.inf), np.float32(0.0)
+    last = fitting._run_until_empty(rows, None, c, origin, it, prev, tol, np.int32(1), spec)[-1]
     programs = {
         "start": (fitting._run_start_programs.usual, (key, rows, None, None)),
         "iterations": (
             fitting._run_until_empty,
             (rows, None, c, origin, it, prev, tol, np.int32(5)),
         ),
-        "relocating step": (fitting._run_relocating_step, (rows, None, c, origin, it, prev, tol)),
+        "relocating finish": (
+            fitting._run_relocating_finish,
+            (rows, None, c, origin, it, prev, tol, last),
+        ),
         "end": (fitting._run_end, (rows, None, c, origin)),
     }
     for name, (f, args) in programs.items():
