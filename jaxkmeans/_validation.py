@@ -432,9 +432,12 @@ def dense_rows(x: Any) -> Any:
 def in_place_rows(a: np.ndarray) -> InPlaceRows | None:
     """Checked host rows `a` (n, d) as :class:`InPlaceRows` on the CPU device, without
     a copy, when the device would otherwise copy them: C-contiguous, not 64-byte
-    aligned, aligned to their element size. None otherwise (an aligned array is used in
-    place by ``device_put`` as it is), and when this jaxlib copies anyway."""
+    aligned, aligned to their element size, fewer than 2^31 elements (the flat buffer
+    is indexed with int32). None otherwise (an aligned array is used in place by
+    ``device_put`` as it is), and when this jaxlib copies anyway."""
     if jax.default_backend() != "cpu" or a.ndim != 2 or not a.flags.c_contiguous or a.size == 0:
+        return None
+    if a.size + _CPU_ALIGNMENT >= 2**31:
         return None
     misaligned = a.ctypes.data % _CPU_ALIGNMENT
     if misaligned == 0 or misaligned % a.itemsize:

@@ -157,11 +157,11 @@ def _statistics_jvp(spec, primals, tangents):
     return out, (dsums, dcounts, dloss, _labels_tangent(labels), ddist)
 
 
-def _in_place(spec: Any, x: Any) -> Any:
-    """The flat kernel's argument for rows read in place (:class:`InPlaceRows`) where
-    the native kernel reads them (a program lowered for CPU only, ``spec.kernel``
-    native, the library has the flat kernels); else `x` as an (n, d) array (for
-    :class:`InPlaceRows` a copy inside the program), and None when `x` is not in place."""
+def _in_place(spec: Any, x: Any) -> tuple[InPlaceRows | None, Any]:
+    """``(rows, None)`` for rows read in place (:class:`InPlaceRows`) that the native
+    flat kernels read (a program lowered for CPU only, ``spec.kernel`` native, the
+    library has them); else ``(None, x)`` with `x` as an (n, d) array (rows read in
+    place then copied inside the program)."""
     if not isinstance(x, InPlaceRows):
         return None, x
     reads = spec.platform == "cpu" and spec.kernel == "native" and native.flat_available()
