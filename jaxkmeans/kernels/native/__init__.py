@@ -187,6 +187,24 @@ def _fail(reason: str, warn: bool) -> bool:
     return False
 
 
+def _register_optional(
+    lib: ctypes.CDLL, feature: str, targets: tuple[tuple[str, str], ...]
+) -> None:
+    """Registers the handlers `targets` ((name, symbol), ...) of a kernel family that
+    older builds lack; ``build_info()[feature]`` says whether it is used."""
+    _info[feature] = False
+    try:
+        symbols = [(name, getattr(lib, symbol)) for name, symbol in targets]
+    except AttributeError:
+        return
+    try:
+        for name, symbol in symbols:
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
+    except Exception:  # a broken handler must not break the package
+        return
+    _info[feature] = True
+
+
 def _load() -> bool:
     """Loads and registers the library once. Never breaks JAX: the CPU backend is started
     first (a handler registered before it starts is validated only when it starts, and a
@@ -239,50 +257,22 @@ def _load() -> bool:
                 )
         except Exception as e:  # a broken build must not break the package
             return _fail(f"could not register {path.name}: {e}", warn=True)
-        # The k-means++ round is newer: a build without it keeps the other kernels.
-        _info["pp_round"] = False
-        try:
-            symbol = lib.JaxkmeansPpRoundF32
-        except AttributeError:
-            pass
-        else:
-            try:
-                jax.ffi.register_ffi_target(_PP_ROUND, jax.ffi.pycapsule(symbol), platform="cpu")
-                _info["pp_round"] = True
-            except Exception:
-                pass
-        # The sparse kernels are newer still: a build without them keeps the others.
-        _info["sparse"] = False
-        try:
-            targets = (
-                (_SPARSE_ASSIGN, lib.JaxkmeansSparseAssignF32),
-                (_SPARSE_LLOYD, lib.JaxkmeansSparseLloydF32),
-            )
-        except AttributeError:
-            pass
-        else:
-            try:
-                for name, symbol in targets:
-                    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
-                _info["sparse"] = True
-            except Exception:
-                pass
-        # The kernels over rows read in place (flat buffer + start) are the newest.
-        _info["flat"] = False
-        try:
-            targets = (
-                (_FLAT_ASSIGN, lib.JaxkmeansAssignFlatF32),
-                (_FLAT_LLOYD, lib.JaxkmeansLloydFlatF32),
-            )
-        except AttributeError:
-            pass
-        else:
-            try:
-                for name, symbol in targets:
-                    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
-                _info["flat"] = True
-            except Exception:
-                pass
+        # Newer kernel families: a build without one keeps the others.
+        _register_optional(lib, "pp_round", ((_PP_ROUND, "JaxkmeansPpRoundF32"),))
+        _register_optional(
+            lib,
+            "sparse",
+            (
+                (_SPARSE_ASSIGN, "JaxkmeansSparseAssignF32"),
+                (_SPARSE_LLOYD, "JaxkmeansSparseLloydF32"),
+            ),
+        )
+        # The kernels over rows read in place (a flat buffer and a start).
+        _register_optional(
+            lib,
+            "flat",
+            ((_FLAT_ASSIGN, "JaxkmeansAssignFlatF32"), (_FLAT_LLOYD, "JaxkmeansLloydFlatF32")),
+        )
         _loaded = True
         _info["loaded"] = True
         return True

@@ -602,18 +602,45 @@ ffi::Error CheckShapes(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& offset,
   return ffi::Error::Success();
 }
 
+// The nearest centers of n rows of d values from `x` on (every handler below).
+ffi::Error AssignRows(ffi::ThreadPool& pool, const float* x, int64_t n, int64_t d,
+                      ffi::Buffer<ffi::F32>& offset, ffi::Buffer<ffi::F32>& cp,
+                      ffi::Buffer<ffi::F32>& bias, ffi::ResultBuffer<ffi::S32>& labels,
+                      ffi::ResultBuffer<ffi::F32>& dist) {
+  const int64_t k = cp.dimensions()[0];
+  const PackedCenters pc = PackCenters(cp.typed_data(), bias.typed_data(), k, d);
+  const Problem p{x, offset.typed_data(), cp.typed_data(), pc.bias.data(), pc.packed.data(),
+                  n, d, k, pc.kpad, labels->typed_data(), dist->typed_data()};
+  Nearest(pool, p);
+  return ffi::Error::Success();
+}
+
+// The same plus per-center sums, counts and loss (weights `w` when `weighted`).
+ffi::Error LloydRows(ffi::ThreadPool& pool, const float* x, int64_t n, int64_t d,
+                     ffi::Buffer<ffi::F32>& w, ffi::Buffer<ffi::F32>& offset,
+                     ffi::Buffer<ffi::F32>& cp, ffi::Buffer<ffi::F32>& bias, bool weighted,
+                     ffi::ResultBuffer<ffi::S32>& labels, ffi::ResultBuffer<ffi::F32>& dist,
+                     ffi::ResultBuffer<ffi::F32>& sums, ffi::ResultBuffer<ffi::F32>& counts,
+                     ffi::ResultBuffer<ffi::F32>& loss) {
+  if (weighted && w.element_count() != static_cast<size_t>(n)) {
+    return ffi::Error::InvalidArgument("jaxkmeans native kernel: weights must be (n,)");
+  }
+  const int64_t k = cp.dimensions()[0];
+  const PackedCenters pc = PackCenters(cp.typed_data(), bias.typed_data(), k, d);
+  const Problem p{x, offset.typed_data(), cp.typed_data(), pc.bias.data(), pc.packed.data(),
+                  n, d, k, pc.kpad, labels->typed_data(), dist->typed_data()};
+  NearestAndSums(pool, p, weighted ? w.typed_data() : nullptr, sums->typed_data(),
+                 counts->typed_data(), loss->typed_data());
+  return ffi::Error::Success();
+}
+
 ffi::Error AssignImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                       ffi::Buffer<ffi::F32> offset, ffi::Buffer<ffi::F32> cp,
                       ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::S32> labels,
                       ffi::ResultBuffer<ffi::F32> dist) {
   if (auto err = CheckShapes(x, offset, cp, bias); err.failure()) return err;
-  const int64_t n = x.dimensions()[0], d = x.dimensions()[1], k = cp.dimensions()[0];
-  const PackedCenters pc = PackCenters(cp.typed_data(), bias.typed_data(), k, d);
-  const Problem p{x.typed_data(), offset.typed_data(), cp.typed_data(), pc.bias.data(),
-                  pc.packed.data(), n, d, k, pc.kpad, labels->typed_data(),
-                  dist->typed_data()};
-  Nearest(pool, p);
-  return ffi::Error::Success();
+  return AssignRows(pool, x.typed_data(), x.dimensions()[0], x.dimensions()[1], offset, cp,
+                    bias, labels, dist);
 }
 
 ffi::Error LloydImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
@@ -623,17 +650,8 @@ ffi::Error LloydImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
                      ffi::ResultBuffer<ffi::F32> sums, ffi::ResultBuffer<ffi::F32> counts,
                      ffi::ResultBuffer<ffi::F32> loss) {
   if (auto err = CheckShapes(x, offset, cp, bias); err.failure()) return err;
-  const int64_t n = x.dimensions()[0], d = x.dimensions()[1], k = cp.dimensions()[0];
-  if (weighted && w.element_count() != static_cast<size_t>(n)) {
-    return ffi::Error::InvalidArgument("jaxkmeans native kernel: weights must be (n,)");
-  }
-  const PackedCenters pc = PackCenters(cp.typed_data(), bias.typed_data(), k, d);
-  const Problem p{x.typed_data(), offset.typed_data(), cp.typed_data(), pc.bias.data(),
-                  pc.packed.data(), n, d, k, pc.kpad, labels->typed_data(),
-                  dist->typed_data()};
-  NearestAndSums(pool, p, weighted ? w.typed_data() : nullptr, sums->typed_data(),
-                 counts->typed_data(), loss->typed_data());
-  return ffi::Error::Success();
+  return LloydRows(pool, x.typed_data(), x.dimensions()[0], x.dimensions()[1], w, offset, cp,
+                   bias, weighted, labels, dist, sums, counts, loss);
 }
 
 // The same two kernels over rows read in place from a flat buffer: the caller's host
@@ -659,13 +677,7 @@ ffi::Error AssignFlatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                           int64_t cols, ffi::ResultBuffer<ffi::S32> labels,
                           ffi::ResultBuffer<ffi::F32> dist) {
   if (auto err = FlatRows(x, start, rows, cols, offset, cp, bias); err.failure()) return err;
-  const int64_t k = cp.dimensions()[0];
-  const PackedCenters pc = PackCenters(cp.typed_data(), bias.typed_data(), k, cols);
-  const Problem p{x.typed_data() + start, offset.typed_data(), cp.typed_data(), pc.bias.data(),
-                  pc.packed.data(), rows, cols, k, pc.kpad, labels->typed_data(),
-                  dist->typed_data()};
-  Nearest(pool, p);
-  return ffi::Error::Success();
+  return AssignRows(pool, x.typed_data() + start, rows, cols, offset, cp, bias, labels, dist);
 }
 
 ffi::Error LloydFlatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
@@ -675,17 +687,8 @@ ffi::Error LloydFlatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buf
                          ffi::ResultBuffer<ffi::F32> dist, ffi::ResultBuffer<ffi::F32> sums,
                          ffi::ResultBuffer<ffi::F32> counts, ffi::ResultBuffer<ffi::F32> loss) {
   if (auto err = FlatRows(x, start, rows, cols, offset, cp, bias); err.failure()) return err;
-  if (weighted && w.element_count() != static_cast<size_t>(rows)) {
-    return ffi::Error::InvalidArgument("jaxkmeans native kernel: weights must be (n,)");
-  }
-  const int64_t k = cp.dimensions()[0];
-  const PackedCenters pc = PackCenters(cp.typed_data(), bias.typed_data(), k, cols);
-  const Problem p{x.typed_data() + start, offset.typed_data(), cp.typed_data(), pc.bias.data(),
-                  pc.packed.data(), rows, cols, k, pc.kpad, labels->typed_data(),
-                  dist->typed_data()};
-  NearestAndSums(pool, p, weighted ? w.typed_data() : nullptr, sums->typed_data(),
-                 counts->typed_data(), loss->typed_data());
-  return ffi::Error::Success();
+  return LloydRows(pool, x.typed_data() + start, rows, cols, w, offset, cp, bias, weighted,
+                   labels, dist, sums, counts, loss);
 }
 
 // ------------------------------------------------------------ one k-means++ round
