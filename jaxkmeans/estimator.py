@@ -722,7 +722,7 @@ def _sample_origin(sample: jax.Array, w: jax.Array | None = None) -> jax.Array:
     """The frame origin of the first rows (weights `w`: 0 for padding), in one fused
     pass (run op by op it made temporaries the size of the sample, a peak of memory on
     big first batches)."""
-    origin = metrics.frame_origin(sample, SQUARED_EUCLIDEAN_DISTANCE, w)
+    origin = metrics.frame_origin(sample, SQUARED_EUCLIDEAN_DISTANCE, w, in_blocks=True)
     assert origin is not None  # only the cosine metric has no frame origin
     return origin
 
