@@ -429,13 +429,20 @@ def dense_rows(x: Any) -> Any:
     return x.dense() if isinstance(x, InPlaceRows) else x
 
 
+def _readable_in_place(a: np.ndarray, dtype: Any) -> bool:
+    """Whether host rows `a` in the compute `dtype` can be read in place (see
+    :func:`in_place_rows`) as they are: 2-D, C-contiguous, float32 already."""
+    return a.ndim == 2 and a.flags.c_contiguous and a.dtype == dtype == np.float32
+
+
 def in_place_rows(a: np.ndarray) -> InPlaceRows | None:
     """Checked host rows `a` (n, d) as :class:`InPlaceRows` on the CPU device, without
-    a copy, when the device would otherwise copy them: C-contiguous, not 64-byte
-    aligned, aligned to their element size, fewer than 2^31 elements (the flat buffer
-    is indexed with int32). None otherwise (an aligned array is used in place by
-    ``device_put`` as it is), and when this jaxlib copies anyway."""
-    if jax.default_backend() != "cpu" or a.ndim != 2 or not a.flags.c_contiguous or a.size == 0:
+    a copy, when the device would otherwise copy them and the native flat kernels can
+    read them: float32, C-contiguous, not 64-byte aligned, aligned to their element
+    size, fewer than 2^31 elements (the flat buffer is indexed with int32). None
+    otherwise (an aligned array is used in place by ``device_put`` as it is), and when
+    this jaxlib copies anyway."""
+    if jax.default_backend() != "cpu" or not _readable_in_place(a, a.dtype) or a.size == 0:
         return None
     if a.size + _CPU_ALIGNMENT >= 2**31:
         return None
@@ -631,8 +638,7 @@ def _checked_array(
         finite = is_traced(x) or not check_values or bool(_device_all_finite(x))
     else:  # host data: check on the host (no device round trip, nothing to compile)
         xh = np.asarray(x)
-        readable = xh.dtype == dtype and xh.flags.c_contiguous and xh.ndim == 2
-        if place and in_place and readable and jax.default_backend() == "cpu":
+        if place and in_place and _readable_in_place(xh, dtype) and jax.default_backend() == "cpu":
             finite = not check_values or in_row_blocks(
                 xh.shape[0], xh[0].nbytes, lambda i, j: bool(np.isfinite(xh[i:j]).all())
             )

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkmeans import engine, fitting, initializers, metrics, sharding
+from jaxkmeans import engine, fitting, initializers, kernels, metrics, sharding
 from jaxkmeans import export as export_lib
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
@@ -74,7 +74,6 @@ from jaxkmeans.initializers import (
     RANDOM_INIT,
 )
 from jaxkmeans.inputs import InputReader, feature_names, resident
-from jaxkmeans.kernels import native
 from jaxkmeans.state import KMeansState
 from jaxkmeans.updates import MiniBatchOptState
 
@@ -516,17 +515,6 @@ def _synced(batches: Iterator[np.ndarray], mesh: Any, dims: int) -> Iterator[np.
         batch = None  # not held while the next batch is read
 
 
-def _reads_in_place(spec: engine.Pass) -> bool:
-    """Whether the full-batch passes of `spec` read unpadded float32 batches in place
-    (:class:`~jaxkmeans._validation.InPlaceRows`: the native flat kernels, no mesh)."""
-    return spec.mesh is None and spec.kernel == "native" and native.flat_available()
-
-
-def _in_place(batch: np.ndarray) -> InPlaceRows | None:
-    """`batch` read in place (no copy), when it is float32 and the device would copy it."""
-    return in_place_rows(batch) if batch.dtype == np.float32 else None
-
-
 def _place(
     batch: np.ndarray, standard: int | None, mesh: Any, dims: int, in_place: bool = False
 ) -> tuple[Any, Any, int]:
@@ -538,7 +526,7 @@ def _place(
         padded, w = np.zeros((1, dims), np.float32), np.zeros((1,), np.float32)
     else:
         size = _bucket(b, standard)
-        rows = _in_place(batch) if in_place and mesh is None and size == b else None
+        rows = in_place_rows(batch) if in_place and mesh is None and size == b else None
         if rows is not None:
             return rows, to_device(np.ones((b,), np.float32)), b
         padded, w = _pad_batch(batch, size)
@@ -706,7 +694,8 @@ def _centers_from_method(
     spec = initializers.make_init(settings.init, k, metric, settings.num_retries)
     # One unpadded batch that the passes read in place is read so here too (no copy).
     alone = placed is not None and len(seen) == 1 and seen[0] is sample
-    rows_in_place = _in_place(sample) if alone and _reads_in_place(settings.spec) else None
+    reads = alone and kernels.reads_in_place(settings.spec)
+    rows_in_place = in_place_rows(sample) if reads else None
     xs, ws = rows_in_place or to_device(sample), to_device(w)
     rows = sample.shape[0]
     if placed is not None and settings.mesh is None and len(seen) == 1 and seen[0] is sample:
@@ -1026,7 +1015,7 @@ class _Trainer:
         standard = None
         rows = 0
         pending: list[Any] = []
-        in_place = _reads_in_place(settings.spec)
+        in_place = kernels.reads_in_place(settings.spec)
         for position, batch in enumerate(_synced(batches, settings.mesh, dims)):
             standard = standard or batch.shape[0] or None
             x, w, b = self._placed.get(

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxkmeans import engine, metrics, sharding
+from jaxkmeans import engine, kernels, metrics, sharding
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
@@ -44,7 +44,7 @@ from jaxkmeans.initializers import (
     make_init,
     sparse_check_enough_distinct,
 )
-from jaxkmeans.kernels import native, sparse
+from jaxkmeans.kernels import sparse
 from jaxkmeans.state import FitResult, KMeansState, StepStats
 from jaxkmeans.updates import minibatch_optimizer
 
@@ -464,9 +464,7 @@ def fit(
     # Driven from the host (smaller programs) unless traced (under the user's jit or
     # vmap), with vectorized restarts, or over several processes.
     stepped = not (vectorize or is_traced(key, x, w, init_array)) and jax.process_count() == 1
-    if isinstance(x, InPlaceRows) and not (
-        stepped and passes.kernel == "native" and native.flat_available()
-    ):
+    if isinstance(x, InPlaceRows) and not (stepped and kernels.reads_in_place(passes)):
         x = to_device(x.host())  # read by XLA's own kernels: one aligned copy
 
     def run(x, w):

@@ -420,7 +420,7 @@ def test_in_memory_inputs_are_checked_and_placed_once_per_train(tmp_path, monkey
     # Placements that copy, as for padded batches or without the native kernel: unpadded
     # float32 batches are otherwise read in place, at no copy and never kept
     # (tests/test_in_place.py).
-    monkeypatch.setattr(est, "_reads_in_place", lambda spec: False)
+    monkeypatch.setattr(est.kernels, "reads_in_place", lambda spec: False)
     # A callable returning the same arrays: placed once too (a placement lives as long
     # as its batch object); new objects every pass, or a memmap: placed every pass.
     fresh = lambda: [b.copy() for b in BATCHES]  # noqa: E731

@@ -45,6 +45,7 @@ from jaxkmeans.metrics import normalize_rows
 __all__ = [
     "KERNELS",
     "by_platform",
+    "reads_in_place",
     "nearest",
     "statistics",
     "native",
@@ -157,6 +158,13 @@ def _statistics_jvp(spec, primals, tangents):
     return out, (dsums, dcounts, dloss, _labels_tangent(labels), ddist)
 
 
+def reads_in_place(spec: Any) -> bool:
+    """Whether passes of `spec` (an :class:`~jaxkmeans.engine.Pass`) can read rows in
+    place (:class:`InPlaceRows`) where they run on CPU: the native flat kernels, no
+    mesh. The one test of ``fit``, ``KMeans.train`` and the kernels' dispatch."""
+    return spec.mesh is None and spec.kernel == "native" and native.flat_available()
+
+
 def _in_place(spec: Any, x: Any) -> tuple[InPlaceRows | None, Any]:
     """``(rows, None)`` for rows read in place (:class:`InPlaceRows`) that the native
     flat kernels read (a program lowered for CPU only, ``spec.kernel`` native, the
@@ -164,7 +172,7 @@ def _in_place(spec: Any, x: Any) -> tuple[InPlaceRows | None, Any]:
     place then copied inside the program)."""
     if not isinstance(x, InPlaceRows):
         return None, x
-    reads = spec.platform == "cpu" and spec.kernel == "native" and native.flat_available()
+    reads = spec.platform == "cpu" and reads_in_place(spec)
     return (x, None) if reads else (None, x.dense())
 
 

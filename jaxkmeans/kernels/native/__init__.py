@@ -342,15 +342,41 @@ def _sds(shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.ShapeDtypeStru
     return jax.ShapeDtypeStruct(shape, dtype)
 
 
+def _assign(
+    target: str, x: jax.Array, shape: tuple[int, ...], frame: Any, **attrs: Any
+) -> tuple[jax.Array, jax.Array]:
+    """The assign handler `target` over rows `x` of `shape` (n, d)."""
+    offset, cp, bias = frame
+    n = shape[0]
+    call = jax.ffi.ffi_call(target, (_sds((n,), jnp.int32), _sds((n,))), vmap_method="sequential")
+    labels, dist = call(x, offset, cp, bias, **attrs)
+    return labels, dist
+
+
+def _lloyd(
+    target: str, x: jax.Array, shape: tuple[int, ...], w: jax.Array | None, frame: Any, **attrs: Any
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The Lloyd statistics handler `target` over rows `x` of `shape` (n, d)."""
+    offset, cp, bias = frame
+    n, d = shape
+    k = cp.shape[0]
+    call = jax.ffi.ffi_call(
+        target,
+        (_sds((n,), jnp.int32), _sds((n,)), _sds((k, d)), _sds((k,)), _sds(())),
+        vmap_method="sequential",
+    )
+    wv = jnp.zeros((0,), jnp.float32) if w is None else w
+    labels, dist, sums, counts, loss = call(
+        x, wv, offset, cp, bias, weighted=w is not None, **attrs
+    )
+    return sums, counts, loss, labels, dist
+
+
 def nearest(x: jax.Array, frame: Any) -> tuple[jax.Array, jax.Array]:
     """``(labels, min_dist)`` of rows `x` (n, d) for prepared centers ``frame = (offset,
     cp = -2 (c - offset), bias = ||c - offset||^2)``. Call only where the program runs on CPU
     (:mod:`jaxkmeans.kernels` wraps it in ``lax.platform_dependent``)."""
-    offset, cp, bias = frame
-    n = x.shape[0]
-    call = jax.ffi.ffi_call(_ASSIGN, (_sds((n,), jnp.int32), _sds((n,))), vmap_method="sequential")
-    labels, dist = call(x, offset, cp, bias)
-    return labels, dist
+    return _assign(_ASSIGN, x, x.shape, frame)
 
 
 def statistics(
@@ -359,17 +385,7 @@ def statistics(
     """``(sums (k, d), counts (k,), loss (), labels (n,), min_dist (n,))``: the nearest
     centers as :func:`nearest`, plus per-center sums of ``w * (x - offset)``, summed
     weights and the weighted loss (accumulated in float64, independent of threading)."""
-    offset, cp, bias = frame
-    n, d = x.shape
-    k = cp.shape[0]
-    call = jax.ffi.ffi_call(
-        _LLOYD,
-        (_sds((n,), jnp.int32), _sds((n,)), _sds((k, d)), _sds((k,)), _sds(())),
-        vmap_method="sequential",
-    )
-    wv = jnp.zeros((0,), jnp.float32) if w is None else w
-    labels, dist, sums, counts, loss = call(x, wv, offset, cp, bias, weighted=w is not None)
-    return sums, counts, loss, labels, dist
+    return _lloyd(_LLOYD, x, x.shape, w, frame)
 
 
 def pp_round(
@@ -407,45 +423,23 @@ def flat_available() -> bool:
     return enabled() and bool(_info.get("flat"))
 
 
+def _flat_rows(rows: Any) -> dict[str, Any]:
+    """The flat handlers' attributes of :class:`~jaxkmeans._validation.InPlaceRows`."""
+    n, d = rows.shape
+    return {"start": np.int64(rows.off), "rows": np.int64(n), "cols": np.int64(d)}
+
+
 def flat_nearest(rows: Any, frame: Any) -> tuple[jax.Array, jax.Array]:
     """:func:`nearest` of :class:`~jaxkmeans._validation.InPlaceRows` (the caller's
     host rows in place: a flat buffer and the element its first row starts at)."""
-    offset, cp, bias = frame
-    n, d = rows.shape
-    call = jax.ffi.ffi_call(
-        _FLAT_ASSIGN, (_sds((n,), jnp.int32), _sds((n,))), vmap_method="sequential"
-    )
-    labels, dist = call(
-        rows.flat, offset, cp, bias, start=np.int64(rows.off), rows=np.int64(n), cols=np.int64(d)
-    )
-    return labels, dist
+    return _assign(_FLAT_ASSIGN, rows.flat, rows.shape, frame, **_flat_rows(rows))
 
 
 def flat_statistics(
     rows: Any, w: jax.Array | None, frame: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """:func:`statistics` of :class:`~jaxkmeans._validation.InPlaceRows`."""
-    offset, cp, bias = frame
-    n, d = rows.shape
-    k = cp.shape[0]
-    call = jax.ffi.ffi_call(
-        _FLAT_LLOYD,
-        (_sds((n,), jnp.int32), _sds((n,)), _sds((k, d)), _sds((k,)), _sds(())),
-        vmap_method="sequential",
-    )
-    wv = jnp.zeros((0,), jnp.float32) if w is None else w
-    labels, dist, sums, counts, loss = call(
-        rows.flat,
-        wv,
-        offset,
-        cp,
-        bias,
-        weighted=w is not None,
-        start=np.int64(rows.off),
-        rows=np.int64(n),
-        cols=np.int64(d),
-    )
-    return sums, counts, loss, labels, dist
+    return _lloyd(_FLAT_LLOYD, rows.flat, rows.shape, w, frame, **_flat_rows(rows))
 
 
 def sparse_available() -> bool:
