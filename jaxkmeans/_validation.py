@@ -353,23 +353,26 @@ class InPlaceRows:
     and numpy's large arrays start 16 bytes past a page boundary. So the device array
     `flat` is the caller's memory viewed from the 64-byte boundary at or below its first
     row (the bytes in between lie in the same cache line, hence the same page), and the
-    rows start `off` elements in: row i is ``flat[off + i d : off + (i + 1) d]``.
+    caller's rows start `off` elements in: caller row r is ``flat[off + r d : off + (r +
+    1) d]``. Row i is caller row i, or with an `index` ((n,) int32 device array) caller
+    row ``index[i]``: rows in an order (and with repeats) of our choosing, still read
+    in place.
 
     The native kernels read it as it is; :meth:`take` (a gather), :meth:`block` (a
     block of rows) and :meth:`dense` (the whole (n, d) array, which XLA materializes:
     a copy inside that program) serve the rest. `off`, `n` and `d` are static (part of
-    the compiled program); `flat` is the one array leaf.
+    the compiled program); `flat` and `index` are the array leaves.
     """
 
-    def __init__(self, flat: Any, off: int, n: int, d: int) -> None:
-        self.flat, self.off, self.n, self.d = flat, off, n, d
+    def __init__(self, flat: Any, off: int, n: int, d: int, index: Any = None) -> None:
+        self.flat, self.off, self.n, self.d, self.index = flat, off, n, d, index
 
-    def tree_flatten(self) -> tuple[tuple[Any], tuple[int, int, int]]:
-        return (self.flat,), (self.off, self.n, self.d)
+    def tree_flatten(self) -> tuple[tuple[Any, Any], tuple[int, int, int]]:
+        return (self.flat, self.index), (self.off, self.n, self.d)
 
     @classmethod
     def tree_unflatten(cls, aux: tuple[int, int, int], leaves: Any) -> InPlaceRows:
-        return cls(leaves[0], *aux)
+        return cls(leaves[0], *aux, index=leaves[1])
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -385,26 +388,44 @@ class InPlaceRows:
 
     ndim = 2
 
+    def _gather(self, rows: jax.Array) -> jax.Array:
+        """Caller rows `rows` (m,) as an (m, d) array: one gather of d-element slices
+        (no (m, d) index array)."""
+        starts = (self.off + rows.astype(jnp.int32) * self.d)[:, None]
+        dims = lax.GatherDimensionNumbers(
+            offset_dims=(1,), collapsed_slice_dims=(), start_index_map=(0,)
+        )
+        return lax.gather(self.flat, starts, dims, (self.d,), mode=lax.GatherScatterMode.CLIP)
+
     def dense(self) -> jax.Array:
         """The rows as an (n, d) array (a copy, inside a program)."""
+        if self.index is not None:
+            return self._gather(self.index)
         start = self.off
         return lax.slice(self.flat, (start,), (start + self.size,)).reshape(self.n, self.d)
 
     def take(self, idx: jax.Array) -> jax.Array:
         """Rows `idx` (m,) as an (m, d) array: one gather from the flat buffer."""
-        cols = jnp.arange(self.d, dtype=jnp.int32)
-        at = self.off + idx.astype(jnp.int32)[:, None] * self.d + cols[None, :]
-        return jnp.take(self.flat, at, mode="clip")
+        idx = jnp.clip(idx.astype(jnp.int32), 0, self.n - 1)
+        return self._gather(idx if self.index is None else self.index[idx])
 
     def block(self, start: Any, rows: int) -> jax.Array:
         """`rows` rows from row `start` as a (rows, d) array (a start past ``n - rows``
         is clamped to it, as ``lax.dynamic_slice`` clamps)."""
+        if self.index is not None:
+            return self._gather(lax.dynamic_slice(self.index, (start,), (rows,)))
         begin = self.off + start * self.d
         return lax.dynamic_slice(self.flat, (begin,), (rows * self.d,)).reshape(rows, self.d)
 
     def host(self) -> np.ndarray:
-        """The rows as a read-only numpy array, without a copy (concrete rows only)."""
-        return np.asarray(self.flat)[self.off : self.off + self.size].reshape(self.n, self.d)
+        """The rows as a numpy array (concrete rows only): read-only and without a copy,
+        or with an `index` a gathered copy."""
+        flat = np.asarray(self.flat)
+        if self.index is None:
+            return flat[self.off : self.off + self.size].reshape(self.n, self.d)
+        index = np.asarray(self.index)
+        caller = flat[self.off :][: (flat.size - self.off) // self.d * self.d]
+        return np.take(caller.reshape(-1, self.d), index, axis=0)
 
 
 def take_rows(x: Any, idx: jax.Array) -> jax.Array:
@@ -435,26 +456,35 @@ def _readable_in_place(a: np.ndarray, dtype: Any) -> bool:
     return a.ndim == 2 and a.flags.c_contiguous and a.dtype == dtype == np.float32
 
 
-def in_place_rows(a: np.ndarray) -> InPlaceRows | None:
+def in_place_rows(
+    a: np.ndarray, index: np.ndarray | None = None, *, aligned: bool = False
+) -> InPlaceRows | None:
     """Checked host rows `a` (n, d) as :class:`InPlaceRows` on the CPU device, without
     a copy, when the device would otherwise copy them and the native flat kernels can
     read them: float32, C-contiguous, not 64-byte aligned, aligned to their element
     size, fewer than 2^31 elements (the flat buffer is indexed with int32). None
     otherwise (an aligned array is used in place by ``device_put`` as it is), and when
-    this jaxlib copies anyway."""
+    this jaxlib copies anyway.
+
+    With `index` ((m,) host array of rows of `a`), the rows are ``a[index]``, read
+    through the index. With `index` or `aligned`, aligned arrays are viewed too (for
+    callers that need :class:`InPlaceRows`)."""
     if jax.default_backend() != "cpu" or not _readable_in_place(a, a.dtype) or a.size == 0:
         return None
     if a.size + _CPU_ALIGNMENT >= 2**31:
         return None
     misaligned = a.ctypes.data % _CPU_ALIGNMENT
-    if misaligned == 0 or misaligned % a.itemsize:
+    if (misaligned == 0 and index is None and not aligned) or misaligned % a.itemsize:
         return None
     off = misaligned // a.itemsize
     view = np.asarray(_HostView(a, a.ctypes.data - misaligned, a.size + off))
     flat = jax.device_put(view)
     if flat.unsafe_buffer_pointer() != view.ctypes.data:  # copied after all
         return None
-    return InPlaceRows(flat, off, a.shape[0], a.shape[1])
+    if index is None:
+        return InPlaceRows(flat, off, a.shape[0], a.shape[1])
+    index = np.asarray(index, np.int32)
+    return InPlaceRows(flat, off, index.shape[0], a.shape[1], jax.device_put(index))
 
 
 # XLA's backend optimizations off, and XLA:CPU's older (non-MLIR) fusion emitters: a

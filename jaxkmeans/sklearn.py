@@ -102,8 +102,8 @@ except ImportError:  # pragma: no cover - scikit-learn < 1.6
 
 
 import jaxkmeans
-from jaxkmeans import _validation, engine, fitting, initializers
-from jaxkmeans._validation import check_non_negative, check_positive_int
+from jaxkmeans import _validation, engine, fitting, initializers, kernels
+from jaxkmeans._validation import InPlaceRows, check_non_negative, check_positive_int
 from jaxkmeans.kernels import sparse
 from jaxkmeans.kernels.sparse import SparseRows
 from jaxkmeans.state import KMeansState
@@ -128,6 +128,9 @@ _HASH_BLOCK_ELEMENTS = 1 << 21  # rows hashed per program call: about this many 
 # (numpy, microseconds to milliseconds): nothing compiled for them in a small first fit.
 _HOST_ELEMENTS = 1 << 18
 _VARIANCE_BLOCK_ROWS = 4096  # rows reduced at a time by _column_variance_sum
+# Wider rows are first told apart by the keys of their first this many columns (one
+# cache line of float32): when those are all different, so are the rows.
+_PREFIX_COLS = 16
 
 
 # ------------------------------------------------------------------------ host helpers
@@ -255,24 +258,28 @@ def _distinct_sparse_rows(x: Any, w: np.ndarray) -> tuple[Any, np.ndarray]:
     h = _row_keys(x)
     order = np.argsort(h, kind="stable")
     hs = h[order]
-    starts = np.flatnonzero(np.concatenate([[True], hs[1:] != hs[:-1]]))
-    same = np.flatnonzero(hs[1:] == hs[:-1])
+    new = np.concatenate([[True], hs[1:] != hs[:-1]])
+    same = np.flatnonzero(~new[1:])
     if same.size and (x[order[same]] != x[order[same + 1]]).nnz:
         # a hash collision between different rows (practically never): exact grouping
         dense_keys = [x[i].toarray().tobytes() for i in range(x.shape[0])]
         _, first, group = np.unique(dense_keys, return_index=True, return_inverse=True)
         wu = np.bincount(group.ravel(), weights=w, minlength=len(first))
-        return x[first], wu.astype(w.dtype)
-    wu = np.add.reduceat(w[order].astype(np.float64), starts)
-    return x[order[starts]], wu.astype(w.dtype)
+    else:
+        starts = np.flatnonzero(new)
+        first = order[starts]  # the stable sort puts each group's first row first
+        wu = np.add.reduceat(w[order].astype(np.float64), starts)
+    by_row = np.argsort(first)  # groups in the order of their first rows
+    return x[first[by_row]], wu[by_row].astype(w.dtype)
 
 
-def _distinct(x: Any, w: np.ndarray, *, padded: bool = False) -> _Distinct:
+def _distinct(x: Any, w: np.ndarray, *, padded: bool = False, in_place: bool = False) -> _Distinct:
     """Distinct weighted rows of dense or sparse `x` (see :func:`_distinct_rows`);
-    `padded`: dense rows gathered into their padded device layout."""
+    `padded`: dense rows gathered into their padded device layout; `in_place`: dense
+    rows read where they are when the passes can (see :func:`_distinct_dense`)."""
     if _sp.issparse(x):
         return _Distinct(*_distinct_sparse_rows(x, w))
-    return _distinct_dense(np.asarray(x), w, padded=padded)
+    return _distinct_dense(np.asarray(x), w, padded=padded, in_place=in_place)
 
 
 def _placed(
@@ -281,8 +288,11 @@ def _placed(
     """Distinct rows `x` and weights `w` on the device, padded: dense rows to their row
     bucket and small column counts (:func:`_pad`; `padded`, when given, already holds
     them so), sparse rows to :class:`SparseRows` with empty rows of weight 0 (columns as
-    they are). Returns ``(x, w, d_pad)``."""
+    they are); rows read in place as they are (never padded: see :func:`_in_place`).
+    Returns ``(x, w, d_pad)``."""
     m, d = x.shape
+    if isinstance(x, InPlaceRows):
+        return x, _validation.to_device(w), d
     d_pad = _bucket_cols(d)
     n_pad = _bucket_rows(m) if _sp.issparse(x) else _data_rows(m, d_pad)
     wp = np.zeros((n_pad,), w.dtype)
@@ -296,6 +306,8 @@ def _placed(
 
 def _dense_rows(x: Any) -> np.ndarray:
     """`x` as a dense array (for a few rows: centers, a user's mini-batch)."""
+    if isinstance(x, InPlaceRows):
+        return x.host()
     return x.toarray() if _sp.issparse(x) else np.asarray(x)
 
 
@@ -303,7 +315,9 @@ class _Distinct(NamedTuple):
     """The distinct weighted rows of the data (see :func:`_distinct_rows`).
 
     Attributes:
-      xu: (m, d) rows: dense (a view of `padded` when there is one) or CSR.
+      xu: (m, d) rows: dense (a view of `padded` when there is one), CSR, or the
+        caller's rows read in place on the device
+        (:class:`~jaxkmeans._validation.InPlaceRows`).
       wu: (m,) their total weights (> 0).
       inverse: (n,) the row of `xu` equal to each input row; None when rows of weight 0
         were dropped (or for sparse rows).
@@ -318,44 +332,93 @@ class _Distinct(NamedTuple):
     padded: np.ndarray | None = None
 
 
-def _group_rows(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Groups equal rows of `x` (-0.0 counting as 0.0) by their row keys. Returns
-    ``(first, wu, inverse)``: the first row of each group, groups in key order; their
-    total weights (summed in float64); the group of each row."""
+def _first_occurrence_order(
+    first: np.ndarray, wu: np.ndarray, group: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups ``(first row, total weight, group of each row)`` renumbered in the order
+    of their first rows."""
+    by_row = np.argsort(first)
+    rank = np.empty(by_row.shape, group.dtype)
+    rank[by_row] = np.arange(by_row.size, dtype=group.dtype)
+    return first[by_row], wu[by_row], rank[group]
+
+
+def _all_different(keys: np.ndarray) -> bool:
+    """Whether the row keys `keys` are all different (then so are their rows)."""
+    keys = np.sort(keys)
+    return bool(np.all(keys[1:] != keys[:-1]))
+
+
+def _group_rows(
+    x: np.ndarray, w: np.ndarray, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups equal rows of `x` (-0.0 counting as 0.0; only `rows` of them when given,
+    with their weights `w`) by their row keys. Returns ``(first, wu, inverse)``: the
+    first row of each group (an index into `x`; ascending: groups in the order of their
+    first rows); their total weights (summed in float64); the group of each row."""
+    if (
+        rows is None
+        and x.shape[1] > _PREFIX_COLS
+        and _all_different(_row_keys(x[:, :_PREFIX_COLS]))
+    ):
+        # Every row different (the usual case for float data), known from an eighth
+        # or less of the data: each row is its own group.
+        index = np.int32 if x.shape[0] < 2**31 else np.intp
+        every = np.arange(x.shape[0], dtype=index)
+        return every, w.astype(np.float64), every
     h = _row_keys(x)
-    # Not a stable sort (about 1.5x faster): which of a group's equal rows comes first
-    # does not matter, they are equal (-0.0 is made 0.0 once gathered).
+    if rows is not None:
+        h = h[rows]
+    at = (lambda i: i) if rows is None else (lambda i: rows[i])  # noqa: E731
+    # Not a stable sort (about 1.5x faster): each group's first row is found below.
     order = np.argsort(h)
     hs = h[order]
     new = np.concatenate([[True], hs[1:] != hs[:-1]])
     same = np.flatnonzero(~new[1:])  # neighbours with equal keys
-    if same.size and not np.array_equal(x[order[same]], x[order[same + 1]]):
+    index = np.int32 if order.size < 2**31 else np.intp  # half the memory of intp
+    if same.size and not np.array_equal(x[at(order[same])], x[at(order[same + 1])]):
         # a hash collision between different rows (practically never): exact grouping
-        canonical = x + np.zeros((), x.dtype)  # -0.0 -> 0.0, so that equal rows have equal bits
+        xs = x if rows is None else x[rows]
+        canonical = xs + np.zeros((), x.dtype)  # -0.0 -> 0.0, so that equal rows have equal bits
         keys = canonical.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
         _, first, group = np.unique(keys, return_index=True, return_inverse=True)
         wu = np.bincount(group.ravel(), weights=w, minlength=len(first))
-        return first, wu, group.ravel()
+        first, wu, group = _first_occurrence_order(first, wu, group.ravel().astype(index))
+        return at(first), wu, group
     starts = np.flatnonzero(new)
     wu = np.add.reduceat(w[order].astype(np.float64), starts)
-    index = np.int32 if order.size < 2**31 else np.intp  # half the memory of intp
+    first = np.minimum.reduceat(order, starts)
     inverse = np.empty(order.shape, index)
     inverse[order] = np.cumsum(new, dtype=index) - 1
-    return order[starts], wu, inverse
+    first, wu, inverse = _first_occurrence_order(first, wu, inverse)
+    return at(first), wu, inverse
 
 
-def _distinct_dense(x: np.ndarray, w: np.ndarray, *, padded: bool = False) -> _Distinct:
+def _distinct_dense(
+    x: np.ndarray, w: np.ndarray, *, padded: bool = False, in_place: bool = False
+) -> _Distinct:
     """:func:`_distinct_rows` with the inverse map, and with `padded` the rows gathered
-    straight into their padded device layout (one copy of the distinct rows in all)."""
+    straight into their padded device layout (one copy of the distinct rows in all).
+    With `in_place`, rows that the passes can read where they are (:func:`_in_place`)
+    are not gathered at all: `xu` is then the caller's rows read in place
+    (:class:`~jaxkmeans._validation.InPlaceRows`, through the index of the distinct
+    rows when some rows were merged or dropped)."""
     keep = w > 0
     all_kept = bool(keep.all())
+    kept = None if all_kept else np.flatnonzero(keep)
     if not all_kept:
-        x, w = x[keep], w[keep]
-    if x.shape[0] == 0:
-        return _Distinct(x, w)
+        w = w[keep]
+    if w.shape[0] == 0:
+        return _Distinct(x[:0], w)
     x = np.ascontiguousarray(x)
-    first, wu, inverse = _group_rows(x, w)
+    first, wu, inverse = _group_rows(x, w, kept)
     m, d = first.size, x.shape[1]
+    wu = wu.astype(w.dtype)
+    inverse = inverse if all_kept else None
+    if in_place:
+        rows = _in_place(x, first, m)
+        if rows is not None:
+            return _Distinct(rows, wu, inverse)
     buf = None
     if padded:
         d_pad = _bucket_cols(d)
@@ -382,7 +445,23 @@ def _distinct_dense(x: np.ndarray, w: np.ndarray, *, padded: bool = False) -> _D
     if buf is not None:
         buf[m:, :d] = xu[0]
         buf[m:, d:] = 0
-    return _Distinct(xu, wu.astype(w.dtype), inverse if all_kept else None, buf)
+    return _Distinct(xu, wu, inverse, buf)
+
+
+def _in_place(x: np.ndarray, first: np.ndarray, m: int) -> InPlaceRows | None:
+    """The distinct rows ``x[first]`` read where they are, without a copy, when the
+    drop-in's passes can (:class:`~jaxkmeans._validation.InPlaceRows`; through the
+    index `first` unless it is every row in order): data the drop-in does not pad to a
+    size bucket (beyond a bucket's limit, :func:`_data_rows`: a size compiles its own
+    programs anyway), float32 on the CPU device, read by the native flat kernels.
+    None otherwise (the rows are then gathered)."""
+    d = x.shape[1]
+    if _validation.bucket_rows(m) * d <= _validation.PAD_LIMIT_ELEMENTS:
+        return None  # padded to its size bucket
+    if not kernels.reads_in_place(engine.make_pass(dtype=x.dtype)):
+        return None
+    index = None if m == x.shape[0] else first  # ascending: every row once when m == n
+    return _validation.in_place_rows(x, index, aligned=True)
 
 
 def _distinct_rows(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -415,13 +494,15 @@ def _scaled_tol(tol: float, x: Any, w: Any, d: int | None = None) -> float:
 def _tol_rows(xu: Any, wu: np.ndarray, xp: Any, wp: jax.Array) -> tuple[Any, Any]:
     """The rows :func:`_scaled_tol` reduces: dense ones on the device, sparse ones and
     a few dense ones (at most ``_HOST_ELEMENTS`` values) on the host."""
-    return (xu, wu) if _sp.issparse(xu) or xu.size <= _HOST_ELEMENTS else (xp, wp)
+    on_host = _sp.issparse(xu) or (xu.size <= _HOST_ELEMENTS and not isinstance(xu, InPlaceRows))
+    return (xu, wu) if on_host else (xp, wp)
 
 
 @jax.jit
-def _column_variance_sum(x: jax.Array, w: jax.Array) -> jax.Array:
-    """Sum over columns of the weighted variance of the rows of `x`: two passes over
-    blocks of rows, so that no temporary grows with the number of rows."""
+def _column_variance_sum(x: Any, w: jax.Array) -> jax.Array:
+    """Sum over columns of the weighted variance of the rows of `x` (an array or
+    :class:`~jaxkmeans._validation.InPlaceRows`): two passes over blocks of rows, so
+    that no temporary grows with the number of rows."""
     n = x.shape[0]
     size = min(n, _VARIANCE_BLOCK_ROWS)
     count = -(-n // size)
@@ -429,7 +510,7 @@ def _column_variance_sum(x: jax.Array, w: jax.Array) -> jax.Array:
     def block(i):
         # The last block is shifted back to fit; rows already counted get weight 0.
         start = jnp.minimum(i * size, n - size)
-        xb = jax.lax.dynamic_slice_in_dim(x, start, size)
+        xb = _validation.row_block(x, start, size)
         wb = jax.lax.dynamic_slice_in_dim(w, start, size)
         return xb, jnp.where(start + jnp.arange(size) >= i * size, wb, 0)
 
@@ -848,13 +929,15 @@ class _BaseKMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixi
             raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={self.n_clusters}.")
 
     def _prepare(
-        self, X: np.ndarray, sample_weight, *, padded: bool = False
+        self, X: np.ndarray, sample_weight, *, padded: bool = False, in_place: bool = False
     ) -> tuple[np.ndarray, _Distinct, np.dtype]:
         """Validated weights and the distinct weighted rows in the compute dtype (dense
-        rows gathered into their padded device layout with `padded`)."""
+        rows gathered into their padded device layout with `padded`, or read in place
+        where the passes can with `in_place`)."""
         sw = self._sample_weight(sample_weight, X)
         dtype = _compute_dtype(X.dtype)
-        rows = _distinct(X.astype(dtype, copy=False), np.asarray(sw, dtype), padded=padded)
+        x = X.astype(dtype, copy=False)
+        rows = _distinct(x, np.asarray(sw, dtype), padded=padded, in_place=in_place)
         if rows.xu.shape[0] == 0:
             raise ValueError("`sample_weight` must have at least one positive weight; all are 0.")
         return sw, rows, dtype
@@ -1110,7 +1193,7 @@ class KMeans(_BaseKMeans):
         if not isinstance(init, str) and not callable(init):
             init = self._check_init_array(init, X, "init")
         random_state = check_random_state(self.random_state)
-        sw, rows, dtype = self._prepare(X, sample_weight, padded=True)
+        sw, rows, dtype = self._prepare(X, sample_weight, padded=True, in_place=True)
         k = self.n_clusters
         if rows.xu.shape[0] < k:
             self._set_fitted(X, self._few_distinct(rows.xu))

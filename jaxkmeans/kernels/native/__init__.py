@@ -59,8 +59,8 @@ _LLOYD = "jaxkmeans_lloyd_f32"
 _PP_ROUND = "jaxkmeans_pp_round_f32"
 _SPARSE_ASSIGN = "jaxkmeans_sparse_assign_f32"
 _SPARSE_LLOYD = "jaxkmeans_sparse_lloyd_f32"
-_FLAT_ASSIGN = "jaxkmeans_assign_flat_f32"
-_FLAT_LLOYD = "jaxkmeans_lloyd_flat_f32"
+_FLAT_ASSIGN = "jaxkmeans_assign_flat_indexed_f32"
+_FLAT_LLOYD = "jaxkmeans_lloyd_flat_indexed_f32"
 # Loads this library instead of the packaged one (tests; a locally built kernel).
 _LIBRARY_ENV = "JAXKMEANS_NATIVE_LIBRARY"
 
@@ -267,11 +267,14 @@ def _load() -> bool:
                 (_SPARSE_LLOYD, "JaxkmeansSparseLloydF32"),
             ),
         )
-        # The kernels over rows read in place (a flat buffer and a start).
+        # The kernels over rows read in place (a flat buffer, a start, a row index).
         _register_optional(
             lib,
             "flat",
-            ((_FLAT_ASSIGN, "JaxkmeansAssignFlatF32"), (_FLAT_LLOYD, "JaxkmeansLloydFlatF32")),
+            (
+                (_FLAT_ASSIGN, "JaxkmeansAssignFlatIndexedF32"),
+                (_FLAT_LLOYD, "JaxkmeansLloydFlatIndexedF32"),
+            ),
         )
         _loaded = True
         _info["loaded"] = True
@@ -343,20 +346,27 @@ def _sds(shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.ShapeDtypeStru
 
 
 def _assign(
-    target: str, x: jax.Array, shape: tuple[int, ...], frame: Any, **attrs: Any
+    target: str, x: tuple[jax.Array, ...], shape: tuple[int, ...], frame: Any, **attrs: Any
 ) -> tuple[jax.Array, jax.Array]:
-    """The assign handler `target` over rows `x` of `shape` (n, d)."""
+    """The assign handler `target` over rows of `shape` (n, d), given by its leading
+    operands `x`."""
     offset, cp, bias = frame
     n = shape[0]
     call = jax.ffi.ffi_call(target, (_sds((n,), jnp.int32), _sds((n,))), vmap_method="sequential")
-    labels, dist = call(x, offset, cp, bias, **attrs)
+    labels, dist = call(*x, offset, cp, bias, **attrs)
     return labels, dist
 
 
 def _lloyd(
-    target: str, x: jax.Array, shape: tuple[int, ...], w: jax.Array | None, frame: Any, **attrs: Any
+    target: str,
+    x: tuple[jax.Array, ...],
+    shape: tuple[int, ...],
+    w: jax.Array | None,
+    frame: Any,
+    **attrs: Any,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-    """The Lloyd statistics handler `target` over rows `x` of `shape` (n, d)."""
+    """The Lloyd statistics handler `target` over rows of `shape` (n, d), given by its
+    leading operands `x`."""
     offset, cp, bias = frame
     n, d = shape
     k = cp.shape[0]
@@ -367,7 +377,7 @@ def _lloyd(
     )
     wv = jnp.zeros((0,), jnp.float32) if w is None else w
     labels, dist, sums, counts, loss = call(
-        x, wv, offset, cp, bias, weighted=w is not None, **attrs
+        *x, wv, offset, cp, bias, weighted=w is not None, **attrs
     )
     return sums, counts, loss, labels, dist
 
@@ -376,7 +386,7 @@ def nearest(x: jax.Array, frame: Any) -> tuple[jax.Array, jax.Array]:
     """``(labels, min_dist)`` of rows `x` (n, d) for prepared centers ``frame = (offset,
     cp = -2 (c - offset), bias = ||c - offset||^2)``. Call only where the program runs on CPU
     (:mod:`jaxkmeans.kernels` wraps it in ``lax.platform_dependent``)."""
-    return _assign(_ASSIGN, x, x.shape, frame)
+    return _assign(_ASSIGN, (x,), x.shape, frame)
 
 
 def statistics(
@@ -385,7 +395,7 @@ def statistics(
     """``(sums (k, d), counts (k,), loss (), labels (n,), min_dist (n,))``: the nearest
     centers as :func:`nearest`, plus per-center sums of ``w * (x - offset)``, summed
     weights and the weighted loss (accumulated in float64, independent of threading)."""
-    return _lloyd(_LLOYD, x, x.shape, w, frame)
+    return _lloyd(_LLOYD, (x,), x.shape, w, frame)
 
 
 def pp_round(
@@ -423,23 +433,30 @@ def flat_available() -> bool:
     return enabled() and bool(_info.get("flat"))
 
 
-def _flat_rows(rows: Any) -> dict[str, Any]:
-    """The flat handlers' attributes of :class:`~jaxkmeans._validation.InPlaceRows`."""
+def _flat_rows(rows: Any) -> tuple[tuple[jax.Array, jax.Array], dict[str, Any]]:
+    """The flat handlers' leading operands (the flat buffer and the row index, empty
+    when rows are in order) and attributes of
+    :class:`~jaxkmeans._validation.InPlaceRows`."""
     n, d = rows.shape
-    return {"start": np.int64(rows.off), "rows": np.int64(n), "cols": np.int64(d)}
+    index = jnp.zeros((0,), jnp.int32) if rows.index is None else rows.index
+    attrs = {"start": np.int64(rows.off), "rows": np.int64(n), "cols": np.int64(d)}
+    return (rows.flat, index), attrs
 
 
 def flat_nearest(rows: Any, frame: Any) -> tuple[jax.Array, jax.Array]:
     """:func:`nearest` of :class:`~jaxkmeans._validation.InPlaceRows` (the caller's
-    host rows in place: a flat buffer and the element its first row starts at)."""
-    return _assign(_FLAT_ASSIGN, rows.flat, rows.shape, frame, **_flat_rows(rows))
+    host rows in place: a flat buffer, the element its first row starts at, and
+    optionally the caller's row of each row)."""
+    operands, attrs = _flat_rows(rows)
+    return _assign(_FLAT_ASSIGN, operands, rows.shape, frame, **attrs)
 
 
 def flat_statistics(
     rows: Any, w: jax.Array | None, frame: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """:func:`statistics` of :class:`~jaxkmeans._validation.InPlaceRows`."""
-    return _lloyd(_FLAT_LLOYD, rows.flat, rows.shape, w, frame, **_flat_rows(rows))
+    operands, attrs = _flat_rows(rows)
+    return _lloyd(_FLAT_LLOYD, operands, rows.shape, w, frame, **attrs)
 
 
 def sparse_available() -> bool:

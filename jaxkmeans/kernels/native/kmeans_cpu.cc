@@ -92,15 +92,34 @@ struct Problem {
   int64_t n, d, k, kpad;
   int32_t* labels;  // (n,)
   float* dist;      // (n,)
+  const int32_t* index = nullptr;  // (n,) or null: row i is x row index[i]
 };
 
+// Row i of the problem (through its index, when it has one).
+inline const float* RowOf(const Problem& p, int64_t i) {
+  return p.x + (p.index ? static_cast<int64_t>(p.index[i]) : i) * p.d;
+}
+
+// Asks for the cache lines of row i (when there is one): rows read through an index
+// are scattered, and the hardware prefetchers do not follow them.
+inline void PrefetchRow(const Problem& p, int64_t i) {
+  if (i >= p.n) return;
+  const char* a = reinterpret_cast<const char*>(RowOf(p, i));
+  for (int64_t b = 0; b < p.d * static_cast<int64_t>(sizeof(float)); b += 64) {
+    __builtin_prefetch(a + b);
+  }
+}
+
 // Packs `m` rows starting at `row` into xs (kMR, d), shifted to the frame; missing
-// rows are zero.
+// rows are zero. Rows read through an index: the rows two tiles on are prefetched.
 inline void PackRows(const Problem& p, int64_t row, int64_t m, float* xs) {
+  if (p.index) {
+    for (int64_t r = 0; r < kMR; ++r) PrefetchRow(p, row + 2 * kMR + r);
+  }
   for (int64_t r = 0; r < kMR; ++r) {
     float* dst = xs + r * p.d;
     if (r < m) {
-      const float* src = p.x + (row + r) * p.d;
+      const float* src = RowOf(p, row + r);
       for (int64_t j = 0; j < p.d; ++j) dst[j] = src[j] - p.offset[j];
     } else {
       std::memset(dst, 0, sizeof(float) * p.d);
@@ -544,16 +563,17 @@ void NearestAndSums(ffi::ThreadPool& pool, const Problem& p, const float* w, flo
     double* cnt = a + k * d;
     double* cl = cnt + k;
     for (int64_t i = r0; i < r1; ++i) {
+      if (p.index) PrefetchRow(p, i + 16);
       const int64_t c = p.labels[i];
       const double wi = w ? static_cast<double>(w[i]) : 1.0;
 #ifdef JKM_X86
       if (avx2) {
-        AccumulateRowAvx2(a + c * d, p.x + i * d, p.offset, wi, d);
+        AccumulateRowAvx2(a + c * d, RowOf(p, i), p.offset, wi, d);
       } else {
-        AccumulateRowGeneric(a + c * d, p.x + i * d, p.offset, wi, d);
+        AccumulateRowGeneric(a + c * d, RowOf(p, i), p.offset, wi, d);
       }
 #else
-      AccumulateRowGeneric(a + c * d, p.x + i * d, p.offset, wi, d);
+      AccumulateRowGeneric(a + c * d, RowOf(p, i), p.offset, wi, d);
 #endif
       cnt[c] += wi;
       cl[c] += wi * static_cast<double>(p.dist[i]);
@@ -606,11 +626,11 @@ ffi::Error CheckShapes(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& offset,
 ffi::Error AssignRows(ffi::ThreadPool& pool, const float* x, int64_t n, int64_t d,
                       ffi::Buffer<ffi::F32>& offset, ffi::Buffer<ffi::F32>& cp,
                       ffi::Buffer<ffi::F32>& bias, ffi::ResultBuffer<ffi::S32>& labels,
-                      ffi::ResultBuffer<ffi::F32>& dist) {
+                      ffi::ResultBuffer<ffi::F32>& dist, const int32_t* index = nullptr) {
   const int64_t k = cp.dimensions()[0];
   const PackedCenters pc = PackCenters(cp.typed_data(), bias.typed_data(), k, d);
   const Problem p{x, offset.typed_data(), cp.typed_data(), pc.bias.data(), pc.packed.data(),
-                  n, d, k, pc.kpad, labels->typed_data(), dist->typed_data()};
+                  n, d, k, pc.kpad, labels->typed_data(), dist->typed_data(), index};
   Nearest(pool, p);
   return ffi::Error::Success();
 }
@@ -621,14 +641,14 @@ ffi::Error LloydRows(ffi::ThreadPool& pool, const float* x, int64_t n, int64_t d
                      ffi::Buffer<ffi::F32>& cp, ffi::Buffer<ffi::F32>& bias, bool weighted,
                      ffi::ResultBuffer<ffi::S32>& labels, ffi::ResultBuffer<ffi::F32>& dist,
                      ffi::ResultBuffer<ffi::F32>& sums, ffi::ResultBuffer<ffi::F32>& counts,
-                     ffi::ResultBuffer<ffi::F32>& loss) {
+                     ffi::ResultBuffer<ffi::F32>& loss, const int32_t* index = nullptr) {
   if (weighted && w.element_count() != static_cast<size_t>(n)) {
     return ffi::Error::InvalidArgument("jaxkmeans native kernel: weights must be (n,)");
   }
   const int64_t k = cp.dimensions()[0];
   const PackedCenters pc = PackCenters(cp.typed_data(), bias.typed_data(), k, d);
   const Problem p{x, offset.typed_data(), cp.typed_data(), pc.bias.data(), pc.packed.data(),
-                  n, d, k, pc.kpad, labels->typed_data(), dist->typed_data()};
+                  n, d, k, pc.kpad, labels->typed_data(), dist->typed_data(), index};
   NearestAndSums(pool, p, weighted ? w.typed_data() : nullptr, sums->typed_data(),
                  counts->typed_data(), loss->typed_data());
   return ffi::Error::Success();
@@ -657,38 +677,62 @@ ffi::Error LloydImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
 // The same two kernels over rows read in place from a flat buffer: the caller's host
 // array viewed from the 64-byte boundary at or below its first row (XLA's CPU client
 // uses a host buffer without a copy only at that alignment, and numpy's large arrays
-// start 16 bytes past a page boundary). Row i is x[start + i * cols, ... + cols).
-ffi::Error FlatRows(ffi::Buffer<ffi::F32>& x, int64_t start, int64_t rows, int64_t cols,
-                    ffi::Buffer<ffi::F32>& offset, ffi::Buffer<ffi::F32>& cp,
-                    ffi::Buffer<ffi::F32>& bias) {
+// start 16 bytes past a page boundary). Without an index (an empty `index` buffer), row
+// i is x[start + i * cols, ... + cols); with one ((rows,) int32), row i is the caller's
+// row index[i], x[start + index[i] * cols, ...): rows in an order (and with repeats)
+// of the caller's choosing, still without a copy. Every index is bounds-checked.
+ffi::Error FlatRows(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S32>& index, int64_t start,
+                    int64_t rows, int64_t cols, ffi::Buffer<ffi::F32>& offset,
+                    ffi::Buffer<ffi::F32>& cp, ffi::Buffer<ffi::F32>& bias,
+                    const int32_t** rows_index) {
   auto cd = cp.dimensions();
-  if (x.dimensions().size() != 1 || start < 0 || rows < 0 || cols < 1 || cd.size() != 2 ||
-      cd[1] != cols || cd[0] < 1 || offset.element_count() != static_cast<size_t>(cols) ||
-      bias.element_count() != static_cast<size_t>(cd[0]) ||
-      static_cast<size_t>(start + rows * cols) > x.element_count()) {
+  const size_t size = x.element_count();
+  const bool indexed = index.element_count() > 0;
+  bool ok = x.dimensions().size() == 1 && start >= 0 && rows >= 0 && cols >= 1 &&
+            cd.size() == 2 && cd[1] == cols && cd[0] >= 1 &&
+            offset.element_count() == static_cast<size_t>(cols) &&
+            bias.element_count() == static_cast<size_t>(cd[0]) &&
+            static_cast<size_t>(start) <= size;
+  if (ok && !indexed) ok = static_cast<size_t>(start + rows * cols) <= size;
+  if (ok && indexed) {
+    ok = index.element_count() == static_cast<size_t>(rows);
+    const int64_t limit = (static_cast<int64_t>(size) - start) / cols;  // rows in the buffer
+    const int32_t* ix = index.typed_data();
+    for (int64_t i = 0; ok && i < rows; ++i) ok = ix[i] >= 0 && ix[i] < limit;
+  }
+  if (!ok) {
     return ffi::Error::InvalidArgument("jaxkmeans native kernel (flat rows): inconsistent shapes");
   }
+  *rows_index = indexed ? index.typed_data() : nullptr;
   return ffi::Error::Success();
 }
 
 ffi::Error AssignFlatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                          ffi::Buffer<ffi::F32> offset, ffi::Buffer<ffi::F32> cp,
-                          ffi::Buffer<ffi::F32> bias, int64_t start, int64_t rows,
-                          int64_t cols, ffi::ResultBuffer<ffi::S32> labels,
+                          ffi::Buffer<ffi::S32> index, ffi::Buffer<ffi::F32> offset,
+                          ffi::Buffer<ffi::F32> cp, ffi::Buffer<ffi::F32> bias, int64_t start,
+                          int64_t rows, int64_t cols, ffi::ResultBuffer<ffi::S32> labels,
                           ffi::ResultBuffer<ffi::F32> dist) {
-  if (auto err = FlatRows(x, start, rows, cols, offset, cp, bias); err.failure()) return err;
-  return AssignRows(pool, x.typed_data() + start, rows, cols, offset, cp, bias, labels, dist);
+  const int32_t* ix = nullptr;
+  if (auto err = FlatRows(x, index, start, rows, cols, offset, cp, bias, &ix); err.failure()) {
+    return err;
+  }
+  return AssignRows(pool, x.typed_data() + start, rows, cols, offset, cp, bias, labels, dist,
+                    ix);
 }
 
-ffi::Error LloydFlatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+ffi::Error LloydFlatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                         ffi::Buffer<ffi::S32> index, ffi::Buffer<ffi::F32> w,
                          ffi::Buffer<ffi::F32> offset, ffi::Buffer<ffi::F32> cp,
                          ffi::Buffer<ffi::F32> bias, bool weighted, int64_t start,
                          int64_t rows, int64_t cols, ffi::ResultBuffer<ffi::S32> labels,
                          ffi::ResultBuffer<ffi::F32> dist, ffi::ResultBuffer<ffi::F32> sums,
                          ffi::ResultBuffer<ffi::F32> counts, ffi::ResultBuffer<ffi::F32> loss) {
-  if (auto err = FlatRows(x, start, rows, cols, offset, cp, bias); err.failure()) return err;
+  const int32_t* ix = nullptr;
+  if (auto err = FlatRows(x, index, start, rows, cols, offset, cp, bias, &ix); err.failure()) {
+    return err;
+  }
   return LloydRows(pool, x.typed_data() + start, rows, cols, w, offset, cp, bias, weighted,
-                   labels, dist, sums, counts, loss);
+                   labels, dist, sums, counts, loss, ix);
 }
 
 // ------------------------------------------------------------ one k-means++ round
@@ -1111,10 +1155,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansLloydF32, LloydImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // loss
 );
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansAssignFlatF32, AssignFlatImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansAssignFlatIndexedF32, AssignFlatImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x, flat
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // index, or empty
                                   .Arg<ffi::Buffer<ffi::F32>>()  // offset
                                   .Arg<ffi::Buffer<ffi::F32>>()  // cp
                                   .Arg<ffi::Buffer<ffi::F32>>()  // bias
@@ -1125,10 +1170,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansAssignFlatF32, AssignFlatImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dist
 );
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansLloydFlatF32, LloydFlatImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxkmeansLloydFlatIndexedF32, LloydFlatImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x, flat
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // index, or empty
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w
                                   .Arg<ffi::Buffer<ffi::F32>>()  // offset
                                   .Arg<ffi::Buffer<ffi::F32>>()  // cp
