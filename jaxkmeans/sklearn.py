@@ -269,8 +269,10 @@ def _distinct_sparse_rows(x: Any, w: np.ndarray) -> tuple[Any, np.ndarray]:
         starts = np.flatnonzero(new)
         first = order[starts]  # the stable sort puts each group's first row first
         wu = np.add.reduceat(w[order].astype(np.float64), starts)
-    by_row = np.argsort(first)  # groups in the order of their first rows
-    return x[first[by_row]], wu[by_row].astype(w.dtype)
+    if not _in_value_order(first.size, x.shape[1]):  # as dense rows (_group_rows)
+        by_row = np.argsort(first)
+        first, wu = first[by_row], wu[by_row]
+    return x[first], wu.astype(w.dtype)
 
 
 def _distinct(x: Any, w: np.ndarray, *, padded: bool = False, in_place: bool = False) -> _Distinct:
@@ -332,6 +334,15 @@ class _Distinct(NamedTuple):
     padded: np.ndarray | None = None
 
 
+def _in_value_order(m: int, d: int) -> bool:
+    """Whether `m` distinct rows of `d` columns are put in an order of their values
+    (their row keys): data the drop-in pads to its size bucket (at most
+    ``PAD_LIMIT_ELEMENTS`` values), which it copies anyway. Larger data keeps the
+    order of the rows' first occurrences, so that it can be read where it is
+    (:func:`_in_place`)."""
+    return _validation.bucket_rows(m) * d <= _validation.PAD_LIMIT_ELEMENTS
+
+
 def _first_occurrence_order(
     first: np.ndarray, wu: np.ndarray, group: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -353,18 +364,21 @@ def _group_rows(
     x: np.ndarray, w: np.ndarray, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Groups equal rows of `x` (-0.0 counting as 0.0; only `rows` of them when given,
-    with their weights `w`) by their row keys. Returns ``(first, wu, inverse)``: the
-    first row of each group (an index into `x`; ascending: groups in the order of their
-    first rows); their total weights (summed in float64); the group of each row."""
+    with their weights `w`). Returns ``(first, wu, inverse)``: the first row of each
+    group (an index into `x`), groups in key order (:func:`_in_value_order`) or else
+    in the order of their first rows; their total weights (summed in float64); the
+    group of each row."""
+    n, d = len(w), x.shape[1]
+    index = np.int32 if n < 2**31 else np.intp  # half the memory of intp
     if (
         rows is None
-        and x.shape[1] > _PREFIX_COLS
+        and not _in_value_order(n, d)
+        and d > _PREFIX_COLS
         and _all_different(_row_keys(x[:, :_PREFIX_COLS]))
     ):
-        # Every row different (the usual case for float data), known from an eighth
-        # or less of the data: each row is its own group.
-        index = np.int32 if x.shape[0] < 2**31 else np.intp
-        every = np.arange(x.shape[0], dtype=index)
+        # Every row different (the usual case for float data), known from the keys of
+        # an eighth or less of the data: each row is its own group, in its place.
+        every = np.arange(n, dtype=index)
         return every, w.astype(np.float64), every
     h = _row_keys(x)
     if rows is not None:
@@ -375,22 +389,23 @@ def _group_rows(
     hs = h[order]
     new = np.concatenate([[True], hs[1:] != hs[:-1]])
     same = np.flatnonzero(~new[1:])  # neighbours with equal keys
-    index = np.int32 if order.size < 2**31 else np.intp  # half the memory of intp
     if same.size and not np.array_equal(x[at(order[same])], x[at(order[same + 1])]):
         # a hash collision between different rows (practically never): exact grouping
+        # (groups in the order of their rows' bytes)
         xs = x if rows is None else x[rows]
         canonical = xs + np.zeros((), x.dtype)  # -0.0 -> 0.0, so that equal rows have equal bits
-        keys = canonical.view(np.dtype((np.void, x.dtype.itemsize * x.shape[1]))).ravel()
-        _, first, group = np.unique(keys, return_index=True, return_inverse=True)
-        wu = np.bincount(group.ravel(), weights=w, minlength=len(first))
-        first, wu, group = _first_occurrence_order(first, wu, group.ravel().astype(index))
-        return at(first), wu, group
-    starts = np.flatnonzero(new)
-    wu = np.add.reduceat(w[order].astype(np.float64), starts)
-    first = np.minimum.reduceat(order, starts)
-    inverse = np.empty(order.shape, index)
-    inverse[order] = np.cumsum(new, dtype=index) - 1
-    first, wu, inverse = _first_occurrence_order(first, wu, inverse)
+        keys = canonical.view(np.dtype((np.void, x.dtype.itemsize * d))).ravel()
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        wu = np.bincount(inverse.ravel(), weights=w, minlength=len(first))
+        inverse = inverse.ravel().astype(index)
+    else:
+        starts = np.flatnonzero(new)
+        wu = np.add.reduceat(w[order].astype(np.float64), starts)
+        first = np.minimum.reduceat(order, starts)
+        inverse = np.empty(order.shape, index)
+        inverse[order] = np.cumsum(new, dtype=index) - 1
+    if not _in_value_order(first.size, d):
+        first, wu, inverse = _first_occurrence_order(first, wu, inverse)
     return at(first), wu, inverse
 
 
@@ -456,8 +471,8 @@ def _in_place(x: np.ndarray, first: np.ndarray, m: int) -> InPlaceRows | None:
     programs anyway), float32 on the CPU device, read by the native flat kernels.
     None otherwise (the rows are then gathered)."""
     d = x.shape[1]
-    if _validation.bucket_rows(m) * d <= _validation.PAD_LIMIT_ELEMENTS:
-        return None  # padded to its size bucket
+    if _in_value_order(m, d):
+        return None  # padded to its size bucket, in an order of the rows' values
     if not kernels.reads_in_place(engine.make_pass(dtype=x.dtype)):
         return None
     index = None if m == x.shape[0] else first  # ascending: every row once when m == n
@@ -466,7 +481,8 @@ def _in_place(x: np.ndarray, first: np.ndarray, m: int) -> InPlaceRows | None:
 
 def _distinct_rows(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct rows of `x` with positive total weight, in an order that depends only on
-    the rows' values (their row keys), and their total weights.
+    the rows' values (their row keys) up to ``PAD_LIMIT_ELEMENTS`` values, else in the
+    order of their first occurrences (:func:`_in_value_order`), and their total weights.
 
     Args:
       x: (n, d) float array; w: (n,) non-negative weights.
