@@ -501,7 +501,7 @@ def _scaled_tol(tol: float, x: Any, w: Any, d: int | None = None) -> float:
     dtype, without a temporary copy; `d` is then the number of real columns."""
     if tol == 0:
         return 0.0
-    if isinstance(x, jax.Array):
+    if isinstance(x, jax.Array | InPlaceRows):
         assert d is not None
         return tol * float(_column_variance_sum(x, w)) / d
     return tol * _weighted_mean_variance(x, w)
@@ -510,8 +510,11 @@ def _scaled_tol(tol: float, x: Any, w: Any, d: int | None = None) -> float:
 def _tol_rows(xu: Any, wu: np.ndarray, xp: Any, wp: jax.Array) -> tuple[Any, Any]:
     """The rows :func:`_scaled_tol` reduces: dense ones on the device, sparse ones and
     a few dense ones (at most ``_HOST_ELEMENTS`` values) on the host."""
-    on_host = _sp.issparse(xu) or (xu.size <= _HOST_ELEMENTS and not isinstance(xu, InPlaceRows))
-    return (xu, wu) if on_host else (xp, wp)
+    if _sp.issparse(xu):
+        return xu, wu
+    if xu.size <= _HOST_ELEMENTS:
+        return (xu.host() if isinstance(xu, InPlaceRows) else xu), wu
+    return xp, wp
 
 
 @jax.jit

@@ -188,6 +188,44 @@ def test_flat_kernel_rejects_rows_beyond_the_buffer():
         jax.block_until_ready(jax.jit(native.flat_nearest)(bad, frame))
 
 
+def test_rows_through_an_index_are_the_gathered_rows_for_every_reader():
+    """InPlaceRows with an index (rows in any order, with repeats; aligned memory too):
+    dense, take, block and host are the gathered rows, and the native kernels' labels,
+    distances and float64-accumulated sums are bit-identical to those of the gathered
+    copy (the same rows in the same order)."""
+    rng = np.random.default_rng(3)
+    for x in (_misaligned(_blobs(700, 37, 4), 16), _validation.aligned_copy(_blobs(700, 37, 4))[0]):
+        index = rng.integers(0, 700, 500).astype(np.int32)
+        index[:3] = [699, 0, 699]
+        rows = _validation.in_place_rows(x, index)
+        assert rows.shape == (500, 37) and rows.flat.unsafe_buffer_pointer() <= x.ctypes.data
+        want = x[index]
+        np.testing.assert_array_equal(rows.host(), want)
+        np.testing.assert_array_equal(jax.jit(lambda r: r.dense())(rows), want)
+        idx = jnp.array([0, 499, 7], jnp.int32)
+        np.testing.assert_array_equal(jax.jit(lambda r, i: r.take(i))(rows, idx), want[[0, 499, 7]])
+        np.testing.assert_array_equal(jax.jit(lambda r: r.block(495, 10))(rows), want[490:])
+        centers = jnp.asarray(want[:6])
+        frame = engine.frame_of(centers, jnp.asarray(want.mean(0)), "squared_euclidean")
+        w = jnp.asarray(rng.random(500).astype(np.float32))
+        got = jax.jit(native.flat_statistics)(rows, w, frame)
+        ref = jax.jit(native.statistics)(jnp.asarray(want), w, frame)
+        for a, b in zip(got, ref, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_flat_kernel_rejects_an_index_beyond_the_buffer():
+    x = _misaligned(_blobs(100, 4, 2))
+    frame = engine.frame_of(jnp.asarray(x[:2]), jnp.zeros((4,)), "squared_euclidean")
+    rows = _validation.in_place_rows(x, np.array([0, 99, 5], np.int32))
+    jax.block_until_ready(jax.jit(native.flat_nearest)(rows, frame))  # in bounds
+    for bad in (100, -1):
+        index = jnp.array([0, bad, 5], jnp.int32)
+        broken = _validation.InPlaceRows(rows.flat, rows.off, 3, 4, index)
+        with pytest.raises(Exception, match="inconsistent shapes"):
+            jax.block_until_ready(jax.jit(native.flat_nearest)(broken, frame))
+
+
 def _train(data, where, init, seen=None, batches=None):
     """KMeans.train (full batch, 4 steps) of `data` (or of `batches()`); `seen` gets the
     type of the rows each pass got."""
