@@ -21,10 +21,16 @@ one place):
   loss change. ``MiniBatchKMeans`` uses the same scaling for its ``tol`` and
   scikit-learn's ``max_no_improvement`` rule on the exponentially weighted batch inertia.
 - ``sample_weight`` means repetition, exactly: before fitting, identical rows are merged
-  (their weights summed), rows of weight 0 dropped and the distinct rows put in a fixed
-  order (by a hash of their bits). Fitting with integer weights therefore gives the same
-  model, bit for bit, as fitting with the rows repeated, and the model does not depend
-  on the order of the rows (given ``random_state``). "Number of samples" in the
+  (their weights summed) and rows of weight 0 dropped. Up to 2^24 values of distinct
+  rows (``PAD_LIMIT_ELEMENTS``: the data the drop-in copies into a size bucket), the
+  distinct rows are put in a fixed order (by a hash of their bits): fitting with
+  integer weights gives the same model, bit for bit, as fitting with the rows repeated,
+  and the model does not depend on the order of the rows (given ``random_state``).
+  Larger data keeps the order of each distinct row's first occurrence, so that
+  ``KMeans.fit`` can read float32 rows where they are, without a copy (on CPU, through
+  an index of the distinct rows when some were merged): the model then depends on the
+  row order, as scikit-learn's does, and integer weights still give the model of the
+  rows repeated in place (``np.repeat(X, w, axis=0)``). "Number of samples" in the
   mini-batch rules (batch size cap, number of steps, smoothing) counts distinct rows.
 - ``MiniBatchKMeans.fit`` draws batches with probability proportional to the weights
   (then with unit weight), the same distribution as drawing from the repeated rows;
