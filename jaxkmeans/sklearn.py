@@ -432,10 +432,10 @@ def _distinct_dense(
     if w.shape[0] == 0:
         return _Distinct(x[:0], w)
     x = np.ascontiguousarray(x)
-    first, wu, inverse = _group_rows(x, w, kept)
+    first, wu, groups = _group_rows(x, w, kept)
     m, d = first.size, x.shape[1]
     wu = wu.astype(w.dtype)
-    inverse = inverse if all_kept else None
+    inverse = groups if all_kept else None
     if in_place:
         rows = _in_place(x, first, m)
         if rows is not None:
