@@ -12,13 +12,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxkmeans import engine
+from jaxkmeans import engine, kernels
 from jaxkmeans._validation import (
     SQUARED_EUCLIDEAN_DISTANCE,
+    InPlaceRows,
     as_bucketed,
     as_centers,
     real_rows,
     releases_host_copies,
+    to_device,
 )
 from jaxkmeans.kernels import sparse, xla
 
@@ -74,9 +76,13 @@ def _checked(x: Any, centers: Any, metric: Any, w: Any, pad_rows: Any, options: 
     if sparse.is_sparse(x):
         x, w, n = sparse.bucketed(x, w, pad_rows)
     else:
-        x, w, n = as_bucketed(x, w, pad_rows)
+        # Host rows the CPU device would copy are read in place (InPlaceRows) where the
+        # native kernels can; otherwise they are copied once, as before.
+        x, w, n = as_bucketed(x, w, pad_rows, in_place=True)
     centers = as_centers(centers, x.shape[1], x.dtype)
     spec = engine.make_pass(metric, dtype=x.dtype, **options)
+    if isinstance(x, InPlaceRows) and not kernels.reads_in_place(spec):
+        x = to_device(x.host())  # read by XLA's own kernels: one aligned copy
     return x, w, n, centers, engine.on_platform(spec, x, w)  # for x's platform only
 
 

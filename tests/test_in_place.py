@@ -226,6 +226,34 @@ def test_flat_kernel_rejects_an_index_beyond_the_buffer():
             jax.block_until_ready(jax.jit(native.flat_nearest)(broken, frame))
 
 
+@pytest.mark.parametrize("kernel", ["auto", "xla"])
+def test_assign_and_inertia_read_unpadded_rows_in_place(monkeypatch, kernel):
+    """assign and inertia (so the drop-in's predict and score) read misaligned unpadded
+    float32 rows in place with the native kernels, and copy them once for XLA's; the
+    results equal those of an aligned copy."""
+    from jaxkmeans import assignment
+
+    x = _misaligned(_blobs(3000, 9, 4))
+    aligned, _ = _validation.aligned_copy(x)
+    c = x[:5].copy()
+    w = np.random.default_rng(0).random(3000).astype(np.float32)
+    seen = []
+    for name in ("nearest_impl", "inertia_impl"):
+        impl = getattr(assignment, name)
+        monkeypatch.setattr(
+            assignment, name, lambda x, *a, impl=impl: seen.append(type(x)) or impl(x, *a)
+        )
+    got = jaxkmeans.assign(x, c, kernel=kernel, pad_rows=False)
+    loss = jaxkmeans.inertia(x, c, sample_weight=w, kernel=kernel, pad_rows=False)
+    want = jaxkmeans.assign(aligned, c, kernel=kernel, pad_rows=False)
+    want_loss = jaxkmeans.inertia(aligned, c, sample_weight=w, kernel=kernel, pad_rows=False)
+    kind = _validation.InPlaceRows if kernel == "auto" else jax.Array
+    assert [issubclass(t, kind) for t in seen[:2]] == [True, True]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(loss) == float(want_loss)
+
+
 def _train(data, where, init, seen=None, batches=None):
     """KMeans.train (full batch, 4 steps) of `data` (or of `batches()`); `seen` gets the
     type of the rows each pass got."""
