@@ -14,7 +14,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 
 from jaxkmeans import engine, kernels, metrics, sharding
@@ -489,6 +488,12 @@ def fit(
 # ------------------------------------------------------------------------ mini-batch
 
 
+def _apply_updates(params: jax.Array, updates: jax.Array) -> jax.Array:
+    import optax  # imported on first use (see updates.minibatch_optimizer)
+
+    return optax.apply_updates(params, updates)
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "steps_per_iteration"))
 def minibatch_impl(state, x, w, smoothing, spec: engine.Pass, steps_per_iteration: int):
     """Jittable core of :func:`minibatch_step` (no argument checks). With a mesh in
@@ -501,7 +506,7 @@ def minibatch_impl(state, x, w, smoothing, spec: engine.Pass, steps_per_iteratio
     grads = jnp.where(has[:, None], state.working - means, 0.0)
     opt = minibatch_optimizer()
     updates, opt_state = opt.update(grads, state.opt_state, state.working, batch_counts=counts)
-    working = optax.apply_updates(state.working, updates)
+    working = _apply_updates(state.working, updates)
     if spec.metric == COSINE_DISTANCE:
         working = jnp.where(has[:, None], metrics.normalize_rows(working), state.working)
     step = state.step + 1

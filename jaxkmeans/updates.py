@@ -21,12 +21,14 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
+
+if TYPE_CHECKING:
+    import optax
 
 from jaxkmeans import metrics
 from jaxkmeans._validation import (
@@ -415,5 +417,7 @@ def minibatch_optimizer() -> optax.GradientTransformationExtraArgs:
         total = state.counts + batch_counts
         lr = jnp.where(total > 0, batch_counts / jnp.where(total > 0, total, 1.0), 0.0)
         return -lr[:, None] * updates, MiniBatchOptState(counts=total)
+
+    import optax  # on first use: about 0.2 s of import that a Lloyd fit never needs
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

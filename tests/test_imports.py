@@ -67,3 +67,16 @@ def test_sparse_input_is_recognised_once_jax_sparse_is_imported():
     x = np.eye(4, dtype=np.float32)
     assert is_sparse(jsparse.BCOO.fromdense(x))
     assert not is_sparse(x)
+
+
+def test_lloyd_fits_do_not_import_optax_until_a_mini_batch_step():
+    # optax (about 0.2 s of import) serves the mini-batch update only.
+    code = (
+        "import numpy as np, jax, jaxkmeans\n"
+        "x = np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32)\n"
+        "jaxkmeans.fit(jax.random.PRNGKey(0), x, 3, max_iter=3)\n"
+        "jaxkmeans.assign(x, x[:3])\n"
+        "assert 'optax' not in sys.modules, 'optax loaded by a Lloyd fit'\n"
+        "state = jaxkmeans.minibatch_step(jaxkmeans.KMeansState.create(x[:3]), x)\n"
+    )
+    assert _loaded_after(code, ("optax",)) == {"optax": True}
