@@ -302,7 +302,7 @@ def _explain_native(info: dict[str, Any]) -> str:
 # What running without the native kernel costs, as measured (bench/RESULTS.md, Lloyd
 # iterations: `lloyd_step` against `lloyd_step, pure XLA`, 2 CPU cores).
 _XLA_SLOWER = (
-    "CPU fits run the pure-JAX kernels (2.0-20x slower per Lloyd iteration in the "
+    "CPU fits run the pure-JAX kernels (1.9-18x slower per Lloyd iteration in the "
     "repository's bench/RESULTS.md; the gap is widest with few features)"
 )
 
