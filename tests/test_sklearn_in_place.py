@@ -130,3 +130,19 @@ def test_large_data_weights_are_repetition_bit_for_bit(small_limit, monkeypatch,
     b = _fit(repeated, None, "k-means++", monkeypatch, in_place)
     np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
     np.testing.assert_allclose(a.inertia_, b.inertia_, rtol=1e-6)
+
+
+def test_negative_zeros_read_in_place_give_the_copy_bits(small_limit, monkeypatch):
+    """The copy makes -0.0 into 0.0 and rows read in place keep it: the fitted model
+    is the same, bit for bit (sign bits included)."""
+    rng = np.random.default_rng(0)
+    x = _misaligned(rng.integers(-2, 3, (3000, 40)).astype(np.float32) * 0.5)
+    x[x == 0] = -0.0
+    x[::7] = 0.0  # equal to rows of -0.0 where those are all zero
+    a = _fit(x, None, "random", monkeypatch, in_place=True)
+    b = _fit(x, None, "random", monkeypatch, in_place=False)
+    np.testing.assert_array_equal(
+        a.cluster_centers_.view(np.uint32), b.cluster_centers_.view(np.uint32)
+    )
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    assert (a.inertia_, a.n_iter_) == (b.inertia_, b.n_iter_)
