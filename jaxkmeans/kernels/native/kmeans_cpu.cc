@@ -100,22 +100,9 @@ inline const float* RowOf(const Problem& p, int64_t i) {
   return p.x + (p.index ? static_cast<int64_t>(p.index[i]) : i) * p.d;
 }
 
-// Asks for the cache lines of row i (when there is one): rows read through an index
-// are scattered, and the hardware prefetchers do not follow them.
-inline void PrefetchRow(const Problem& p, int64_t i) {
-  if (i >= p.n) return;
-  const char* a = reinterpret_cast<const char*>(RowOf(p, i));
-  for (int64_t b = 0; b < p.d * static_cast<int64_t>(sizeof(float)); b += 64) {
-    __builtin_prefetch(a + b);
-  }
-}
-
 // Packs `m` rows starting at `row` into xs (kMR, d), shifted to the frame; missing
-// rows are zero. Rows read through an index: the rows two tiles on are prefetched.
+// rows are zero.
 inline void PackRows(const Problem& p, int64_t row, int64_t m, float* xs) {
-  if (p.index) {
-    for (int64_t r = 0; r < kMR; ++r) PrefetchRow(p, row + 2 * kMR + r);
-  }
   for (int64_t r = 0; r < kMR; ++r) {
     float* dst = xs + r * p.d;
     if (r < m) {
@@ -563,7 +550,6 @@ void NearestAndSums(ffi::ThreadPool& pool, const Problem& p, const float* w, flo
     double* cnt = a + k * d;
     double* cl = cnt + k;
     for (int64_t i = r0; i < r1; ++i) {
-      if (p.index) PrefetchRow(p, i + 16);
       const int64_t c = p.labels[i];
       const double wi = w ? static_cast<double>(w[i]) : 1.0;
 #ifdef JKM_X86
