@@ -15,12 +15,10 @@ import jax.numpy as jnp
 from jaxkmeans import engine, kernels
 from jaxkmeans._validation import (
     SQUARED_EUCLIDEAN_DISTANCE,
-    InPlaceRows,
     as_bucketed,
     as_centers,
     real_rows,
     releases_host_copies,
-    to_device,
 )
 from jaxkmeans.kernels import sparse, xla
 
@@ -81,8 +79,7 @@ def _checked(x: Any, centers: Any, metric: Any, w: Any, pad_rows: Any, options: 
         x, w, n = as_bucketed(x, w, pad_rows, in_place=True)
     centers = as_centers(centers, x.shape[1], x.dtype)
     spec = engine.make_pass(metric, dtype=x.dtype, **options)
-    if isinstance(x, InPlaceRows) and not kernels.reads_in_place(spec):
-        x = to_device(x.host())  # read by XLA's own kernels: one aligned copy
+    x = kernels.readable_rows(spec, x)
     return x, w, n, centers, engine.on_platform(spec, x, w)  # for x's platform only
 
 

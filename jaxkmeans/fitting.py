@@ -20,7 +20,6 @@ from jaxkmeans import engine, kernels, metrics, sharding
 from jaxkmeans._validation import (
     COSINE_DISTANCE,
     SQUARED_EUCLIDEAN_DISTANCE,
-    InPlaceRows,
     SizeAwareJit,
     as_bucketed,
     as_centers,
@@ -33,7 +32,6 @@ from jaxkmeans._validation import (
     is_traced,
     real_rows,
     releases_host_copies,
-    to_device,
 )
 from jaxkmeans.initializers import (
     KMC2_INIT,
@@ -463,8 +461,7 @@ def fit(
     # Driven from the host (smaller programs) unless traced (under the user's jit or
     # vmap), with vectorized restarts, or over several processes.
     stepped = not (vectorize or is_traced(key, x, w, init_array)) and jax.process_count() == 1
-    if isinstance(x, InPlaceRows) and not (stepped and kernels.reads_in_place(passes)):
-        x = to_device(x.host())  # read by XLA's own kernels: one aligned copy
+    x = kernels.readable_rows(passes, x, in_place=stepped)
 
     def run(x, w):
         if stepped:

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxkmeans._validation import COSINE_DISTANCE, InPlaceRows
+from jaxkmeans._validation import COSINE_DISTANCE, InPlaceRows, to_device
 from jaxkmeans.kernels import native, xla
 from jaxkmeans.metrics import normalize_rows
 
@@ -46,6 +46,7 @@ __all__ = [
     "KERNELS",
     "by_platform",
     "reads_in_place",
+    "readable_rows",
     "nearest",
     "statistics",
     "native",
@@ -163,6 +164,15 @@ def reads_in_place(spec: Any) -> bool:
     place (:class:`InPlaceRows`) where they run on CPU: the native flat kernels, no
     mesh. The one test of ``fit``, ``KMeans.train`` and the kernels' dispatch."""
     return spec.mesh is None and spec.kernel == "native" and native.flat_available()
+
+
+def readable_rows(spec: Any, x: Any, in_place: bool = True) -> Any:
+    """`x` as the passes of `spec` read it: :class:`InPlaceRows` stay in place where
+    they can (:func:`reads_in_place`, and `in_place`), else become one aligned copy
+    (XLA's own kernels read them); anything else as it is."""
+    if isinstance(x, InPlaceRows) and not (in_place and reads_in_place(spec)):
+        return to_device(x.host())
+    return x
 
 
 def _in_place(spec: Any, x: Any) -> tuple[InPlaceRows | None, Any]:
